@@ -1,0 +1,23 @@
+"""captum-similarity: Captum attributions for similarity models.
+
+Wrap an embedder in :class:`SiameseSimilarity` to explain ``s(x1, x2)`` with
+any Captum method; use the library's own methods for what Captum lacks.
+"""
+
+from ._version import __version__
+from .branches import BranchLayerAttribution, split_branches
+from .siamese import SiameseSimilarity
+from .similarity import SIMILARITIES, Similarity, resolve_similarity
+from .visualization import to_visualizer_arrays, visualize_pair
+
+__all__ = [
+    "__version__",
+    "SiameseSimilarity",
+    "Similarity",
+    "SIMILARITIES",
+    "resolve_similarity",
+    "split_branches",
+    "BranchLayerAttribution",
+    "to_visualizer_arrays",
+    "visualize_pair",
+]

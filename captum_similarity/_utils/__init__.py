@@ -1,0 +1,1 @@
+"""Internal helpers shared by every method: input checks, hooks, model state, batching."""

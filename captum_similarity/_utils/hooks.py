@@ -1,0 +1,67 @@
+"""Forward hooks that record layer tensors, always removed on exit."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Tuple
+
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+
+class LayerRecorder:
+    """Records a module's output (or first input) on every forward call.
+
+    Use it as a context manager; the hook is removed on exit, also when an
+    exception is raised inside the block.
+
+    Args:
+        layer (nn.Module): The module to watch.
+        attribute_to_layer_input (bool, optional): Record the module's first
+            positional input instead of its output.
+            Default: False
+    """
+
+    def __init__(self, layer: nn.Module, attribute_to_layer_input: bool = False) -> None:
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"layer must be an nn.Module, got {type(layer).__name__}")
+        self.layer = layer
+        self.attribute_to_layer_input = attribute_to_layer_input
+        self.tensors: List[Tensor] = []
+        self._handle: Optional[RemovableHandle] = None
+
+    def _hook(self, module: nn.Module, inputs: Tuple, output: object) -> None:
+        value = inputs[0] if self.attribute_to_layer_input else output
+        if not isinstance(value, Tensor):
+            where = "input" if self.attribute_to_layer_input else "output"
+            raise TypeError(
+                f"layer {type(module).__name__} produced a {type(value).__name__} "
+                f"as its {where}; a single tensor is required"
+            )
+        self.tensors.append(value)
+
+    def __enter__(self) -> "LayerRecorder":
+        self.tensors = []
+        self._handle = self.layer.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def single(self) -> Tensor:
+        """The recorded tensor of the one forward call made inside the block."""
+        if len(self.tensors) != 1:
+            raise RuntimeError(
+                f"layer {type(self.layer).__name__} ran {len(self.tensors)} times in one "
+                "forward pass; explain a layer that runs exactly once"
+            )
+        return self.tensors[0]
+
+
+@contextmanager
+def recording(layer: nn.Module, attribute_to_layer_input: bool = False) -> Iterator[LayerRecorder]:
+    """Context-manager shorthand for :class:`LayerRecorder`."""
+    with LayerRecorder(layer, attribute_to_layer_input) as rec:
+        yield rec

@@ -1,0 +1,61 @@
+"""LRP rules (as Captum ``PropagationRule`` subclasses)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Tuple
+
+import torch
+from captum.attr._utils.lrp_rules import PropagationRule
+from torch import Tensor, nn
+
+
+class SimilarityHeadRule(PropagationRule):
+    r"""LRP rule for a :class:`~captum_similarity.head.SimilarityHead`.
+
+    A pair's relevance ``R`` (normalised to 1 by Captum's LRP) is split over
+    the embedding dimensions of *each* side in proportion to the similarity's
+    per-dimension contributions ``c = Similarity.contribution(f1, f2)``:
+    ``R(f1)_j = R(f2)_j = R * c_j / s``. Both sides therefore receive the whole
+    score, ``sum_j R(f1)_j = sum_j R(f2)_j = s`` once Captum scales relevance
+    back by the output. For ``"dot"``, ``c = f1 * f2`` and this equals what
+    gradient x input gives; for ``"cosine"``, ``c = f1_hat * f2_hat`` with the
+    norms held constant, whereas plain gradients through the normalisation
+    would give relevance summing to zero.
+
+    Args:
+        epsilon (float, optional): Stabiliser added (with the score's sign) to
+            ``s`` in the division.
+            Default: 1e-9
+    """
+
+    def __init__(self, epsilon: float = 1e-9) -> None:
+        self.STABILITY_FACTOR = epsilon
+
+    def _manipulate_weights(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
+        pass
+
+    def forward_hook(self, module: nn.Module, inputs: Tuple[Tensor, ...], outputs: Tensor) -> Tensor:
+        f1, f2 = inputs
+        scores = outputs.detach()
+        sign = torch.where(scores >= 0, 1.0, -1.0).to(scores.dtype)
+        share = module.similarity.contribution(f1.detach(), f2.detach()) / (
+            scores + sign * self.STABILITY_FACTOR
+        )[:, None]
+        self._has_single_input = False
+        self._handle_input_hooks = [
+            f.register_hook(self._input_relevance(share)) for f in (f1, f2)
+        ]
+        self._handle_output_hook = outputs.register_hook(self._store_output_relevance)
+        return outputs.clone()
+
+    def _store_output_relevance(self, grad: Tensor) -> Tensor:
+        self.relevance_output[grad.device] = grad.data
+        return grad
+
+    def _input_relevance(self, share: Tensor) -> Callable[[Tensor], Tensor]:
+        def hook(grad: Tensor) -> Tensor:
+            relevance = self.relevance_output[grad.device][:, None] * share
+            self.relevance_input[grad.device].append(relevance.data)
+            return relevance
+
+        return hook

@@ -1,0 +1,232 @@
+"""SiameseSimilarity: an embedder and a similarity as one scalar-output model."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ._utils.batching import batch_slices
+from ._utils.checks import check_float_tensor, rows_identical
+from .head import SimilarityHead
+from .similarity import Similarity, SimilarityLike, resolve_similarity
+
+__all__ = ["SiameseSimilarity"]
+
+Embedder = Union[nn.Module, Callable[[Tensor], Tensor]]
+
+
+class SiameseSimilarity(nn.Module):
+    r"""Turns an embedder ``f`` into the model ``s(x1, x2) = sim(f(x1), f(x2))``.
+
+    The result is an ``nn.Module`` whose ``forward(x1, x2)`` returns one score
+    per pair, shape ``(N,)``, so every Captum attribution method can explain a
+    similarity: pass ``x1`` as ``inputs`` and the reference as
+    ``additional_forward_args``, or pass ``(x1, x2)`` as inputs to explain both
+    images at once.
+
+    Behaviour that makes Captum's methods correct on a similarity model:
+
+    - **Broadcasting.** A side with batch size 1, or whose rows are all equal
+      (what Captum's expansion of a batch-1 ``additional_forward_args`` entry
+      produces inside IntegratedGradients, Occlusion, NoiseTunnel or
+      GradientShap), is broadcast against the other side. Any other pair of
+      unequal batch sizes raises a ``ValueError``.
+    - **Precomputed embeddings.** A 2-D tensor ``(N, D)`` or ``(1, D)`` passed
+      where an image would go is taken as an embedding and the embedder is not
+      run on it (see ``input_ndim``). Passing the reference as an embedding is
+      also the cheapest way to explain one side: the embedder runs on the
+      queries only.
+    - **One encoder call.** When both sides are images of the same shape,
+      dtype and device, the embedder runs once per forward on the two batches
+      interleaved row by row, ``[x1[0], x2[0], x1[1], x2[1], ...]``. Captum's
+      hook-based methods (LayerGradCam, LayerActivation, DeepLift, LRP) then see
+      both branches in one call instead of silently keeping the last one, and
+      the interleaving keeps DeepLift's inputs/baselines halves aligned. Split a
+      layer attribution computed this way with
+      :func:`captum_similarity.split_branches`.
+    - **A similarity head module.** The score is computed by ``self.head``, a
+      :class:`~captum_similarity.head.SimilarityHead` carrying an LRP rule, so
+      Captum's ``LRP`` conserves relevance through the similarity: each
+      image's relevance sums to the score (bias-free ReLU networks, LRP-0).
+
+    Args:
+        embedder (nn.Module or Callable): Maps a batch of inputs to embeddings
+            of shape ``(N, D)``. A module is registered as a submodule named
+            ``embedder``.
+        similarity (str, Callable or Similarity, optional): ``"cosine"``,
+            ``"dot"``, ``"euclidean"`` (negative L2 distance) or
+            ``"squared_euclidean"`` (negative squared distance), so that larger
+            is always more similar; or a callable mapping two ``(N, D)`` tensors
+            to ``(N,)``; or a :class:`~captum_similarity.Similarity`.
+            Default: ``"cosine"``
+        input_ndim (int, optional): Number of dimensions of a batch of inputs
+            the embedder takes. When None, every 2-D tensor is treated as a
+            precomputed embedding and every other tensor is run through the
+            embedder. When given, inputs must have exactly this many
+            dimensions; if it is 2 (an embedder of vectors), 2-D tensors are
+            inputs and precomputed embeddings cannot be passed.
+            Default: None
+
+    Examples::
+
+        >>> import torch
+        >>> from captum.attr import IntegratedGradients
+        >>> from captum_similarity import SiameseSimilarity
+        >>> from captum_similarity.models import SimpleCNN
+        >>> sim = SiameseSimilarity(SimpleCNN().eval(), "cosine")
+        >>> query, reference = torch.rand(4, 3, 32, 32), torch.rand(1, 3, 32, 32)
+        >>> sim(query, reference).shape
+        torch.Size([4])
+        >>> attr = IntegratedGradients(sim).attribute(
+        ...     query, additional_forward_args=(reference,))
+        >>> a1, a2 = IntegratedGradients(sim).attribute(
+        ...     (query, reference.expand(4, -1, -1, -1)))
+    """
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        similarity: SimilarityLike = "cosine",
+        input_ndim: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if not callable(embedder):
+            raise TypeError(
+                f"embedder must be an nn.Module or a callable, got {type(embedder).__name__}"
+            )
+        if input_ndim is not None and (not isinstance(input_ndim, int) or input_ndim < 1):
+            raise ValueError(f"input_ndim must be a positive integer or None, got {input_ndim!r}")
+        self.embedder = embedder
+        self.head = SimilarityHead(resolve_similarity(similarity))
+        self.input_ndim = input_ndim
+
+    @property
+    def similarity(self) -> Similarity:
+        """The resolved :class:`~captum_similarity.Similarity`."""
+        return self.head.similarity
+
+    def is_embedding(self, x: Tensor) -> bool:
+        """Whether ``x`` is taken as a precomputed embedding rather than an input."""
+        if self.input_ndim == 2:
+            return False
+        return x.dim() == 2
+
+    def embed(self, x: Tensor, batch_size: Optional[int] = None) -> Tensor:
+        r"""Embeds a batch of inputs; a precomputed embedding is returned as is.
+
+        Args:
+            x (Tensor): Inputs ``(N, ...)`` or embeddings ``(N, D)``.
+            batch_size (int, optional): Run the embedder on chunks of at most
+                this many inputs.
+                Default: None (one call)
+
+        Returns:
+            Tensor: embeddings of shape ``(N, D)``.
+        """
+        x = self._check_side(x, "x")
+        if self.is_embedding(x):
+            return x
+        return torch.cat([self._run_embedder(x[s]) for s in batch_slices(x.shape[0], batch_size)])
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        r"""Similarity of each pair ``(x1[i], x2[i])``.
+
+        Args:
+            x1 (Tensor): Inputs ``(N1, ...)`` or embeddings ``(N1, D)``.
+            x2 (Tensor): Inputs ``(N2, ...)`` or embeddings ``(N2, D)``. One of
+                ``N1``, ``N2`` may differ from the other if that side has batch
+                size 1 or identical rows; it is then broadcast.
+
+        Returns:
+            Tensor: similarities of shape ``(max(N1, N2),)``.
+        """
+        x1 = self._check_side(x1, "x1")
+        x2 = self._check_side(x2, "x2")
+        x1, x2 = broadcast_pair(x1, x2)
+        f1, f2 = self._embed_pair(x1, x2)
+        if f1.shape[1] != f2.shape[1]:
+            raise ValueError(
+                f"embedding widths differ: x1 gives {f1.shape[1]}, x2 gives {f2.shape[1]}; "
+                "a precomputed embedding must come from the same embedder"
+            )
+        return self.head(f1, f2)
+
+    def similarity_matrix(
+        self, query: Tensor, gallery: Tensor, batch_size: Optional[int] = None
+    ) -> Tensor:
+        r"""Scores every query against every gallery item.
+
+        Each query and each gallery item is embedded once (precomputed
+        embeddings are used as they are), then all pairs are scored.
+
+        Args:
+            query (Tensor): Inputs ``(N, ...)`` or embeddings ``(N, D)``.
+            gallery (Tensor): Inputs ``(G, ...)`` or embeddings ``(G, D)``.
+            batch_size (int, optional): Embed the gallery in chunks of at most
+                this many items.
+                Default: None (one call)
+
+        Returns:
+            Tensor: similarities of shape ``(N, G)``. For a single query, row 0
+            (or ``self(query, gallery)``, which broadcasts) gives ``(G,)``.
+        """
+        f_query = self.embed(query)
+        f_gallery = self.embed(gallery, batch_size=batch_size)
+        if f_query.shape[1] != f_gallery.shape[1]:
+            raise ValueError(
+                f"embedding widths differ: query gives {f_query.shape[1]}, "
+                f"gallery gives {f_gallery.shape[1]}"
+            )
+        return self.similarity.pairs(f_query, f_gallery)
+
+    def _check_side(self, x: Tensor, name: str) -> Tensor:
+        x = check_float_tensor(x, name)
+        if self.input_ndim is not None and x.dim() != self.input_ndim and not self.is_embedding(x):
+            raise ValueError(
+                f"{name} has {x.dim()} dimensions (shape {tuple(x.shape)}); the embedder "
+                f"takes {self.input_ndim}-D inputs, and a precomputed embedding is 2-D"
+            )
+        return x
+
+    def _run_embedder(self, x: Tensor) -> Tensor:
+        out = self.embedder(x)
+        if not isinstance(out, Tensor):
+            raise TypeError(
+                f"the embedder must return a Tensor of shape (N, D), got {type(out).__name__}"
+            )
+        if out.dim() != 2 or out.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"the embedder must return a 2-D tensor (N, D) with N = {x.shape[0]}, "
+                f"got shape {tuple(out.shape)}; flatten or pool its output"
+            )
+        return out
+
+    def _embed_pair(self, x1: Tensor, x2: Tensor) -> Tuple[Tensor, Tensor]:
+        one_call = (
+            not self.is_embedding(x1)
+            and not self.is_embedding(x2)
+            and x1.shape[1:] == x2.shape[1:]
+            and x1.dtype == x2.dtype
+            and x1.device == x2.device
+        )
+        if one_call:
+            both = self._run_embedder(torch.stack((x1, x2), dim=1).flatten(0, 1))
+            return both[0::2], both[1::2]
+        return self.embed(x1), self.embed(x2)
+
+
+def broadcast_pair(x1: Tensor, x2: Tensor) -> Tuple[Tensor, Tensor]:
+    """Expands a batch-1 (or identical-rows) side to the other side's batch size."""
+    n1, n2 = x1.shape[0], x2.shape[0]
+    if n1 == n2:
+        return x1, x2
+    if rows_identical(x2):
+        return x1, x2[:1].expand(n1, *x2.shape[1:])
+    if rows_identical(x1):
+        return x1[:1].expand(n2, *x1.shape[1:]), x2
+    raise ValueError(
+        f"cannot broadcast batch sizes {n1} (x1) and {n2} (x2): a reference must have "
+        "the queries' batch size, batch size 1, or identical rows"
+    )

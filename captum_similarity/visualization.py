@@ -1,0 +1,181 @@
+"""Figures of pair explanations, drawn with ``captum.attr.visualization``.
+
+:func:`to_visualizer_arrays` turns an attribution and its image, as torch
+tensors in ``(C, H, W)`` layout, into the ``(H, W, C)`` numpy arrays that
+:func:`captum.attr.visualization.visualize_image_attr` expects (layer maps are
+upsampled to the image, grey images made RGB, pixel values scaled to [0, 1]).
+:func:`visualize_pair` draws both images of a pair with their maps, one row
+per method, headless.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from captum.attr import LayerAttribution
+from captum.attr import visualization as viz
+from matplotlib.figure import Figure
+from torch import Tensor
+
+__all__ = ["to_visualizer_arrays", "visualize_pair"]
+
+PairAttributions = Tuple[Tensor, Tensor]
+
+
+def _select(t: Tensor, index: int, name: str, max_dim: int) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    t = t.detach()
+    if t.dim() == max_dim + 1:
+        t = t[index]
+    if t.dim() == 2:
+        t = t[None]
+    if t.dim() != 3:
+        raise ValueError(
+            f"{name} must be (C, H, W), (H, W) or batched (N, C, H, W), got shape {tuple(t.shape)}"
+        )
+    return t.float().cpu()
+
+
+def to_visualizer_arrays(
+    attribution: Tensor, image: Tensor, index: int = 0
+) -> Tuple[np.ndarray, np.ndarray]:
+    r"""Converts an attribution and its image to Captum's visualizer layout.
+
+    Args:
+        attribution (Tensor): ``(C, H, W)`` input attribution, ``(1, h, w)`` or
+            ``(h, w)`` layer map (upsampled bilinearly to the image size), or a
+            batch of either with a leading ``N`` dimension (``index`` selects).
+        image (Tensor): ``(C, H, W)`` with ``C`` in {1, 3}, or a batch
+            ``(N, C, H, W)``. Float images outside [0, 1] are min-max scaled
+            for display; grey images are repeated to three channels.
+        index (int, optional): Which sample of a batch to convert.
+            Default: 0
+
+    Returns:
+        tuple: ``(attribution, image)`` as numpy arrays of shape ``(H, W, C_a)``
+        and ``(H, W, 3)``, ready for
+        ``captum.attr.visualization.visualize_image_attr(attr, image, ...)``.
+
+    Example::
+
+        >>> from captum.attr import visualization as viz
+        >>> a, img = to_visualizer_arrays(gradcam_maps, images, index=0)
+        >>> fig, ax = viz.visualize_image_attr(a, img, "blended_heat_map", use_pyplot=False)
+    """
+    img = _select(image, index, "image", 3)
+    if img.shape[0] not in (1, 3):
+        raise ValueError(f"image must have 1 or 3 channels, got {img.shape[0]}")
+    attr = _select(attribution, index, "attribution", 3)
+    if attr.shape[-2:] != img.shape[-2:]:
+        attr = LayerAttribution.interpolate(attr[None], tuple(img.shape[-2:]), "bilinear")[0]
+    if attr.shape[0] not in (1, img.shape[0]):
+        raise ValueError(
+            f"attribution has {attr.shape[0]} channels; expected 1 or the image's {img.shape[0]}"
+        )
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    lo, hi = float(img.min()), float(img.max())
+    if lo < 0.0 or hi > 1.0:
+        img = (img - lo) / max(hi - lo, 1e-12)
+    return attr.permute(1, 2, 0).numpy(), img.permute(1, 2, 0).numpy()
+
+
+def _draws_something(attr: np.ndarray, sign: str) -> bool:
+    total = attr.sum(axis=2)
+    if sign == "positive":
+        return bool((total > 0).any())
+    if sign == "negative":
+        return bool((total < 0).any())
+    return bool(np.abs(total).max() > 0)
+
+
+def visualize_pair(
+    x1: Tensor,
+    x2: Tensor,
+    attributions: Union[PairAttributions, Mapping[str, PairAttributions]],
+    index: int = 0,
+    method: str = "blended_heat_map",
+    sign: str = "absolute_value",
+    titles: Sequence[str] = ("image 1", "image 2"),
+    suptitle: Optional[str] = None,
+    show_images: bool = True,
+    path: Union[None, str, Path] = None,
+    panel_size: float = 2.6,
+) -> Figure:
+    r"""Draws both images of a pair with their attribution maps.
+
+    Each row shows one method: image 1, its map, image 2, its map (or only the
+    two maps with ``show_images=False``). Maps are drawn by
+    :func:`captum.attr.visualization.visualize_image_attr`, so ``method`` and
+    ``sign`` take Captum's values. A map with nothing to draw for ``sign``
+    (e.g. all zeros) shows the bare image with a note instead of failing.
+    The figure is created without pyplot, so it works headless.
+
+    Args:
+        x1 (Tensor): First images, ``(N, C, H, W)`` or ``(C, H, W)``.
+        x2 (Tensor): Second images, same layout.
+        attributions (tuple or mapping): ``(a1, a2)`` for one method, or
+            ``{method name: (a1, a2)}`` for one row per method. Each map is an
+            input attribution or a layer map (see :func:`to_visualizer_arrays`).
+        index (int, optional): Which pair of a batch to draw.
+            Default: 0
+        method (str, optional): Captum visualization method for the maps.
+            Default: ``"blended_heat_map"``
+        sign (str, optional): ``"absolute_value"``, ``"positive"``,
+            ``"negative"`` or ``"all"``.
+            Default: ``"absolute_value"``
+        titles (sequence of str, optional): Names of the two images.
+            Default: ``("image 1", "image 2")``
+        suptitle (str, optional): Figure title, e.g. the similarity score.
+            Default: None
+        show_images (bool, optional): Include the bare images.
+            Default: True
+        path (str or Path, optional): Where to save the figure (format from
+            the suffix).
+            Default: None
+        panel_size (float, optional): Side of each panel in inches.
+            Default: 2.6
+
+    Returns:
+        matplotlib.figure.Figure: the figure (also saved to ``path`` if given).
+    """
+    rows = dict(attributions) if isinstance(attributions, Mapping) else {"": attributions}
+    if not rows:
+        raise ValueError("attributions is empty")
+    for name, pair in rows.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"attributions for {name or 'the pair'} must be a pair (a1, a2)")
+    cols = 4 if show_images else 2
+    fig = Figure(figsize=(panel_size * cols, panel_size * len(rows) + (0.4 if suptitle else 0)))
+    axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
+    for r, (name, (a1, a2)) in enumerate(rows.items()):
+        for side, (image, attr) in enumerate(((x1, a1), (x2, a2))):
+            attr_np, img_np = to_visualizer_arrays(attr, image, index)
+            col = side * (cols // 2)
+            label = f"{name}: {titles[side]}" if name else titles[side]
+            if show_images:
+                axes[r, col].imshow(img_np)
+                axes[r, col].set_title(titles[side], fontsize=9)
+                axes[r, col].axis("off")
+                col += 1
+            ax = axes[r, col]
+            if _draws_something(attr_np, sign):
+                viz.visualize_image_attr(
+                    attr_np, img_np, method=method, sign=sign,
+                    plt_fig_axis=(fig, ax), use_pyplot=False,
+                )
+                ax.set_title(label, fontsize=9)
+            else:
+                ax.imshow(img_np)
+                ax.set_title(f"{label} (empty map)", fontsize=9)
+                ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
