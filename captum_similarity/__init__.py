@@ -6,6 +6,7 @@ any Captum method; use the library's own methods for what Captum lacks.
 
 from ._version import __version__
 from .branches import BranchLayerAttribution, split_branches
+from .relevance_pairing import LRPRelevancePairing
 from .siamese import SiameseSimilarity
 from .similarity import SIMILARITIES, Similarity, resolve_similarity
 from .visualization import to_visualizer_arrays, visualize_pair
@@ -18,6 +19,7 @@ __all__ = [
     "resolve_similarity",
     "split_branches",
     "BranchLayerAttribution",
+    "LRPRelevancePairing",
     "to_visualizer_arrays",
     "visualize_pair",
 ]

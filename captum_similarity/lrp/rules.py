@@ -1,12 +1,379 @@
-"""LRP rules (as Captum ``PropagationRule`` subclasses)."""
+"""LRP rules: how relevance crosses one layer.
+
+Two families of rules live here:
+
+- Rules of this library's engine (:class:`Rule` subclasses), used by
+  :class:`~captum_similarity.lrp.engine.LRPEngine` and
+  :class:`~captum_similarity.LRPRelevancePairing`. Linear rules
+  (:class:`Epsilon`, :class:`Gamma`, :class:`AlphaBeta`, :class:`ZPlus`,
+  :class:`ZBox`) apply to Linear, Conv1d/2d/3d and BatchNorm layers; module
+  rules (:class:`Pass`, :class:`Hold`, :class:`NormRule`) apply to element-wise
+  activations, gates, softmax and LayerNorm.
+- :class:`SimilarityHeadRule`, a Captum ``PropagationRule`` that lets Captum's
+  own ``LRP`` conserve relevance through a
+  :class:`~captum_similarity.head.SimilarityHead`.
+
+How an engine rule works (the "gradient trick"). The engine propagates
+``c = R / a``, the relevance per unit of activation, as the gradient; the
+relevance of a tensor ``a`` is ``a * c``. A rule is a forward hook that
+returns a tensor with the layer's exact output values whose gradient
+implements the rule: for a linear layer ``z = W x + b`` and a modified layer
+``z' = W' x + b'`` (built from ``x`` with the graph kept), it returns
+``t + (z - t).detach()`` with ``t = z' * (z / z').detach()``, so that
+``c_in = W'^T (z c_out / z')`` and
+``R_in = x * c_in = x * W'^T (R_out / z')``, the rule's formula. Everything
+the rule divides by is detached, so one forward pass serves any number of
+backward passes, and the backward is linear in its seed (seeds can be
+batched).
+
+:func:`as_rule` also accepts Captum's rule classes (``EpsilonRule``,
+``GammaRule``, ``Alpha1_Beta0_Rule``, ``IdentityRule``) and translates them.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Tuple
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Tuple, Union
 
 import torch
-from captum.attr._utils.lrp_rules import PropagationRule
+from captum.attr._utils.lrp_rules import (
+    Alpha1_Beta0_Rule,
+    EpsilonRule,
+    GammaRule,
+    IdentityRule,
+    PropagationRule,
+)
 from torch import Tensor, nn
+
+from .canonizers import LinearOp, linear_op
+
+__all__ = [
+    "Rule",
+    "LinearRule",
+    "Epsilon",
+    "Gamma",
+    "AlphaBeta",
+    "ZPlus",
+    "ZBox",
+    "Pass",
+    "Hold",
+    "NormRule",
+    "as_rule",
+    "SimilarityHeadRule",
+]
+
+Bound = Union[float, Tensor]
+
+
+class Rule(ABC):
+    r"""Base class of the engine's rules.
+
+    A rule is applied as a forward hook: :meth:`apply` receives the module,
+    its positional inputs, its output and the current trace (which exposes
+    ``input``, the model input of this pass, and ``companions``, a list to
+    which input-layer rules append extra leaf tensors whose relevance counts
+    as input relevance), and returns the tensor that replaces the output:
+    same values, gradient given by the rule.
+    """
+
+    @abstractmethod
+    def apply(self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any) -> Tensor:
+        """Returns the module's output rewired so that its gradient is the rule."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+def _stabilize(z: Tensor, epsilon: float) -> Tensor:
+    return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def _share(z: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
+    """``z / (denominator + epsilon * sign)``, zero where the denominator is zero."""
+    d = _stabilize(denominator.detach(), epsilon)
+    return torch.where(d == 0, torch.zeros_like(z), z / torch.where(d == 0, torch.ones_like(d), d))
+
+
+def _with_values(values: Tensor, t: Tensor) -> Tensor:
+    """``t``'s gradient with ``values``' values."""
+    return t + (values - t).detach()
+
+
+class LinearRule(Rule):
+    r"""A rule for Linear, Conv1d/2d/3d and BatchNorm layers.
+
+    Subclasses define the modified layer ``z'`` (:meth:`modified`);
+    relevance is redistributed as ``R_in = x * W'^T (R_out / z')``, where
+    ``z'`` is stabilised by ``epsilon`` (added with its sign).
+
+    Args:
+        epsilon (float): Stabiliser of the denominator.
+    """
+
+    def __init__(self, epsilon: float) -> None:
+        if epsilon < 0:
+            raise ValueError(f"epsilon must be non-negative, got {epsilon}")
+        self.epsilon = float(epsilon)
+
+    def apply(self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any) -> Tensor:
+        return self.rewire(linear_op(module, output), inputs[0], trace)
+
+    def rewire(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
+        """The output of ``op`` on ``x`` with this rule's gradient."""
+        z = op.output.detach()
+        modified = self.modified(op, x, trace)
+        return _with_values(z, modified * _share(z, modified, self.epsilon))
+
+    @abstractmethod
+    def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
+        """``z'``: the modified layer applied to ``x``, differentiable in ``x``."""
+
+
+class Epsilon(LinearRule):
+    r"""LRP-epsilon: ``R_in = x * W^T (R_out / (z + epsilon * sign(z)))``.
+
+    ``Epsilon(0)`` is LRP-0, which on a bias-free ReLU network equals
+    gradient x input. The bias and ``epsilon`` absorb part of the relevance.
+
+    Args:
+        epsilon (float, optional): Stabiliser; larger values keep only the
+            strongest relevance paths.
+            Default: 1e-6
+        zero_bias (bool, optional): Leave the bias out of the denominator
+            (Captum's ``set_bias_to_zero``).
+            Default: False
+    """
+
+    def __init__(self, epsilon: float = 1e-6, zero_bias: bool = False) -> None:
+        super().__init__(epsilon)
+        self.zero_bias = zero_bias
+
+    def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
+        return op.forward(x, op.weight, None) if self.zero_bias else op.output
+
+
+class Gamma(LinearRule):
+    r"""LRP-gamma: ``W' = W + gamma * W^+`` (and ``b' = b + gamma * b^+``).
+
+    Favours positive contributions; ``gamma = 0`` is LRP-epsilon. Meant for
+    layers with non-negative inputs (after ReLU), as in Montavon et al. (2019);
+    relevance is conserved whatever the inputs, up to the bias.
+
+    Args:
+        gamma (float, optional): Weight of the positive part.
+            Default: 0.25
+        epsilon (float, optional): Stabiliser.
+            Default: 1e-9
+        zero_bias (bool, optional): Leave the bias out (Captum's
+            ``set_bias_to_zero``).
+            Default: False
+    """
+
+    def __init__(self, gamma: float = 0.25, epsilon: float = 1e-9, zero_bias: bool = False) -> None:
+        super().__init__(epsilon)
+        if gamma < 0:
+            raise ValueError(f"gamma must be non-negative, got {gamma}")
+        self.gamma = float(gamma)
+        self.zero_bias = zero_bias
+
+    def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
+        weight = op.weight + self.gamma * op.weight.clamp(min=0)
+        bias = None
+        if op.bias is not None and not self.zero_bias:
+            bias = op.bias + self.gamma * op.bias.clamp(min=0)
+        return op.forward(x, weight, bias)
+
+
+class AlphaBeta(LinearRule):
+    r"""LRP-alpha-beta: positive and negative contributions ``z_ij = x_i w_ij``
+    are redistributed separately,
+    ``R_i = sum_j (alpha z_ij^+ / z_j^+ - beta z_ij^- / z_j^-) R_j``.
+
+    Inputs of either sign are handled (``z^+`` collects ``x^+ W^+`` and
+    ``x^- W^-``). Biases are left out, so with ``alpha - beta = 1`` relevance
+    is conserved exactly wherever ``z_j^+`` and ``z_j^-`` are non-zero.
+
+    Args:
+        alpha (float, optional): Weight of the positive part.
+            Default: 1.0
+        beta (float, optional): Weight of the negative part.
+            Default: 0.0
+        epsilon (float, optional): Stabiliser.
+            Default: 1e-9
+    """
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0, epsilon: float = 1e-9) -> None:
+        super().__init__(epsilon)
+        if abs(alpha - beta - 1.0) > 1e-12 or beta < 0:
+            raise ValueError(f"alpha - beta must be 1 with beta >= 0, got alpha={alpha}, beta={beta}")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+
+    def rewire(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
+        z = op.output.detach()
+        positive = self._part(op, x, positive=True)
+        t = self.alpha * positive * _share(z, positive, self.epsilon)
+        if self.beta:
+            negative = self._part(op, x, positive=False)
+            t = t - self.beta * negative * _share(z, negative, self.epsilon)
+        return _with_values(z, t)
+
+    def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
+        return self._part(op, x, positive=True)
+
+    @staticmethod
+    def _part(op: LinearOp, x: Tensor, positive: bool) -> Tensor:
+        w_pos, w_neg = op.weight.clamp(min=0), op.weight.clamp(max=0)
+        if not positive:
+            w_pos, w_neg = w_neg, w_pos
+        return op.forward(x.clamp(min=0), w_pos, None) + op.forward(x.clamp(max=0), w_neg, None)
+
+
+class ZPlus(AlphaBeta):
+    r"""LRP-z+ (alpha1-beta0): only positive contributions carry relevance.
+
+    Args:
+        epsilon (float, optional): Stabiliser.
+            Default: 1e-9
+    """
+
+    def __init__(self, epsilon: float = 1e-9) -> None:
+        super().__init__(1.0, 0.0, epsilon)
+
+    def __repr__(self) -> str:
+        return f"ZPlus(epsilon={self.epsilon!r})"
+
+
+class ZBox(LinearRule):
+    r"""Bounded z^B rule for the layer that reads the model input:
+    ``R_i = sum_j (x_i w_ij - l_i w_ij^+ - h_i w_ij^-) / z^B_j * R_j``.
+
+    Inputs are known to lie in ``[low, high]`` (pixel range); relevance is
+    conserved exactly (biases are left out). It can only be given to a layer
+    whose input is the model input; composites apply it there with
+    ``input_rule``. The bounds' own relevance terms are counted in the input
+    relevance.
+
+    Args:
+        low (float or Tensor): Lower bound, broadcastable to the input
+            (e.g. per channel ``(1, C, 1, 1)`` for normalised images).
+        high (float or Tensor): Upper bound, likewise.
+        epsilon (float, optional): Stabiliser.
+            Default: 1e-9
+    """
+
+    def __init__(self, low: Bound, high: Bound, epsilon: float = 1e-9) -> None:
+        super().__init__(epsilon)
+        if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low > high:
+            raise ValueError(f"low must not exceed high, got low={low}, high={high}")
+        self.low = low
+        self.high = high
+
+    def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
+        if x is not trace.input:
+            raise ValueError(
+                "the ZBox rule applies only to a layer that reads the model input directly; "
+                "set it as the composite's input_rule (or input_bounds=) rather than on an "
+                "inner layer"
+            )
+        low, high = (self._leaf(b, x) for b in (self.low, self.high))
+        trace.companions.extend((low, high))
+        return (
+            op.forward(x, op.weight, None)
+            - op.forward(low, op.weight.clamp(min=0), None)
+            - op.forward(high, op.weight.clamp(max=0), None)
+        )
+
+    @staticmethod
+    def _leaf(bound: Bound, x: Tensor) -> Tensor:
+        b = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
+        return b.expand_as(x).clone().requires_grad_(True)
+
+
+class Pass(Rule):
+    r"""Pass-through (identity) rule: ``R_in = R_out`` element by element.
+
+    For element-wise activations (SiLU, GELU, Tanh, ...) and for gates such as
+    squeeze-excitation, whose output is ``x`` times a gate computed from ``x``:
+    the gate is held constant, so all relevance goes to ``x`` and none to the
+    gate's branch. Input and output must have the same shape.
+    """
+
+    def apply(self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any) -> Tensor:
+        x = inputs[0]
+        if not isinstance(x, Tensor) or x.shape != output.shape:
+            raise ValueError(
+                f"the Pass rule needs a module whose output has its input's shape; "
+                f"{type(module).__name__} maps {tuple(getattr(x, 'shape', ()))} to "
+                f"{tuple(output.shape)}"
+            )
+        y = output.detach()
+        xd = x.detach()
+        ratio = torch.where(xd == 0, torch.zeros_like(y), y / torch.where(xd == 0, 1.0, xd))
+        return _with_values(y, x * ratio)
+
+
+class Hold(Rule):
+    r"""Holds the module's output constant: no relevance flows into the module.
+
+    Used for attention weights (the ``nn.Softmax`` of an attention layer), so
+    that ``attn @ v`` passes relevance to ``v`` only.
+    """
+
+    def apply(self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any) -> Tensor:
+        return output.detach()
+
+
+class NormRule(Rule):
+    r"""LayerNorm with the standard deviation held constant.
+
+    ``y = (x - mean(x)) * (w / std(x)) + b`` becomes linear in ``x`` once
+    ``std`` is constant; relevance then follows that linear map (LRP-0), the
+    bias ``b`` absorbing its share, as proposed for transformers by Ali et al.
+    (2022).
+    """
+
+    def apply(self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any) -> Tensor:
+        if not isinstance(module, nn.LayerNorm):
+            raise TypeError(f"NormRule applies to nn.LayerNorm, got {type(module).__name__}")
+        x = inputs[0]
+        dims = tuple(range(-len(module.normalized_shape), 0))
+        xd = x.detach()
+        scale = torch.rsqrt(xd.var(dims, unbiased=False, keepdim=True) + module.eps)
+        if module.weight is not None:
+            scale = scale * module.weight.detach()
+        return _with_values(output.detach(), (x - x.mean(dims, keepdim=True)) * scale)
+
+
+RuleLike = Union[Rule, PropagationRule]
+
+
+def as_rule(rule: RuleLike) -> Rule:
+    r"""Returns an engine rule for ``rule``, translating Captum's rule classes.
+
+    ``EpsilonRule(eps)`` becomes :class:`Epsilon` ``(eps)``, ``GammaRule`` becomes
+    :class:`Gamma` (keeping ``gamma`` and ``set_bias_to_zero``),
+    ``Alpha1_Beta0_Rule`` becomes :class:`ZPlus` and ``IdentityRule`` becomes
+    :class:`Pass`.
+
+    Raises:
+        TypeError: ``rule`` is neither an engine rule nor one of those.
+    """
+    if isinstance(rule, Rule):
+        return rule
+    if isinstance(rule, IdentityRule):
+        return Pass()
+    if isinstance(rule, EpsilonRule):
+        return Epsilon(rule.STABILITY_FACTOR)
+    if isinstance(rule, GammaRule):
+        return Gamma(rule.gamma, zero_bias=rule.set_bias_to_zero)
+    if isinstance(rule, Alpha1_Beta0_Rule):
+        return ZPlus()
+    raise TypeError(
+        f"expected an LRP rule (captum_similarity.lrp.rules.Rule or Captum's EpsilonRule, "
+        f"GammaRule, Alpha1_Beta0_Rule, IdentityRule), got {type(rule).__name__}"
+    )
 
 
 class SimilarityHeadRule(PropagationRule):

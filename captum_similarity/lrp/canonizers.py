@@ -1,0 +1,151 @@
+"""Canonizers: the model seen as LRP needs it, without writing to the model.
+
+LRP rules are defined for linear layers followed by element-wise
+activations. Real embedders deviate from that in four places; each is put
+right here *functionally*, inside the forward hooks of one relevance pass, so
+that no parameter, buffer or module of the user's model is ever written (there
+is nothing to undo, also when an exception is raised):
+
+- **BatchNorm folding.** A BatchNorm that directly consumes the output of a
+  conv or linear layer is merged with it: :func:`fold_batchnorm` builds the
+  fused :class:`LinearOp` (``W * scale``, ``(b - mean) * scale + beta``) and
+  the conv's rule is applied to the fused layer, from the conv's input to the
+  BatchNorm's output. Values in the forward pass are those of the model; only
+  the relevance path changes. A BatchNorm that follows anything else is treated
+  as the per-channel affine layer it is in eval mode (:func:`linear_op`).
+- **Residual additions** (``out + shortcut`` written in forward code need no
+  module). The engine propagates ``c = R / a`` (relevance per unit of
+  activation) as the gradient, so autograd's own backward of ``a + b`` hands
+  both summands the same ``c``: ``R_a = a c`` and ``R_b = b c`` split ``R`` in
+  proportion to each branch's contribution, which is LRP-0 for the sum, and
+  ``R_a + R_b = R`` exactly. The same holds for every other linear functional
+  op (reshapes, slicing, concatenation, means, scaling by constants).
+- **Gates** (squeeze-excitation: ``x * sigmoid(...)``): the module is given a
+  pass-through rule (:class:`~captum_similarity.lrp.rules.Pass`), which holds
+  the gate constant, so the relevance of ``x * g`` goes to ``x`` whole and none
+  to the gate's branch. :func:`is_squeeze_excitation` recognises such modules
+  by class name.
+- **Transformer blocks**: LayerNorm with the standard deviation held constant
+  (:class:`~captum_similarity.lrp.rules.NormRule`) and attention weights
+  (the ``nn.Softmax`` output) held constant
+  (:class:`~captum_similarity.lrp.rules.Hold`), so ``attn @ v`` is a linear
+  map of ``v`` with non-negative weights, as in Ali et al. (ICML 2022) and
+  AttnLRP (Achtibat et al., ICML 2024).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "LinearOp",
+    "LINEAR_TYPES",
+    "BATCHNORM_TYPES",
+    "linear_op",
+    "fold_batchnorm",
+    "is_squeeze_excitation",
+]
+
+#: Layers whose rule is a linear rule of their weights.
+LINEAR_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: BatchNorm layers, folded into a preceding linear layer or treated as affine.
+BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+LinearForward = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
+
+_SE_NAMES = re.compile(r"squeeze.?excit|^se(module|layer|block)?$|^effectivese", re.IGNORECASE)
+
+
+@dataclass
+class LinearOp:
+    r"""A linear layer as the rules see it: ``z = forward(x, weight, bias)``.
+
+    Args:
+        forward (Callable): ``(x, weight, bias) -> z``; rules call it with
+            modified weights (``bias`` may be None).
+        weight (Tensor): The layer's (possibly fused) weight.
+        bias (Tensor or None): The layer's (possibly fused) bias.
+        output (Tensor): ``forward(x, weight, bias)`` as computed in the
+            forward pass, differentiable with respect to ``x``.
+    """
+
+    forward: LinearForward
+    weight: Tensor
+    bias: Optional[Tensor]
+    output: Tensor
+
+
+def _channel_affine(x: Tensor, scale: Tensor, shift: Optional[Tensor]) -> Tensor:
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    out = x * scale.reshape(shape)
+    return out if shift is None else out + shift.reshape(shape)
+
+
+def _batchnorm_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` with ``bn(x) = x * scale + shift`` per channel, in eval mode."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(
+            f"{type(bn).__name__} has no running statistics (track_running_stats=False), "
+            "so it is not a fixed affine layer; LRP cannot fold it. Give it a rule "
+            "(e.g. rules={'<name>': Pass()}) or train it with running statistics"
+        )
+    scale = torch.rsqrt(bn.running_var.detach() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach()
+    shift = -bn.running_mean.detach() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach()
+    return scale, shift
+
+
+def linear_op(module: nn.Module, output: Tensor) -> LinearOp:
+    r"""The :class:`LinearOp` of a Linear, Conv1d/2d/3d or BatchNorm (eval) module.
+
+    Args:
+        module (nn.Module): The layer.
+        output (Tensor): The layer's output in this forward pass.
+
+    Raises:
+        TypeError: ``module`` is not one of these layers.
+    """
+    if isinstance(module, nn.Linear):
+        return LinearOp(F.linear, module.weight.detach(), _detached(module.bias), output)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return LinearOp(module._conv_forward, module.weight.detach(), _detached(module.bias), output)
+    if isinstance(module, BATCHNORM_TYPES):
+        scale, shift = _batchnorm_affine(module)
+        return LinearOp(_channel_affine, scale, shift, output)
+    raise TypeError(
+        f"a linear LRP rule needs a Linear, Conv1d/2d/3d or BatchNorm layer, got "
+        f"{type(module).__name__}; give this module a module-level rule (Pass, Hold, NormRule)"
+    )
+
+
+def fold_batchnorm(op: LinearOp, bn: nn.Module) -> LinearOp:
+    r"""Merges ``bn`` (eval mode) into the linear layer ``op`` that feeds it.
+
+    Returns:
+        LinearOp: ``x -> bn(op(x))`` with fused weight and bias; its ``output``
+        is ``bn`` applied to ``op.output`` (values of the forward pass).
+    """
+    scale, shift = _batchnorm_affine(bn)
+    weight = op.weight * scale.reshape((-1,) + (1,) * (op.weight.dim() - 1))
+    bias = shift if op.bias is None else op.bias * scale + shift
+    return LinearOp(op.forward, weight, bias, _channel_affine(op.output, scale, shift))
+
+
+def is_squeeze_excitation(module: nn.Module) -> bool:
+    """Whether ``module`` is a squeeze-excitation gate, recognised by class name
+    (``SqueezeExcitation``, ``SqueezeExcite``, ``SEModule``, ``SELayer``,
+    ``EffectiveSEModule``, ...)."""
+    return bool(_SE_NAMES.search(type(module).__name__))
+
+
+def _detached(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.detach()

@@ -1,0 +1,275 @@
+"""The LRP engine: one forward pass, any number of relevance backward passes.
+
+:class:`LRPEngine` runs a model once with forward hooks that rewrite each
+layer's gradient into its LRP rule (see :mod:`captum_similarity.lrp.rules`
+for the gradient trick and :mod:`captum_similarity.lrp.canonizers` for
+BatchNorm folding, residual additions, gates and transformer blocks). Hooks
+are per call, so a module used several times (a Siamese encoder, a ReLU
+reused in every block) is handled; they are removed, and the model's training
+flags, ``requires_grad`` and ``.grad`` restored, before :meth:`LRPEngine.forward`
+returns or raises. No parameter or buffer is ever written.
+
+The result, a :class:`RelevancePass`, keeps the modified graph. Its one
+primitive, :meth:`RelevancePass.propagate`, moves relevance from a *source*
+(the model output, or a recorded layer) down to a *target* (the input, or a
+recorded layer):
+
+- first-order explanations: ``p.propagate(R_out)`` -> input relevance;
+- embedding -> intermediate layer (PAIR-X step 3):
+  ``p.propagate(R_out, target=layer)`` -> the layer's relevance, computed
+  without going below the layer;
+- seeded layer -> pixels for many seeds at once (PAIR-X step 6, BiLRP):
+  ``p.propagate(seeds, source=layer, batched=True)`` with ``seeds`` of shape
+  ``(K, *layer_shape)``: one batched backward (``is_grads_batched``) instead
+  of ``K``; layers above ``layer`` are not run again.
+
+Seeds are relevance (``R``, not gradients): the engine converts them to the
+gradient ``R / a`` of the source activation ``a``; relevance placed on a zero
+activation is dropped (a zero activation carries no relevance under any rule).
+
+Example::
+
+    >>> engine = LRPEngine(embedder, "epsilon_plus")
+    >>> p = engine.forward(images, record=["layer2"])
+    >>> r_layer = p.propagate(p.output.detach(), target="layer2")   # (N, C, h, w)
+    >>> seeds = torch.stack([r_layer * mask for mask in cell_masks])  # (K, N, C, h, w)
+    >>> r_pixels = p.propagate(seeds, source="layer2", batched=True)  # (K, N, 3, H, W)
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import ExitStack
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .._utils.hooks import LayerRecorder
+from .._utils.layers import LayerSpec, resolve_layer
+from .._utils.state import preserved_state
+from .canonizers import BATCHNORM_TYPES, LINEAR_TYPES, fold_batchnorm, linear_op
+from .composites import Composite, resolve_composite
+from .rules import LinearRule, Rule
+
+__all__ = ["LRPEngine", "RelevancePass"]
+
+
+class _Trace:
+    """State of one forward pass, seen by the hooks and the rules."""
+
+    def __init__(self, inputs: Tensor, composite: Composite) -> None:
+        self.input = inputs
+        self.composite = composite
+        self.companions: List[Tensor] = []
+        self.reads_input = False
+        # output tensor id -> (output, op inputs, rule, module) of linear layers
+        self.produced: Dict[int, Tuple[Tensor, Tensor, LinearRule, nn.Module, Tensor]] = {}
+        self.recorders: List[LayerRecorder] = []
+
+    def redirect(self, old: Tensor, new: Tensor) -> None:
+        """A folded conv reports its BatchNorm's output as its own."""
+        for rec in self.recorders:
+            rec.tensors = [new if t is old else t for t in rec.tensors]
+
+
+def _unsupported_hook(name: str):
+    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        raise ValueError(
+            f"LRP has no rule for module {name!r} ({type(module).__name__}). Give it one by "
+            f"name, e.g. LRPRelevancePairing(..., rules={{{name!r}: Pass()}}) or "
+            f".set_rule({name!r}, rule), with a rule from captum_similarity.lrp.rules "
+            "(Pass for element-wise maps and gates, Hold to block relevance, Epsilon/ZPlus/"
+            "Gamma for linear layers), or add its type to a Composite's layer_rules"
+        )
+
+    return hook
+
+
+def _rule_hook(name: str, rule: Rule, trace: _Trace):
+    def hook(module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> Tensor:
+        if not isinstance(output, Tensor) or not inputs or not isinstance(inputs[0], Tensor):
+            raise TypeError(
+                f"LRP rules apply to modules mapping a tensor to a tensor; module {name!r} "
+                f"({type(module).__name__}) returned {type(output).__name__}"
+            )
+        x = inputs[0]
+        if isinstance(module, BATCHNORM_TYPES) and trace.composite.fold_batchnorm:
+            entry = trace.produced.get(id(x))
+            if entry is not None and entry[0] is x:
+                _, conv_input, conv_rule, conv, conv_raw = entry
+                op = fold_batchnorm(linear_op(conv, conv_raw), module)
+                out = conv_rule.rewire(op, conv_input, trace)
+                trace.redirect(x, out)
+                return out
+        chosen = rule
+        if x is trace.input and isinstance(module, LINEAR_TYPES):
+            trace.reads_input = True
+            if (
+                trace.composite.input_rule is not None
+                and trace.composite.user_rule(name, module) is None
+            ):
+                chosen = trace.composite.input_rule
+        out = chosen.apply(module, inputs, output, trace)
+        if isinstance(module, LINEAR_TYPES) and isinstance(chosen, LinearRule):
+            trace.produced[id(out)] = (out, x, chosen, module, output)
+        return out
+
+    return hook
+
+
+class LRPEngine:
+    r"""Runs a model with LRP rules in place of its gradients.
+
+    Args:
+        model (nn.Module): The model (an embedder). It is switched to eval mode
+            for the pass and left exactly as found.
+        composite (str or Composite, optional): Rule assignment: a preset name
+            (``"lrp0"``, ``"epsilon"``, ``"epsilon_plus"``, ``"gamma"``) or a
+            :class:`~captum_similarity.lrp.composites.Composite`. The engine
+            keeps its own copy; change rules with :meth:`set_rule`.
+            Default: ``"epsilon_plus"``
+    """
+
+    def __init__(self, model: nn.Module, composite: Union[str, Composite] = "epsilon_plus") -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"LRP needs the model as an nn.Module (its layers carry the rules), got "
+                f"{type(model).__name__}"
+            )
+        self.model = model
+        self.composite = resolve_composite(composite)
+
+    def set_rule(self, layer: LayerSpec, rule: Any) -> None:
+        """Gives a layer (dotted name, glob pattern or module) a rule for all later passes."""
+        self.composite.set_rule(layer, rule)
+
+    def forward(self, inputs: Tensor, record: Sequence[LayerSpec] = ()) -> "RelevancePass":
+        r"""Runs the model once with the rules in place.
+
+        Args:
+            inputs (Tensor): A batch of model inputs ``(N, ...)``.
+            record (sequence of str or nn.Module, optional): Layers whose
+                output relevance will be asked for (as source or target);
+                each must run exactly once in the pass.
+                Default: ()
+
+        Returns:
+            RelevancePass: the output and the modified graph.
+
+        Raises:
+            ValueError: a module without a rule ran, or a recorded layer did not
+                run exactly once.
+        """
+        if not isinstance(inputs, Tensor) or not inputs.is_floating_point():
+            raise TypeError("inputs must be a floating-point tensor")
+        x = inputs.detach().requires_grad_(True)
+        layers = [resolve_layer(self.model, spec) for spec in record]
+        trace = _Trace(x, self.composite)
+        with preserved_state(self.model, eval_mode=True, freeze=True), ExitStack() as stack:
+            for name, module, rule in self.composite.plan(self.model):
+                hook = _unsupported_hook(name) if rule is None else _rule_hook(name, rule, trace)
+                stack.callback(module.register_forward_hook(hook).remove)
+            for layer in layers:
+                trace.recorders.append(stack.enter_context(LayerRecorder(layer)))
+            with torch.enable_grad():
+                output = self.model(x)
+            recorded = {id(layer): rec.single() for layer, rec in zip(layers, trace.recorders)}
+        if not isinstance(output, Tensor):
+            raise TypeError(f"the model must return a tensor, got {type(output).__name__}")
+        if not output.requires_grad:
+            raise ValueError(
+                "no relevance reaches the model output from its input: every path is held "
+                "constant (check Hold rules) or the output does not depend on the input"
+            )
+        if self.composite.input_rule is not None and not trace.reads_input:
+            warnings.warn(
+                f"the input rule {self.composite.input_rule!r} was not applied: no Linear/Conv "
+                "layer reads the model input directly (is the input transformed first?)",
+                stacklevel=2,
+            )
+        return RelevancePass(self.model, x, output, trace.companions, recorded)
+
+
+class RelevancePass:
+    r"""A forward pass with LRP rules; relevance can be propagated through it
+    any number of times. Created by :meth:`LRPEngine.forward`.
+
+    Attributes:
+        input (Tensor): The input (a leaf) of the pass.
+        output (Tensor): The model output, same values as the model gives.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        output: Tensor,
+        companions: List[Tensor],
+        recorded: Dict[int, Tensor],
+    ) -> None:
+        self._model = model
+        self.input = inputs
+        self.output = output
+        self._companions = companions
+        self._recorded = recorded
+
+    def activation(self, layer: LayerSpec) -> Tensor:
+        """The recorded output of ``layer`` (in the graph; ``.detach()`` to read)."""
+        module = resolve_layer(self._model, layer)
+        if id(module) not in self._recorded:
+            raise ValueError(
+                f"layer {layer!r} was not recorded; pass it in LRPEngine.forward(..., record=[...])"
+            )
+        return self._recorded[id(module)]
+
+    def propagate(
+        self,
+        seed: Tensor,
+        source: Optional[LayerSpec] = None,
+        target: Optional[LayerSpec] = None,
+        batched: bool = False,
+    ) -> Tensor:
+        r"""Propagates relevance ``seed`` from ``source`` down to ``target``.
+
+        Args:
+            seed (Tensor): Relevance at the source, of the source's shape, or
+                ``(K, *source_shape)`` with ``batched=True`` (``K`` independent
+                seeds, one batched backward).
+            source (str or nn.Module, optional): A recorded layer, or None for
+                the model output.
+                Default: None
+            target (str or nn.Module, optional): A recorded layer below
+                ``source``, or None for the input.
+                Default: None
+            batched (bool, optional): Whether ``seed`` has a leading seed
+                dimension.
+                Default: False
+
+        Returns:
+            Tensor: relevance at the target, of the target's shape (with the
+            leading ``K`` when batched). At the input it includes the relevance
+            of input-rule bounds (z^B).
+        """
+        src = self.output if source is None else self.activation(source)
+        if not isinstance(seed, Tensor):
+            raise TypeError(f"seed must be a Tensor, got {type(seed).__name__}")
+        expected = ((seed.shape[0],) if batched and seed.dim() else ()) + tuple(src.shape)
+        if tuple(seed.shape) != expected or seed.dim() == 0:
+            raise ValueError(
+                f"seed must have shape {'(K, ' if batched else '('}"
+                f"{', '.join(map(str, src.shape))}), got {tuple(seed.shape)}"
+            )
+        a = src.detach()
+        grad_seed = torch.where(a == 0, torch.zeros_like(seed), seed / torch.where(a == 0, 1.0, a))
+        targets = [self.input, *self._companions] if target is None else [self.activation(target)]
+        grads = torch.autograd.grad(
+            src, targets, grad_seed.to(a.dtype), retain_graph=True, allow_unused=True,
+            is_grads_batched=batched,
+        )
+        if grads[0] is None:
+            raise ValueError(
+                f"no relevance flows from {source or 'the output'!r} to "
+                f"{target or 'the input'!r}: the target must lie below the source"
+            )
+        return sum(t.detach() * g for t, g in zip(targets, grads) if g is not None)

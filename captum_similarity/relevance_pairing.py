@@ -1,0 +1,494 @@
+"""LRPRelevancePairing: LRP relevance of both images for their similarity, and BiLRP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from captum.attr._utils.attribution import GradientAttribution
+from torch import Tensor, nn
+
+from ._utils.batching import batch_slices
+from ._utils.checks import check_float_tensor, rows_identical
+from ._utils.layers import LayerSpec
+from .lrp.composites import Composite
+from .lrp.engine import LRPEngine, RelevancePass
+from .lrp.rules import RuleLike, ZBox
+from .siamese import SiameseSimilarity, broadcast_pair
+from .similarity import Similarity, SimilarityLike
+
+__all__ = ["LRPRelevancePairing", "patch_centers"]
+
+PatchSize = Union[int, Tuple[int, int]]
+Bound = Union[float, Tensor]
+
+
+@dataclass
+class _Side:
+    """One side of the pairs inside a pass: its rows start at ``offset``;
+    ``shared`` means one row serves every pair (a broadcast reference)."""
+
+    offset: int
+    rows: int
+    shared: bool
+
+    def pair_rows(self, n: int) -> Tensor:
+        """Row of each of the ``n`` pairs inside the pass."""
+        if self.shared:
+            return torch.full((n,), self.offset, dtype=torch.long)
+        return torch.arange(self.offset, self.offset + n)
+
+
+def _distinct(x: Tensor) -> Tuple[Tensor, bool]:
+    """``x`` with a batch of identical rows reduced to one row."""
+    if x.shape[0] > 1 and rows_identical(x):
+        return x[:1], True
+    return x, False
+
+
+class LRPRelevancePairing(GradientAttribution):
+    r"""Layer-wise relevance propagation of a similarity ``s(x1, x2)`` onto
+    both images, and its second-order form BiLRP (Eberle et al., TPAMI 2020).
+
+    **First order** (:meth:`attribute`). The score is split over the embedding
+    dimensions with the similarity's per-dimension contributions
+    (:meth:`~captum_similarity.Similarity.contribution`), ``R(f1)_j = R(f2)_j =
+    c_j`` with ``sum_j c_j = s``, and each image's embedding relevance is
+    propagated to its pixels by the LRP rules of ``composite``. Both images
+    therefore receive the whole score: on a bias-free network with LRP-0,
+    ``sum R1 = sum R2 = s``. For ``"dot"``, ``c = f1 * f2``; for ``"cosine"``,
+    ``c = f1 / |f1| * f2 / |f2|``: the norms are held constant (as LRP holds
+    LayerNorm's scale constant), whereas plain gradients through the
+    normalisation would give relevance summing to zero.
+
+    **Second order** (:meth:`attribute_pairwise`). For ``s = <phi(x), phi(x')>``
+    the relevance of a pair of patches is
+    ``R_pp' = sum_m R_p^(m)(x) R_p'^(m)(x')``, where ``R^(m)`` is the LRP
+    explanation of embedding dimension ``m`` (seeded with its own value); for
+    cosine each factor is divided by the embedding norm. ``R^(m)`` depends on
+    one image only, so it is computed once per distinct image (a broadcast
+    query in a 1-vs-N comparison costs one image) and all ``D`` dimensions of
+    an image go through one batched backward pass. An optional random
+    projection of the embedding to ``K < D`` dimensions (as in the BiLRP paper)
+    cuts the cost further.
+
+    **Rules and model support.** Rules come from a
+    :class:`~captum_similarity.lrp.composites.Composite` (presets ``"lrp0"``,
+    ``"epsilon"``, ``"epsilon_plus"``, ``"gamma"``), overridable per module name
+    with ``rules`` or :meth:`set_rule`; these user rules persist across calls.
+    BatchNorm is folded into the preceding conv/linear layer, residual
+    additions split relevance in proportion to each branch, squeeze-excitation
+    gates and attention weights are held constant and LayerNorm's scale too,
+    all without writing to the model; see :mod:`captum_similarity.lrp`.
+    The embedder runs once per call on both images, in eval mode, and is left
+    exactly as found. Modules used several times are supported.
+
+    Args:
+        embedder (nn.Module or SiameseSimilarity): Maps a batch of images
+            ``(N, C, H, W)`` (or any input) to embeddings ``(N, D)``. A
+            :class:`~captum_similarity.SiameseSimilarity` contributes its
+            embedder and similarity.
+        similarity (str or Similarity, optional): ``"dot"`` or ``"cosine"``, or
+            any :class:`~captum_similarity.Similarity` with per-dimension
+            contributions (first order only; BiLRP needs dot or cosine).
+            Default: None (the SiameseSimilarity's, else ``"dot"``)
+        composite (str or Composite, optional): Rule assignment.
+            ``"epsilon_plus"`` (z+ for convolutions, epsilon for linear layers)
+            gives readable maps; ``"lrp0"`` conserves exactly on bias-free
+            networks; ``"gamma"`` uses gamma decreasing with depth (0.5, 0.25,
+            0.1, 0), the BiLRP paper's choice together with ``input_bounds``.
+            Default: ``"epsilon_plus"``
+        rules (Mapping, optional): Rules by module name (dotted, or a glob
+            pattern like ``"blocks.*.act"``) or module object; values are rules
+            of :mod:`captum_similarity.lrp.rules` or Captum's rule classes. A
+            module's ``rule`` attribute (Captum's convention) is honoured too.
+            Default: None
+        input_bounds (tuple, optional): ``(low, high)`` pixel bounds, floats or
+            tensors broadcastable to the input (e.g. ``(1, C, 1, 1)`` for
+            normalised images); the layer reading the input then uses the
+            bounded z^B rule.
+            Default: None
+
+    Examples::
+
+        >>> import torch
+        >>> from captum_similarity import LRPRelevancePairing
+        >>> from captum_similarity.models import SimpleCNN
+        >>> lrp = LRPRelevancePairing(SimpleCNN(bias=False), "dot", composite="lrp0")
+        >>> x1, x2 = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+        >>> (r1, r2), delta = lrp.attribute((x1, x2), return_convergence_delta=True)
+        >>> r1.shape, delta.shape                 # delta ~ 0: both sums equal s
+        (torch.Size([2, 3, 32, 32]), torch.Size([2, 2]))
+        >>> lrp.attribute_pairwise((x1, x2), patch_size=8).shape
+        torch.Size([2, 16, 16])
+    """
+
+    def __init__(
+        self,
+        embedder: Union[nn.Module, SiameseSimilarity],
+        similarity: Optional[SimilarityLike] = None,
+        composite: Union[str, Composite] = "epsilon_plus",
+        rules: Optional[Mapping[LayerSpec, RuleLike]] = None,
+        input_bounds: Optional[Tuple[Bound, Bound]] = None,
+    ) -> None:
+        if isinstance(embedder, SiameseSimilarity):
+            model = embedder if similarity is None else SiameseSimilarity(
+                embedder.embedder, similarity, embedder.input_ndim
+            )
+        else:
+            model = SiameseSimilarity(embedder, "dot" if similarity is None else similarity)
+        super().__init__(model)
+        self.model = model
+        self.engine = LRPEngine(model.embedder, composite)
+        for layer, rule in (rules or {}).items():
+            self.engine.set_rule(layer, rule)
+        if input_bounds is not None:
+            if not isinstance(input_bounds, tuple) or len(input_bounds) != 2:
+                raise TypeError("input_bounds must be a tuple (low, high)")
+            self.engine.composite.input_rule = ZBox(*input_bounds)
+        if self.similarity.contributions is None:
+            raise ValueError(
+                f"similarity {self.similarity.name!r} defines no per-dimension contributions, "
+                "so its score cannot seed LRP; use 'dot' or 'cosine', or a Similarity with "
+                "`contributions`"
+            )
+
+    @property
+    def similarity(self) -> Similarity:
+        """The resolved :class:`~captum_similarity.Similarity`."""
+        return self.model.similarity
+
+    @property
+    def composite(self) -> Composite:
+        """The rule assignment in use (holds the user rules)."""
+        return self.engine.composite
+
+    def set_rule(self, layer: LayerSpec, rule: RuleLike) -> None:
+        r"""Gives a layer a rule for every later call.
+
+        Args:
+            layer (str or nn.Module): A module of the embedder, its dotted
+                name, or a glob pattern over names.
+            rule (Rule): A rule of :mod:`captum_similarity.lrp.rules` or a
+                Captum rule (``EpsilonRule``, ``GammaRule``, ...).
+        """
+        self.engine.set_rule(layer, rule)
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: Union[Tensor, Tuple[Tensor, Tensor]],
+        additional_forward_args: Optional[Any] = None,
+        return_convergence_delta: bool = False,
+    ) -> Any:
+        r"""Relevance of each image for the similarity of each pair.
+
+        Args:
+            inputs (Tensor or tuple of Tensor): ``(x1, x2)``, two batches of
+                images; one side may have batch size 1 or identical rows (a
+                1-vs-N comparison), it is then broadcast and run only once.
+                A single tensor ``x1`` explains only ``x1`` against the
+                reference in ``additional_forward_args``.
+            additional_forward_args (Tensor or tuple, optional): With a single
+                tensor ``inputs``: the reference, an image batch or a
+                precomputed embedding ``(N, D)`` / ``(1, D)``, as a tensor or a
+                1-tuple. Not accepted with tuple ``inputs``.
+                Default: None
+            return_convergence_delta (bool, optional): Also return
+                ``s - sum R`` per pair (and image).
+                Default: False
+
+        Returns:
+            *tuple of Tensor* or *Tensor*, and optionally a *Tensor*:
+            - **attributions**: ``(R1, R2)`` shaped like the (broadcast) inputs
+              ``(N, ...)`` for tuple inputs; ``R1`` ``(N, ...)`` for a tensor.
+            - **delta** (with ``return_convergence_delta``): ``(N, 2)``, column
+              ``i`` is ``s - R_i.sum()`` of image ``i + 1`` (tuple inputs), or
+              ``(N,)`` (tensor input).
+        """
+        if isinstance(inputs, Tensor):
+            x1 = check_float_tensor(inputs, "inputs")
+            reference = _reference(additional_forward_args)
+            x1, reference = broadcast_pair(x1, reference)
+            if self.model.is_embedding(reference):
+                relevance, scores = self._first_order(x1, None, reference.detach())
+            else:
+                relevance, scores = self._first_order(x1, reference, None, explain_second=False)
+            r1 = relevance[0]
+            if return_convergence_delta:
+                return r1, scores - _total(r1)
+            return r1
+        x1, x2 = self._pair(inputs, additional_forward_args)
+        (r1, r2), scores = self._first_order(x1, x2, None)
+        if return_convergence_delta:
+            return (r1, r2), scores[:, None] - torch.stack((_total(r1), _total(r2)), dim=1)
+        return r1, r2
+
+    def attribute_pairwise(
+        self,
+        inputs: Tuple[Tensor, Tensor],
+        patch_size: PatchSize = 8,
+        projection_dim: Optional[int] = None,
+        projection_seed: int = 0,
+        internal_batch_size: Optional[int] = None,
+        return_convergence_delta: bool = False,
+    ) -> Any:
+        r"""BiLRP: relevance of every pair of patches of the two images.
+
+        Args:
+            inputs (tuple of Tensor): ``(x1, x2)``, image batches
+                ``(N, C, H, W)``; one side may have batch size 1 or identical
+                rows (its per-dimension relevance is then computed once).
+            patch_size (int or tuple of int, optional): Patch height and
+                width; images are cut row by row from the top left, a last
+                partial row or column of patches being padded with zeros.
+                Default: 8
+            projection_dim (int, optional): Project the embedding to this many
+                dimensions with a random Gaussian matrix ``P`` (entries of
+                variance ``1 / K``), so that ``K`` instead of ``D`` relevance
+                maps are computed per image. The result then decomposes the
+                projected similarity ``<P f1, P f2>`` (normalised for cosine),
+                an unbiased estimate of ``s``.
+                Default: None (no projection: exact)
+            projection_seed (int, optional): Seed of ``P``.
+                Default: 0
+            internal_batch_size (int, optional): Embedding dimensions per
+                batched backward pass (bounds memory: each holds
+                ``internal_batch_size`` relevance maps per image).
+                Default: None (all at once)
+            return_convergence_delta (bool, optional): Also return
+                ``s - R.sum((1, 2))`` per pair.
+                Default: False
+
+        Returns:
+            *Tensor* or (*Tensor*, *Tensor*):
+            - **relevance** ``(N, P1, P2)``: ``P_i = ceil(H_i / ph) * ceil(W_i / pw)``
+              patches of image ``i`` in row-major order (see
+              :func:`patch_centers`); row sums are the first image's patch
+              relevance, column sums the second's.
+            - **delta** ``(N,)`` (with ``return_convergence_delta``).
+        """
+        if self.similarity.name not in ("dot", "cosine"):
+            raise ValueError(
+                f"BiLRP decomposes a dot product; similarity {self.similarity.name!r} is not "
+                "supported (use 'dot' or 'cosine')"
+            )
+        x1, x2 = self._pair(inputs, None)
+        for name, x in (("x1", x1), ("x2", x2)):
+            if x.dim() != 4:
+                raise ValueError(f"{name} must be images (N, C, H, W), got shape {tuple(x.shape)}")
+        patch = _patch_pair(patch_size)
+        n = x1.shape[0]
+        sides, passes = self._passes(x1, x2)
+        maps: List[Tensor] = []
+        embeddings: List[Tensor] = []
+        projection: Optional[Tensor] = None
+        for p in passes:
+            f = p.output.detach()
+            if projection is None:
+                projection = _projection(f, projection_dim, projection_seed)
+            maps.append(self._dimension_maps(p, projection, patch, internal_batch_size))
+            embeddings.append(f)
+        assert projection is not None
+        a, f_all = torch.cat(maps, dim=1), torch.cat(embeddings)
+        rows1, rows2 = sides[0].pair_rows(n), sides[1].pair_rows(n)
+        a1, a2 = a[:, rows1], a[:, rows2]
+        f1, f2 = f_all[rows1], f_all[rows2]
+        if self.similarity.name == "cosine":
+            a1 = a1 / _norm(f1)[None, :, None]
+            a2 = a2 / _norm(f2)[None, :, None]
+        relevance = torch.einsum("knp,knq->npq", a1, a2)
+        if return_convergence_delta:
+            return relevance, self.similarity(f1, f2) - relevance.sum((1, 2))
+        return relevance
+
+    # -- internals ---------------------------------------------------------
+
+    def _pair(self, inputs: Any, additional_forward_args: Any) -> Tuple[Tensor, Tensor]:
+        if not isinstance(inputs, tuple) or len(inputs) != 2:
+            raise TypeError(
+                "inputs must be a tuple (x1, x2) of image batches, or a single tensor with the "
+                "reference in additional_forward_args"
+            )
+        if additional_forward_args is not None:
+            raise TypeError("additional_forward_args is only accepted with a single-tensor input")
+        x1 = check_float_tensor(inputs[0], "x1")
+        x2 = check_float_tensor(inputs[1], "x2")
+        for name, x in (("x1", x1), ("x2", x2)):
+            if self.model.is_embedding(x):
+                raise ValueError(
+                    f"{name} is 2-D, i.e. a precomputed embedding, which has no input relevance; "
+                    "pass the other image as `inputs` and this embedding as "
+                    "additional_forward_args"
+                )
+        return broadcast_pair(x1, x2)
+
+    def _passes(
+        self, x1: Tensor, x2: Optional[Tensor]
+    ) -> Tuple[List[_Side], List[RelevancePass]]:
+        """Runs the embedder on the distinct rows of each side, in one pass when
+        the two sides' images have the same shape. Row offsets are global over
+        the concatenated passes."""
+        parts = [_distinct(x) for x in ((x1,) if x2 is None else (x1, x2))]
+        sides: List[_Side] = []
+        offset = 0
+        for rows, shared in parts:
+            sides.append(_Side(offset, rows.shape[0], shared))
+            offset += rows.shape[0]
+        tensors = [rows for rows, _ in parts]
+        if len(tensors) == 2 and tensors[0].shape[1:] == tensors[1].shape[1:] and (
+            tensors[0].dtype == tensors[1].dtype
+        ):
+            passes = [self.engine.forward(torch.cat(tensors))]
+        else:
+            passes = [self.engine.forward(t) for t in tensors]
+        for p in passes:
+            _check_embedding(p.output)
+        return sides, passes
+
+    def _first_order(
+        self,
+        x1: Tensor,
+        x2: Optional[Tensor],
+        f2_fixed: Optional[Tensor],
+        explain_second: bool = True,
+    ) -> Tuple[Tuple[Tensor, ...], Tensor]:
+        n = x1.shape[0]
+        sides, passes = self._passes(x1, x2)
+        f_all = torch.cat([p.output.detach() for p in passes])
+        f1 = f_all[sides[0].pair_rows(n)]
+        f2 = f2_fixed.expand(n, -1) if f2_fixed is not None else f_all[sides[1].pair_rows(n)]
+        contributions = self.similarity.contribution(f1, f2).detach()
+        explained = sides if explain_second else sides[:1]
+        relevance = _side_relevance(passes, sides, explained, contributions, n)
+        return tuple(relevance), self.similarity(f1, f2).detach()
+
+    def _dimension_maps(
+        self,
+        p: RelevancePass,
+        projection: Tensor,
+        patch: Tuple[int, int],
+        internal_batch_size: Optional[int],
+    ) -> Tensor:
+        """``(K, B, P)`` patch relevance of each (projected) embedding dimension,
+        seeded with its own value, for the ``B`` images of pass ``p``."""
+        f = p.output.detach()
+        out = []
+        for chunk in batch_slices(projection.shape[0], internal_batch_size):
+            seeds = f[None] * projection[chunk, None, :]
+            relevance = p.propagate(seeds, batched=True)
+            out.append(_patch_sums(relevance.sum(2), patch))
+        return torch.cat(out)
+
+
+def _side_relevance(
+    passes: Sequence[RelevancePass],
+    sides: Sequence[_Side],
+    explained: Sequence[_Side],
+    contributions: Tensor,
+    n: int,
+) -> List[Tensor]:
+    """Input relevance of the explained sides, at most two backward passes per
+    pass: one for sides with a row per pair, one batched over pairs for shared
+    rows."""
+    bounds = []
+    start = 0
+    for p in passes:
+        bounds.append((start, start + p.output.shape[0]))
+        start += p.output.shape[0]
+    results: Dict[int, Tensor] = {}
+    for p, (lo, hi) in zip(passes, bounds):
+        inside = [s for s in explained if lo <= s.offset < hi]
+        own = [s for s in inside if not s.shared]
+        shared = [s for s in inside if s.shared]
+        out = p.output.detach()
+        if own:
+            seed = torch.zeros_like(out)
+            for s in own:
+                seed[s.offset - lo : s.offset - lo + n] = contributions
+            relevance = p.propagate(seed)
+            for s in own:
+                results[id(s)] = relevance[s.offset - lo : s.offset - lo + n]
+        if shared:
+            seeds = out.new_zeros((n,) + tuple(out.shape))
+            for s in shared:
+                seeds[:, s.offset - lo] = contributions
+            relevance = p.propagate(seeds, batched=True)
+            for s in shared:
+                results[id(s)] = relevance[:, s.offset - lo]
+    return [results[id(s)] for s in explained]
+
+
+def _reference(additional_forward_args: Any) -> Tensor:
+    ref = additional_forward_args
+    if isinstance(ref, tuple) and len(ref) == 1:
+        ref = ref[0]
+    if not isinstance(ref, Tensor):
+        raise TypeError(
+            "with a single-tensor input, additional_forward_args must hold the reference: an "
+            "image batch or an embedding (as a tensor or a 1-tuple)"
+        )
+    return check_float_tensor(ref, "reference")
+
+
+def _check_embedding(f: Tensor) -> None:
+    if f.dim() != 2:
+        raise ValueError(f"the embedder must return (N, D) embeddings, got shape {tuple(f.shape)}")
+
+
+def _total(r: Tensor) -> Tensor:
+    return r.reshape(r.shape[0], -1).sum(1)
+
+
+def _norm(f: Tensor) -> Tensor:
+    return f.norm(dim=1).clamp_min(torch.finfo(f.dtype).tiny)
+
+
+def _projection(f: Tensor, dim: Optional[int], seed: int) -> Tensor:
+    d = f.shape[1]
+    if dim is None:
+        return torch.eye(d, dtype=f.dtype, device=f.device)
+    if not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"projection_dim must be a positive integer or None, got {dim!r}")
+    g = torch.Generator().manual_seed(int(seed))
+    return (torch.randn(dim, d, generator=g, dtype=torch.float64) / dim**0.5).to(f)
+
+
+def _patch_pair(patch_size: PatchSize) -> Tuple[int, int]:
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    if not all(isinstance(v, int) and v >= 1 for v in (ph, pw)):
+        raise ValueError(f"patch_size must be a positive int or a pair of them, got {patch_size!r}")
+    return ph, pw
+
+
+def _patch_sums(maps: Tensor, patch: Tuple[int, int]) -> Tensor:
+    """Sums ``(..., H, W)`` maps over patches: ``(..., P)``, row-major."""
+    ph, pw = patch
+    h, w = maps.shape[-2:]
+    gh, gw = -(-h // ph), -(-w // pw)
+    maps = F.pad(maps, (0, gw * pw - w, 0, gh * ph - h))
+    maps = maps.reshape(*maps.shape[:-2], gh, ph, gw, pw).sum((-3, -1))
+    return maps.flatten(-2)
+
+
+def patch_centers(image_size: Tuple[int, int], patch_size: PatchSize) -> Tensor:
+    r"""Pixel coordinates ``(row, col)`` of the patch centres BiLRP uses.
+
+    Args:
+        image_size (tuple of int): ``(H, W)``.
+        patch_size (int or tuple of int): As given to
+            :meth:`LRPRelevancePairing.attribute_pairwise`.
+
+    Returns:
+        Tensor: ``(P, 2)`` float coordinates, patches in row-major order
+        (partial patches at the border are centred on their visible part).
+    """
+    ph, pw = _patch_pair(patch_size)
+    h, w = int(image_size[0]), int(image_size[1])
+    rows = torch.tensor([(min(i + ph, h) + i) / 2 - 0.5 for i in range(0, h, ph)])
+    cols = torch.tensor([(min(j + pw, w) + j) / 2 - 0.5 for j in range(0, w, pw)])
+    return torch.cartesian_prod(rows, cols)

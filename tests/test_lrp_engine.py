@@ -1,0 +1,180 @@
+"""The LRP engine: gradient x input, layer relevance, batched seeds, errors, model state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr._utils.lrp_rules import EpsilonRule
+from conftest import assert_unchanged, make_reference_model, snapshot
+from torch import nn
+
+from captum_similarity.lrp import Composite, Epsilon, Gamma, LRPEngine, Pass, Rule, ZBox, depth_gamma
+from captum_similarity.lrp.canonizers import LINEAR_TYPES
+from captum_similarity.models import SimpleCNN
+
+DT = torch.float64
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_lrp0_equals_gradient_times_input_on_bias_free_relu_networks(pool, images):
+    torch.manual_seed(0)
+    model = SimpleCNN(bias=False, pool=pool).to(DT).eval()
+    x = images(3)
+    weights = torch.randn(3, model.embedding_dim, dtype=DT)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad((model(xg) * weights).sum(), xg)
+    p = LRPEngine(model, "lrp0").forward(x)
+    relevance = p.propagate(p.output.detach() * weights)
+    torch.testing.assert_close(relevance, grad * x, rtol=1e-10, atol=1e-14)
+
+
+def test_output_values_are_the_models(reference_model, images):
+    x = images(2)
+    p = LRPEngine(reference_model, "epsilon_plus").forward(x)
+    torch.testing.assert_close(p.output.detach(), reference_model(x), rtol=1e-12, atol=1e-12)
+
+
+def test_layer_relevance_chains_to_the_input(images):
+    model = make_reference_model("resnet")
+    x = images(2)
+    p = LRPEngine(model, "epsilon_plus").forward(x, record=["layer2"])
+    seed = p.output.detach()
+    at_layer = p.propagate(seed, target="layer2")
+    assert at_layer.shape == p.activation("layer2").shape
+    # every path from the input to the output crosses layer2
+    torch.testing.assert_close(p.propagate(at_layer, source="layer2"), p.propagate(seed))
+
+
+@pytest.mark.parametrize("kind", ["resnet", "vit"])
+def test_batched_seeds_equal_one_at_a_time(kind, images):
+    model = make_reference_model(kind)
+    layer = "layer2" if kind == "resnet" else "blocks.0"
+    engine = LRPEngine(model, _bounded("epsilon_plus"))
+    p = engine.forward(images(2), record=[layer])
+    act = p.activation(layer).detach()
+    g = torch.Generator().manual_seed(0)
+    seeds = torch.randn((4,) + tuple(act.shape), generator=g, dtype=DT) * act
+    batched = p.propagate(seeds, source=layer, batched=True)
+    single = torch.stack([p.propagate(s, source=layer) for s in seeds])
+    torch.testing.assert_close(batched, single, rtol=1e-10, atol=1e-14)
+    out_seeds = torch.randn((3,) + tuple(p.output.shape), generator=g, dtype=DT)
+    torch.testing.assert_close(
+        p.propagate(out_seeds, batched=True), torch.stack([p.propagate(s) for s in out_seeds])
+    )
+
+
+def _bounded(name: str) -> Composite:
+    from captum_similarity.lrp import resolve_composite
+
+    composite = resolve_composite(name)
+    composite.input_rule = ZBox(0.0, 1.0)
+    return composite
+
+
+def test_folded_conv_reports_its_batchnorm_output(images):
+    model = make_reference_model("resnet")
+    x = images(1)
+    p = LRPEngine(model, "epsilon_plus").forward(x, record=["stem.0", "stem.1"])
+    torch.testing.assert_close(p.activation("stem.0").detach(), model.stem[1](model.stem[0](x)))
+    seed = p.output.detach()
+    torch.testing.assert_close(p.propagate(seed, target="stem.0"), p.propagate(seed, target="stem.1"))
+
+
+def test_depth_gamma_follows_the_schedule():
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(8)])
+    composite = Composite({LINEAR_TYPES: depth_gamma((0.5, 0.25, 0.1, 0.0))})
+    gammas = [rule.gamma for _, _, rule in composite.plan(model)]
+    assert gammas == [0.5, 0.5, 0.25, 0.25, 0.1, 0.1, 0.0, 0.0]
+
+
+class _GroupNormNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.norm = nn.GroupNorm(2, 4)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.pool(self.norm(self.conv(x))).flatten(1)
+
+
+def test_unsupported_layer_is_named_and_model_left_as_found(images):
+    model = _GroupNormNet().to(DT)
+    model.train()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"no rule for module 'norm' \(GroupNorm\).*rules="):
+        LRPEngine(model, "epsilon").forward(images(1))
+    assert_unchanged(model, before)
+    engine = LRPEngine(model, "epsilon")
+    engine.set_rule("norm", Pass())
+    assert engine.forward(images(1)).propagate(torch.ones(1, 4, dtype=DT)).shape == (1, 3, 32, 32)
+    assert_unchanged(model, before)
+
+
+class _Failing(Rule):
+    def apply(self, module, inputs, output, trace):
+        raise RuntimeError("rule failed")
+
+
+def test_model_left_as_found_after_an_exception(images):
+    model = make_reference_model("resnet")
+    model.layer1.train()
+    model.head.weight.grad = torch.ones_like(model.head.weight)
+    handle = model.stem.register_forward_hook(lambda *a: None)
+    before = snapshot(model)
+    engine = LRPEngine(model, "epsilon_plus")
+    engine.set_rule("layer2.0.conv2", _Failing())
+    with pytest.raises(RuntimeError, match="rule failed"):
+        engine.forward(images(2))
+    assert_unchanged(model, before)
+    handle.remove()
+
+
+def test_module_rule_attribute_is_honoured_and_kept(images):
+    model = SimpleCNN(bias=True).to(DT).eval()
+    x = images(2)
+    model.head.rule = EpsilonRule(10.0)  # Captum's convention
+    p = LRPEngine(model, "lrp0").forward(x)
+    strong = p.propagate(p.output.detach())
+    assert isinstance(model.head.rule, EpsilonRule)  # not deleted after the call
+    del model.head.rule
+    p = LRPEngine(model, Composite({LINEAR_TYPES: Epsilon(0.0)}, rules={"head": Epsilon(10.0)}))
+    p = p.forward(x)
+    torch.testing.assert_close(strong, p.propagate(p.output.detach()))
+
+
+def test_user_rule_wins_over_input_rule(images):
+    model = SimpleCNN(bias=False).to(DT).eval()
+    x = images(1)
+    composite = _bounded("lrp0")
+    composite.set_rule("features.0", Gamma(0.0, epsilon=0.0))
+    p = LRPEngine(model, composite).forward(x)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xg).pow(2).sum(), xg)
+    torch.testing.assert_close(p.propagate(p.output.detach() ** 2), grad * x / 2)
+
+
+def test_input_rule_not_applied_warns(images):
+    class Shifted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = SimpleCNN(bias=False)
+
+        def forward(self, x):
+            return self.net(x - 0.5)
+
+    with pytest.warns(UserWarning, match="input rule"):
+        LRPEngine(Shifted().to(DT).eval(), _bounded("lrp0")).forward(images(1))
+
+
+def test_propagate_checks_seed_and_layers(images):
+    model = make_reference_model("cnn")
+    p = LRPEngine(model).forward(images(2), record=["features.2", "features.4"])
+    with pytest.raises(ValueError, match="seed must have shape"):
+        p.propagate(torch.ones(3, 32, dtype=DT))
+    with pytest.raises(ValueError, match="was not recorded"):
+        p.propagate(p.output.detach(), target="features.0")
+    with pytest.raises(ValueError, match="below the source"):
+        p.propagate(torch.ones_like(p.activation("features.2")), source="features.2", target="features.4")
+    with pytest.raises(ValueError, match="no layer named"):
+        p.activation("nope")
