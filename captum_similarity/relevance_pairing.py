@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,22 +22,6 @@ __all__ = ["LRPRelevancePairing", "patch_centers"]
 
 PatchSize = Union[int, Tuple[int, int]]
 Bound = Union[float, Tensor]
-
-
-@dataclass
-class _Side:
-    """One side of the pairs inside a pass: its rows start at ``offset``;
-    ``shared`` means one row serves every pair (a broadcast reference)."""
-
-    offset: int
-    rows: int
-    shared: bool
-
-    def pair_rows(self, n: int) -> Tensor:
-        """Row of each of the ``n`` pairs inside the pass."""
-        if self.shared:
-            return torch.full((n,), self.offset, dtype=torch.long)
-        return torch.arange(self.offset, self.offset + n)
 
 
 def _distinct(x: Tensor) -> Tuple[Tensor, bool]:
@@ -69,8 +52,8 @@ class LRPRelevancePairing(GradientAttribution):
     explanation of embedding dimension ``m`` (seeded with its own value); for
     cosine each factor is divided by the embedding norm. ``R^(m)`` depends on
     one image only, so it is computed once per distinct image (a broadcast
-    query in a 1-vs-N comparison costs one image) and all ``D`` dimensions of
-    an image go through one batched backward pass. An optional random
+    query in a 1-vs-N comparison costs one image), from one forward pass and
+    batched backward passes over the ``D`` dimensions. An optional random
     projection of the embedding to ``K < D`` dimensions (as in the BiLRP paper)
     cuts the cost further.
 
@@ -82,8 +65,9 @@ class LRPRelevancePairing(GradientAttribution):
     additions split relevance in proportion to each branch, squeeze-excitation
     gates and attention weights are held constant and LayerNorm's scale too,
     all without writing to the model; see :mod:`captum_similarity.lrp`.
-    The embedder runs once per call on both images, in eval mode, and is left
-    exactly as found. Modules used several times are supported.
+    The embedder runs once per call on each side's distinct images, in eval
+    mode, and is left exactly as found. Modules used several times are
+    supported.
 
     Args:
         embedder (nn.Module or SiameseSimilarity): Maps a batch of images
@@ -134,8 +118,10 @@ class LRPRelevancePairing(GradientAttribution):
         input_bounds: Optional[Tuple[Bound, Bound]] = None,
     ) -> None:
         if isinstance(embedder, SiameseSimilarity):
-            model = embedder if similarity is None else SiameseSimilarity(
-                embedder.embedder, similarity, embedder.input_ndim
+            model = (
+                embedder
+                if similarity is None
+                else SiameseSimilarity(embedder.embedder, similarity, embedder.input_ndim)
             )
         else:
             model = SiameseSimilarity(embedder, "dot" if similarity is None else similarity)
@@ -212,18 +198,15 @@ class LRPRelevancePairing(GradientAttribution):
         """
         if isinstance(inputs, Tensor):
             x1 = check_float_tensor(inputs, "inputs")
-            reference = _reference(additional_forward_args)
-            x1, reference = broadcast_pair(x1, reference)
-            if self.model.is_embedding(reference):
-                relevance, scores = self._first_order(x1, None, reference.detach())
-            else:
-                relevance, scores = self._first_order(x1, reference, None, explain_second=False)
-            r1 = relevance[0]
+            x1, reference = broadcast_pair(x1, _reference(additional_forward_args))
+            with torch.no_grad():
+                f2 = self.model.embed(reference).detach()
+            (r1,), scores = self._first_order((x1,), f2)
             if return_convergence_delta:
                 return r1, scores - _total(r1)
             return r1
         x1, x2 = self._pair(inputs, additional_forward_args)
-        (r1, r2), scores = self._first_order(x1, x2, None)
+        (r1, r2), scores = self._first_order((x1, x2), None)
         if return_convergence_delta:
             return (r1, r2), scores[:, None] - torch.stack((_total(r1), _total(r2)), dim=1)
         return r1, r2
@@ -256,10 +239,11 @@ class LRPRelevancePairing(GradientAttribution):
                 Default: None (no projection: exact)
             projection_seed (int, optional): Seed of ``P``.
                 Default: 0
-            internal_batch_size (int, optional): Embedding dimensions per
-                batched backward pass (bounds memory: each holds
-                ``internal_batch_size`` relevance maps per image).
-                Default: None (all at once)
+            internal_batch_size (int, optional): Relevance maps (one per image
+                and embedding dimension) computed per batched backward pass;
+                bounds memory and keeps tensors cache-sized.
+                Default: None (maps worth about 2**20 input values, e.g. 85
+                maps of 3x64x64 images)
             return_convergence_delta (bool, optional): Also return
                 ``s - R.sum((1, 2))`` per pair.
                 Default: False
@@ -283,21 +267,15 @@ class LRPRelevancePairing(GradientAttribution):
                 raise ValueError(f"{name} must be images (N, C, H, W), got shape {tuple(x.shape)}")
         patch = _patch_pair(patch_size)
         n = x1.shape[0]
-        sides, passes = self._passes(x1, x2)
-        maps: List[Tensor] = []
-        embeddings: List[Tensor] = []
-        projection: Optional[Tensor] = None
-        for p in passes:
-            f = p.output.detach()
-            if projection is None:
-                projection = _projection(f, projection_dim, projection_seed)
-            maps.append(self._dimension_maps(p, projection, patch, internal_batch_size))
-            embeddings.append(f)
-        assert projection is not None
-        a, f_all = torch.cat(maps, dim=1), torch.cat(embeddings)
-        rows1, rows2 = sides[0].pair_rows(n), sides[1].pair_rows(n)
-        a1, a2 = a[:, rows1], a[:, rows2]
-        f1, f2 = f_all[rows1], f_all[rows2]
+        (rows1, shared1), (rows2, shared2) = _distinct(x1), _distinct(x2)
+        with torch.no_grad():
+            width = self.model.embed(rows1[:1]).shape[1]
+        projection = _projection(width, rows1, projection_dim, projection_seed)
+        budget = internal_batch_size or _budget(rows1)
+        maps1, f1 = self._dimension_maps(rows1, projection, patch, budget)
+        maps2, f2 = self._dimension_maps(rows2, projection, patch, budget)
+        a1, f1 = _per_pair(maps1, f1, shared1, n)
+        a2, f2 = _per_pair(maps2, f2, shared2, n)
         if self.similarity.name == "cosine":
             a1 = a1 / _norm(f1)[None, :, None]
             a2 = a2 / _norm(f2)[None, :, None]
@@ -327,100 +305,71 @@ class LRPRelevancePairing(GradientAttribution):
                 )
         return broadcast_pair(x1, x2)
 
-    def _passes(
-        self, x1: Tensor, x2: Optional[Tensor]
-    ) -> Tuple[List[_Side], List[RelevancePass]]:
-        """Runs the embedder on the distinct rows of each side, in one pass when
-        the two sides' images have the same shape. Row offsets are global over
-        the concatenated passes."""
-        parts = [_distinct(x) for x in ((x1,) if x2 is None else (x1, x2))]
-        sides: List[_Side] = []
-        offset = 0
-        for rows, shared in parts:
-            sides.append(_Side(offset, rows.shape[0], shared))
-            offset += rows.shape[0]
-        tensors = [rows for rows, _ in parts]
-        if len(tensors) == 2 and tensors[0].shape[1:] == tensors[1].shape[1:] and (
-            tensors[0].dtype == tensors[1].dtype
-        ):
-            passes = [self.engine.forward(torch.cat(tensors))]
-        else:
-            passes = [self.engine.forward(t) for t in tensors]
-        for p in passes:
-            _check_embedding(p.output)
-        return sides, passes
-
     def _first_order(
-        self,
-        x1: Tensor,
-        x2: Optional[Tensor],
-        f2_fixed: Optional[Tensor],
-        explain_second: bool = True,
+        self, sides: Tuple[Tensor, ...], f2_fixed: Optional[Tensor]
     ) -> Tuple[Tuple[Tensor, ...], Tensor]:
-        n = x1.shape[0]
-        sides, passes = self._passes(x1, x2)
-        f_all = torch.cat([p.output.detach() for p in passes])
-        f1 = f_all[sides[0].pair_rows(n)]
-        f2 = f2_fixed.expand(n, -1) if f2_fixed is not None else f_all[sides[1].pair_rows(n)]
+        """Input relevance of each side for its pairs. Each side runs once on its
+        distinct rows; a shared row gets one seed per pair in a batched backward."""
+        n = sides[0].shape[0]
+        passes = []
+        embeddings = []
+        for x in sides:
+            rows, shared = _distinct(x)
+            p = self.engine.forward(rows)
+            _check_embedding(p.output)
+            passes.append((p, shared))
+            embeddings.append(p.output.detach().expand(n, -1) if shared else p.output.detach())
+        if f2_fixed is not None:
+            embeddings.append(f2_fixed.expand(n, -1))
+        f1, f2 = embeddings
         contributions = self.similarity.contribution(f1, f2).detach()
-        explained = sides if explain_second else sides[:1]
-        relevance = _side_relevance(passes, sides, explained, contributions, n)
+        relevance = []
+        for p, shared in passes:
+            if shared:
+                relevance.append(_batched(p, contributions[:, None, :], _budget(p.input))[:, 0])
+            else:
+                relevance.append(p.propagate(contributions))
         return tuple(relevance), self.similarity(f1, f2).detach()
 
     def _dimension_maps(
-        self,
-        p: RelevancePass,
-        projection: Tensor,
-        patch: Tuple[int, int],
-        internal_batch_size: Optional[int],
-    ) -> Tensor:
+        self, x: Tensor, projection: Tensor, patch: Tuple[int, int], budget: int
+    ) -> Tuple[Tensor, Tensor]:
         """``(K, B, P)`` patch relevance of each (projected) embedding dimension,
-        seeded with its own value, for the ``B`` images of pass ``p``."""
-        f = p.output.detach()
-        out = []
-        for chunk in batch_slices(projection.shape[0], internal_batch_size):
-            seeds = f[None] * projection[chunk, None, :]
-            relevance = p.propagate(seeds, batched=True)
-            out.append(_patch_sums(relevance.sum(2), patch))
-        return torch.cat(out)
+        seeded with its own value, for the ``B`` images ``x``, and their
+        embeddings ``(B, D)``. Images go through in groups so that each
+        batched backward computes about ``budget`` maps."""
+        maps: List[Tensor] = []
+        embeddings: List[Tensor] = []
+        for rows in batch_slices(len(x), max(1, budget // projection.shape[0])):
+            p = self.engine.forward(x[rows])
+            _check_embedding(p.output)
+            f = p.output.detach()
+            relevance = _batched(p, f[None] * projection[:, None, :], budget, per_seed=len(f))
+            maps.append(_patch_sums(relevance.sum(2), patch))
+            embeddings.append(f)
+        return torch.cat(maps, dim=1), torch.cat(embeddings)
 
 
-def _side_relevance(
-    passes: Sequence[RelevancePass],
-    sides: Sequence[_Side],
-    explained: Sequence[_Side],
-    contributions: Tensor,
-    n: int,
-) -> List[Tensor]:
-    """Input relevance of the explained sides, at most two backward passes per
-    pass: one for sides with a row per pair, one batched over pairs for shared
-    rows."""
-    bounds = []
-    start = 0
-    for p in passes:
-        bounds.append((start, start + p.output.shape[0]))
-        start += p.output.shape[0]
-    results: Dict[int, Tensor] = {}
-    for p, (lo, hi) in zip(passes, bounds):
-        inside = [s for s in explained if lo <= s.offset < hi]
-        own = [s for s in inside if not s.shared]
-        shared = [s for s in inside if s.shared]
-        out = p.output.detach()
-        if own:
-            seed = torch.zeros_like(out)
-            for s in own:
-                seed[s.offset - lo : s.offset - lo + n] = contributions
-            relevance = p.propagate(seed)
-            for s in own:
-                results[id(s)] = relevance[s.offset - lo : s.offset - lo + n]
-        if shared:
-            seeds = out.new_zeros((n,) + tuple(out.shape))
-            for s in shared:
-                seeds[:, s.offset - lo] = contributions
-            relevance = p.propagate(seeds, batched=True)
-            for s in shared:
-                results[id(s)] = relevance[:, s.offset - lo]
-    return [results[id(s)] for s in explained]
+def _budget(x: Tensor) -> int:
+    """Relevance maps per batched backward: about 2**20 input values, which keeps
+    the batched backward's tensors cache-sized (larger batches run slower per map
+    on a CPU) and bounds memory."""
+    return max(1, _MAP_BUDGET // max(1, x[0].numel()))
+
+
+_MAP_BUDGET = 2**20
+
+
+def _batched(p: RelevancePass, seeds: Tensor, budget: int, per_seed: int = 1) -> Tensor:
+    """``p.propagate(seeds, batched=True)`` in chunks of about ``budget`` maps."""
+    chunk = max(1, budget // per_seed)
+    return torch.cat([p.propagate(seeds[s], batched=True) for s in batch_slices(len(seeds), chunk)])
+
+
+def _per_pair(maps: Tensor, f: Tensor, shared: bool, n: int) -> Tuple[Tensor, Tensor]:
+    if shared:
+        return maps.expand(-1, n, -1), f.expand(n, -1)
+    return maps, f
 
 
 def _reference(additional_forward_args: Any) -> Tensor:
@@ -448,14 +397,15 @@ def _norm(f: Tensor) -> Tensor:
     return f.norm(dim=1).clamp_min(torch.finfo(f.dtype).tiny)
 
 
-def _projection(f: Tensor, dim: Optional[int], seed: int) -> Tensor:
-    d = f.shape[1]
+def _projection(width: int, like: Tensor, dim: Optional[int], seed: int) -> Tensor:
+    """``(K, width)`` Gaussian projection with entries of variance ``1 / K``, or the
+    identity when ``dim`` is None."""
     if dim is None:
-        return torch.eye(d, dtype=f.dtype, device=f.device)
+        return torch.eye(width, dtype=like.dtype, device=like.device)
     if not isinstance(dim, int) or dim < 1:
         raise ValueError(f"projection_dim must be a positive integer or None, got {dim!r}")
     g = torch.Generator().manual_seed(int(seed))
-    return (torch.randn(dim, d, generator=g, dtype=torch.float64) / dim**0.5).to(f)
+    return (torch.randn(dim, width, generator=g, dtype=torch.float64) / dim**0.5).to(like)
 
 
 def _patch_pair(patch_size: PatchSize) -> Tuple[int, int]:

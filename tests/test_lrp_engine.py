@@ -8,7 +8,16 @@ from captum.attr._utils.lrp_rules import EpsilonRule
 from conftest import assert_unchanged, make_reference_model, snapshot
 from torch import nn
 
-from captum_similarity.lrp import Composite, Epsilon, Gamma, LRPEngine, Pass, Rule, ZBox, depth_gamma
+from captum_similarity.lrp import (
+    Composite,
+    Epsilon,
+    Gamma,
+    LRPEngine,
+    Pass,
+    Rule,
+    ZBox,
+    depth_gamma,
+)
 from captum_similarity.lrp.canonizers import LINEAR_TYPES
 from captum_similarity.models import SimpleCNN
 
@@ -77,7 +86,9 @@ def test_folded_conv_reports_its_batchnorm_output(images):
     p = LRPEngine(model, "epsilon_plus").forward(x, record=["stem.0", "stem.1"])
     torch.testing.assert_close(p.activation("stem.0").detach(), model.stem[1](model.stem[0](x)))
     seed = p.output.detach()
-    torch.testing.assert_close(p.propagate(seed, target="stem.0"), p.propagate(seed, target="stem.1"))
+    torch.testing.assert_close(
+        p.propagate(seed, target="stem.0"), p.propagate(seed, target="stem.1")
+    )
 
 
 def test_depth_gamma_follows_the_schedule():
@@ -175,6 +186,8 @@ def test_propagate_checks_seed_and_layers(images):
     with pytest.raises(ValueError, match="was not recorded"):
         p.propagate(p.output.detach(), target="features.0")
     with pytest.raises(ValueError, match="below the source"):
-        p.propagate(torch.ones_like(p.activation("features.2")), source="features.2", target="features.4")
+        p.propagate(
+            torch.ones_like(p.activation("features.2")), source="features.2", target="features.4"
+        )
     with pytest.raises(ValueError, match="no layer named"):
         p.activation("nope")

@@ -62,6 +62,7 @@ def test_reference_models_are_explained(reference_model, images):
 def _patch_maps(model: nn.Module, x: torch.Tensor, patch: int, projection=None) -> torch.Tensor:
     """(D, P) closed form of the per-dimension LRP-0 maps of one image on a
     bias-free ReLU network: patch sums of x * d phi_m / d x."""
+
     def embed(t):
         f = model(t[None])[0]
         return f if projection is None else projection @ f
@@ -136,7 +137,9 @@ def test_user_rules_persist_across_calls(images):
     lrp.set_rule("head", Epsilon(5.0))
     first = lrp.attribute((x1, x2))
     second = lrp.attribute((x1, x2))
-    by_constructor = LRPRelevancePairing(model, "dot", composite="lrp0", rules={"head": Epsilon(5.0)})
+    by_constructor = LRPRelevancePairing(
+        model, "dot", composite="lrp0", rules={"head": Epsilon(5.0)}
+    )
     default = LRPRelevancePairing(model, "dot", composite="lrp0").attribute((x1, x2))
     for a, b, c, d in zip(first, second, by_constructor.attribute((x1, x2)), default):
         torch.testing.assert_close(a, b)
@@ -179,3 +182,20 @@ def test_patch_centers():
     assert centers.shape == (6, 2)
     torch.testing.assert_close(centers[0], torch.tensor([1.5, 1.5]))
     torch.testing.assert_close(centers[-1], torch.tensor([8.5, 5.5]))  # partial last row
+
+
+def test_strongest_links_and_figure(tmp_path):
+    from captum_similarity.links import strongest_links, visualize_links
+
+    relevance = torch.zeros(1, 4, 6, dtype=DT)
+    relevance[0, 3, 1] = 2.0
+    relevance[0, 0, 5] = 1.0
+    points1, points2, values = strongest_links(relevance, (16, 16), (16, 24), 8, k=2)
+    torch.testing.assert_close(values, torch.tensor([[2.0, 1.0]], dtype=DT))
+    torch.testing.assert_close(points1[0], torch.tensor([[11.5, 11.5], [3.5, 3.5]]))
+    torch.testing.assert_close(points2[0], torch.tensor([[3.5, 11.5], [11.5, 19.5]]))
+    with pytest.raises(ValueError, match="patches"):
+        strongest_links(relevance, (16, 16), (16, 16), 8)
+    x1, x2 = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 24)
+    visualize_links(x1, x2, relevance, 8, k=2, path=tmp_path / "links.png")
+    assert (tmp_path / "links.png").stat().st_size > 0

@@ -116,7 +116,9 @@ def test_linear_rules_conserve_without_bias(rule, layer_kind):
     x = torch.rand(shape, dtype=DT) - 0.5
     seed = torch.randn_like(layer(x))
     r_in = _relevance(layer, x, seed, layer_rules={LINEAR_TYPES: rule})
-    torch.testing.assert_close(r_in.flatten(1).sum(1), seed.flatten(1).sum(1), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        r_in.flatten(1).sum(1), seed.flatten(1).sum(1), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_epsilon_absorbs_its_share():

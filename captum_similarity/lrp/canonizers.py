@@ -117,7 +117,9 @@ def linear_op(module: nn.Module, output: Tensor) -> LinearOp:
     if isinstance(module, nn.Linear):
         return LinearOp(F.linear, module.weight.detach(), _detached(module.bias), output)
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return LinearOp(module._conv_forward, module.weight.detach(), _detached(module.bias), output)
+        return LinearOp(
+            module._conv_forward, module.weight.detach(), _detached(module.bias), output
+        )
     if isinstance(module, BATCHNORM_TYPES):
         scale, shift = _batchnorm_affine(module)
         return LinearOp(_channel_affine, scale, shift, output)

@@ -123,7 +123,9 @@ class Composite:
                 not a rule.
         """
         if not isinstance(layer, (str, nn.Module)):
-            raise TypeError(f"a rule is keyed by a module name or a module, got {type(layer).__name__}")
+            raise TypeError(
+                f"a rule is keyed by a module name or a module, got {type(layer).__name__}"
+            )
         self.rules[layer] = as_rule(rule)
 
     def user_rule(self, name: str, module: nn.Module) -> Optional[Rule]:
@@ -140,7 +142,9 @@ class Composite:
             try:
                 return as_rule(attribute)
             except TypeError as err:
-                raise TypeError(f"module {name or '<root>'!r} has a `rule` attribute: {err}") from None
+                raise TypeError(
+                    f"module {name or '<root>'!r} has a `rule` attribute: {err}"
+                ) from None
         return None
 
     def rule_for(self, name: str, module: nn.Module, depth: float) -> Optional[Rule]:
@@ -186,9 +190,7 @@ class Composite:
         return entries
 
     def __repr__(self) -> str:
-        layer_rules = ", ".join(
-            f"{_type_name(k)}: {v!r}" for k, v in self.layer_rules.items()
-        )
+        layer_rules = ", ".join(f"{_type_name(k)}: {v!r}" for k, v in self.layer_rules.items())
         return (
             f"Composite({{{layer_rules}}}, rules={self.rules!r}, input_rule={self.input_rule!r}, "
             f"fold_batchnorm={self.fold_batchnorm})"
@@ -239,7 +241,9 @@ def depth_gamma(
     """
     values = [float(g) for g in gammas]
     if not values or min(values) < 0:
-        raise ValueError(f"gammas must be a non-empty sequence of non-negative values, got {gammas!r}")
+        raise ValueError(
+            f"gammas must be a non-empty sequence of non-negative values, got {gammas!r}"
+        )
     rules = [Gamma(g, epsilon) for g in values]
 
     def schedule(depth: float) -> Rule:
@@ -280,6 +284,10 @@ def resolve_composite(composite: Union[str, Composite]) -> Composite:
     if isinstance(composite, str):
         if composite not in COMPOSITES:
             known = ", ".join(repr(k) for k in COMPOSITES)
-            raise ValueError(f"unknown composite {composite!r}; expected one of {known} or a Composite")
+            raise ValueError(
+                f"unknown composite {composite!r}; expected one of {known} or a Composite"
+            )
         return COMPOSITES[composite]()
-    raise TypeError(f"composite must be a preset name or a Composite, got {type(composite).__name__}")
+    raise TypeError(
+        f"composite must be a preset name or a Composite, got {type(composite).__name__}"
+    )

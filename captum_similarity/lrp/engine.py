@@ -264,7 +264,11 @@ class RelevancePass:
         grad_seed = torch.where(a == 0, torch.zeros_like(seed), seed / torch.where(a == 0, 1.0, a))
         targets = [self.input, *self._companions] if target is None else [self.activation(target)]
         grads = torch.autograd.grad(
-            src, targets, grad_seed.to(a.dtype), retain_graph=True, allow_unused=True,
+            src,
+            targets,
+            grad_seed.to(a.dtype),
+            retain_graph=True,
+            allow_unused=True,
             is_grads_batched=batched,
         )
         if grads[0] is None:

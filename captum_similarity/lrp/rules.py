@@ -77,7 +77,9 @@ class Rule(ABC):
     """
 
     @abstractmethod
-    def apply(self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any) -> Tensor:
+    def apply(
+        self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any
+    ) -> Tensor:
         """Returns the module's output rewired so that its gradient is the rule."""
 
     def __repr__(self) -> str:
@@ -116,7 +118,9 @@ class LinearRule(Rule):
             raise ValueError(f"epsilon must be non-negative, got {epsilon}")
         self.epsilon = float(epsilon)
 
-    def apply(self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any) -> Tensor:
+    def apply(
+        self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any
+    ) -> Tensor:
         return self.rewire(linear_op(module, output), inputs[0], trace)
 
     def rewire(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
@@ -206,7 +210,9 @@ class AlphaBeta(LinearRule):
     def __init__(self, alpha: float = 1.0, beta: float = 0.0, epsilon: float = 1e-9) -> None:
         super().__init__(epsilon)
         if abs(alpha - beta - 1.0) > 1e-12 or beta < 0:
-            raise ValueError(f"alpha - beta must be 1 with beta >= 0, got alpha={alpha}, beta={beta}")
+            raise ValueError(
+                f"alpha - beta must be 1 with beta >= 0, got alpha={alpha}, beta={beta}"
+            )
         self.alpha = float(alpha)
         self.beta = float(beta)
 
@@ -227,7 +233,10 @@ class AlphaBeta(LinearRule):
         w_pos, w_neg = op.weight.clamp(min=0), op.weight.clamp(max=0)
         if not positive:
             w_pos, w_neg = w_neg, w_pos
-        return op.forward(x.clamp(min=0), w_pos, None) + op.forward(x.clamp(max=0), w_neg, None)
+        part = op.forward(x.clamp(min=0), w_pos, None)
+        if bool((x < 0).any()):  # after a ReLU there is no negative part to compute
+            part = part + op.forward(x.clamp(max=0), w_neg, None)
+        return part
 
 
 class ZPlus(AlphaBeta):
@@ -300,7 +309,9 @@ class Pass(Rule):
     gate's branch. Input and output must have the same shape.
     """
 
-    def apply(self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any) -> Tensor:
+    def apply(
+        self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any
+    ) -> Tensor:
         x = inputs[0]
         if not isinstance(x, Tensor) or x.shape != output.shape:
             raise ValueError(
@@ -321,7 +332,9 @@ class Hold(Rule):
     that ``attn @ v`` passes relevance to ``v`` only.
     """
 
-    def apply(self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any) -> Tensor:
+    def apply(
+        self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any
+    ) -> Tensor:
         return output.detach()
 
 
@@ -334,7 +347,9 @@ class NormRule(Rule):
     (2022).
     """
 
-    def apply(self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any) -> Tensor:
+    def apply(
+        self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any
+    ) -> Tensor:
         if not isinstance(module, nn.LayerNorm):
             raise TypeError(f"NormRule applies to nn.LayerNorm, got {type(module).__name__}")
         x = inputs[0]
@@ -401,17 +416,18 @@ class SimilarityHeadRule(PropagationRule):
     def _manipulate_weights(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
         pass
 
-    def forward_hook(self, module: nn.Module, inputs: Tuple[Tensor, ...], outputs: Tensor) -> Tensor:
+    def forward_hook(
+        self, module: nn.Module, inputs: Tuple[Tensor, ...], outputs: Tensor
+    ) -> Tensor:
         f1, f2 = inputs
         scores = outputs.detach()
         sign = torch.where(scores >= 0, 1.0, -1.0).to(scores.dtype)
-        share = module.similarity.contribution(f1.detach(), f2.detach()) / (
-            scores + sign * self.STABILITY_FACTOR
-        )[:, None]
+        share = (
+            module.similarity.contribution(f1.detach(), f2.detach())
+            / (scores + sign * self.STABILITY_FACTOR)[:, None]
+        )
         self._has_single_input = False
-        self._handle_input_hooks = [
-            f.register_hook(self._input_relevance(share)) for f in (f1, f2)
-        ]
+        self._handle_input_hooks = [f.register_hook(self._input_relevance(share)) for f in (f1, f2)]
         self._handle_output_hook = outputs.register_hook(self._store_output_relevance)
         return outputs.clone()
 

@@ -1,0 +1,137 @@
+"""Speed of LRPRelevancePairing, as ratios to one forward+backward pass.
+
+For each reference model (float32, eval) and a batch of N image pairs, times:
+
+- ``fwd+bwd``: one forward and backward pass of ``SiameseSimilarity`` on the
+  batch (the unit of every ratio);
+- ``attribute``: first-order relevance of both images;
+- ``Captum LRP``: Captum's own ``LRP`` on the same ``SiameseSimilarity``
+  (the alternative; it fails on models it cannot handle, reported as such);
+- ``BiLRP``: ``attribute_pairwise`` with all D embedding dimensions, and with a
+  random projection to K dimensions;
+- 1-vs-N BiLRP: one query against N gallery images, with the query's maps
+  computed once, against the same N pairs explained one at a time.
+
+Run from the repository root::
+
+    python benchmarks/bench_lrp.py            # writes benchmarks/results/lrp.md
+    python benchmarks/bench_lrp.py --quick    # fewer repeats, no file
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import torch
+from captum.attr import LRP
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from captum_similarity import LRPRelevancePairing, SiameseSimilarity  # noqa: E402
+from captum_similarity.models import (  # noqa: E402
+    EfficientNetEmbedder,
+    ResNetEmbedder,
+    SimpleCNN,
+    ViTEmbedder,
+)
+
+MODELS: Dict[str, Callable[[int], torch.nn.Module]] = {
+    "cnn": lambda size: SimpleCNN(),
+    "resnet": lambda size: ResNetEmbedder(),
+    "efficientnet": lambda size: EfficientNetEmbedder(),
+    "vit": lambda size: ViTEmbedder(image_size=size, patch_size=8),
+}
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def forward_backward(sim: SiameseSimilarity, x1: torch.Tensor, x2: torch.Tensor) -> None:
+    a, b = x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)
+    torch.autograd.grad(sim(a, b).sum(), (a, b))
+
+
+def captum_lrp(sim: SiameseSimilarity, x1: torch.Tensor, x2: torch.Tensor) -> None:
+    LRP(sim).attribute((x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)))
+
+
+def bench(kind: str, n: int, size: int, k: int, repeats: int) -> List[str]:
+    torch.manual_seed(0)
+    embedder = MODELS[kind](size).eval()
+    sim = SiameseSimilarity(embedder, "cosine")
+    lrp = LRPRelevancePairing(sim)
+    x1, x2 = torch.rand(n, 3, size, size), torch.rand(n, 3, size, size)
+    unit = median_time(lambda: forward_backward(sim, x1, x2), repeats)
+    try:
+        captum = f"{median_time(lambda: captum_lrp(sim, x1, x2), repeats) / unit:.1f}x"
+    except Exception as err:  # Captum's LRP refuses most models: report why
+        found = re.search(r"\.(\w+)'>", str(err))
+        captum = f"fails: no rule for {found.group(1)}" if found else f"fails: {type(err).__name__}"
+    first = median_time(lambda: lrp.attribute((x1, x2)), repeats) / unit
+    full = median_time(lambda: lrp.attribute_pairwise((x1, x2)), repeats) / unit
+    proj = median_time(lambda: lrp.attribute_pairwise((x1, x2), projection_dim=k), repeats) / unit
+    query = x1[:1]
+    reuse = median_time(lambda: lrp.attribute_pairwise((query, x2)), repeats)
+    one_by_one = median_time(
+        lambda: [lrp.attribute_pairwise((query, x2[i : i + 1])) for i in range(n)], repeats
+    )
+    d = embedder(x1[:1]).shape[1]
+    return [
+        f"| {kind} | {unit * 1e3:.1f} ms | {first:.1f}x | {captum} | {full:.1f}x (D={d}) "
+        f"| {proj:.1f}x (K={k}) | {reuse / unit:.1f}x | {one_by_one / unit:.1f}x |"
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--projection", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="2 repeats, print only")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = 2 if args.quick else args.repeats
+    lines = [
+        "# LRPRelevancePairing speed",
+        "",
+        f"Command: `python benchmarks/bench_lrp.py --pairs {args.pairs} --size {args.size} "
+        f"--projection {args.projection} --repeats {repeats} --threads {args.threads}`",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {args.threads} thread(s), "
+        f"torch {torch.__version__}, float32, cosine similarity, composite `epsilon_plus`. "
+        f"Batch: {args.pairs} pairs of {args.size}x{args.size} RGB images. Times are medians "
+        f"of {repeats} runs, as multiples of one forward+backward pass of the same pairs.",
+        "",
+        "| model | fwd+bwd | attribute | Captum LRP | BiLRP | BiLRP projected "
+        "| BiLRP 1-vs-N, query reused | BiLRP 1-vs-N, pair by pair |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in MODELS:
+        lines += bench(kind, args.pairs, args.size, args.projection, repeats)
+        print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    if not args.quick:
+        out = ROOT / "benchmarks" / "results" / "lrp.md"
+        out.write_text(text)
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
