@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 from captum.attr import LayerAttribution
 from captum.attr import visualization as viz
 from matplotlib.figure import Figure
@@ -104,12 +103,12 @@ def visualize_pair(
     suptitle: Optional[str] = None,
     show_images: bool = True,
     path: Union[None, str, Path] = None,
-    panel_size: float = 2.6,
+    panel_size: float = 2.4,
 ) -> Figure:
     r"""Draws both images of a pair with their attribution maps.
 
-    Each row shows one method: image 1, its map, image 2, its map (or only the
-    two maps with ``show_images=False``). Maps are drawn by
+    The first row shows image 1, the second image 2; each column after the
+    bare images shows one method's map over the image. Maps are drawn by
     :func:`captum.attr.visualization.visualize_image_attr`, so ``method`` and
     ``sign`` take Captum's values. A map with nothing to draw for ``sign``
     (e.g. all zeros) shows the bare image with a note instead of failing.
@@ -119,8 +118,9 @@ def visualize_pair(
         x1 (Tensor): First images, ``(N, C, H, W)`` or ``(C, H, W)``.
         x2 (Tensor): Second images, same layout.
         attributions (tuple or mapping): ``(a1, a2)`` for one method, or
-            ``{method name: (a1, a2)}`` for one row per method. Each map is an
-            input attribution or a layer map (see :func:`to_visualizer_arrays`).
+            ``{method name: (a1, a2)}`` for one column per method. Each map is
+            an input attribution or a layer map (see
+            :func:`to_visualizer_arrays`).
         index (int, optional): Which pair of a batch to draw.
             Default: 0
         method (str, optional): Captum visualization method for the maps.
@@ -132,47 +132,54 @@ def visualize_pair(
             Default: ``("image 1", "image 2")``
         suptitle (str, optional): Figure title, e.g. the similarity score.
             Default: None
-        show_images (bool, optional): Include the bare images.
+        show_images (bool, optional): Include a column with the bare images.
             Default: True
         path (str or Path, optional): Where to save the figure (format from
             the suffix).
             Default: None
         panel_size (float, optional): Side of each panel in inches.
-            Default: 2.6
+            Default: 2.4
 
     Returns:
         matplotlib.figure.Figure: the figure (also saved to ``path`` if given).
+
+    Example::
+
+        >>> a1, a2 = IntegratedGradients(sim).attribute((x1, x2))
+        >>> visualize_pair(x1, x2, {"IG": (a1, a2)}, path="pair.png")
     """
-    rows = dict(attributions) if isinstance(attributions, Mapping) else {"": attributions}
-    if not rows:
+    columns = dict(attributions) if isinstance(attributions, Mapping) else {"": attributions}
+    if not columns:
         raise ValueError("attributions is empty")
-    for name, pair in rows.items():
+    for name, pair in columns.items():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(f"attributions for {name or 'the pair'} must be a pair (a1, a2)")
-    cols = 4 if show_images else 2
-    fig = Figure(figsize=(panel_size * cols, panel_size * len(rows) + (0.4 if suptitle else 0)))
-    axes = np.asarray(fig.subplots(len(rows), cols, squeeze=False))
-    for r, (name, (a1, a2)) in enumerate(rows.items()):
-        for side, (image, attr) in enumerate(((x1, a1), (x2, a2))):
-            attr_np, img_np = to_visualizer_arrays(attr, image, index)
-            col = side * (cols // 2)
-            label = f"{name}: {titles[side]}" if name else titles[side]
-            if show_images:
-                axes[r, col].imshow(img_np)
-                axes[r, col].set_title(titles[side], fontsize=9)
-                axes[r, col].axis("off")
-                col += 1
-            ax = axes[r, col]
+    offset = 1 if show_images else 0
+    ncols = offset + len(columns)
+    fig = Figure(figsize=(panel_size * ncols, panel_size * 2 + (0.4 if suptitle else 0.2)))
+    axes = np.asarray(fig.subplots(2, ncols, squeeze=False))
+    images = (x1, x2)
+    for c, (name, pair) in enumerate(columns.items()):
+        for side in (0, 1):
+            attr_np, img_np = to_visualizer_arrays(pair[side], images[side], index)
+            if show_images and c == 0:
+                axes[side, 0].imshow(img_np)
+                axes[side, 0].set_title(titles[side], fontsize=9)
+                axes[side, 0].axis("off")
+            ax = axes[side, offset + c]
             if _draws_something(attr_np, sign):
                 viz.visualize_image_attr(
                     attr_np, img_np, method=method, sign=sign,
                     plt_fig_axis=(fig, ax), use_pyplot=False,
                 )
-                ax.set_title(label, fontsize=9)
+                note = ""
             else:
                 ax.imshow(img_np)
-                ax.set_title(f"{label} (empty map)", fontsize=9)
                 ax.axis("off")
+                note = "(empty map)"
+            # the method's name heads its column; an unnamed pair is labelled per image
+            label = (name if side == 0 else "") if name else titles[side]
+            ax.set_title(" ".join(t for t in (label, note) if t), fontsize=9)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()

@@ -1,0 +1,46 @@
+"""Timing helpers shared by the benchmark scripts: medians of repeated calls,
+the forward+backward reference cost, and a description of the machine."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def forward_backward(model: Callable, *inputs: torch.Tensor) -> Callable[[], None]:
+    """A callable running one forward pass of ``model(*inputs)`` and one backward
+    pass to the inputs (the unit every speed ratio is expressed in)."""
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+
+    def run() -> None:
+        out = model(*leaves)
+        torch.autograd.grad(out.sum(), leaves)
+
+    return run
+
+
+def machine() -> str:
+    """One line describing where the numbers were measured."""
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}, {datetime.date.today().isoformat()}"
+    )

@@ -1,0 +1,135 @@
+"""One registry of pair explainers, shared by the demo and the benchmarks.
+
+An explainer maps a :class:`~captum_similarity.SiameseSimilarity`, a batch of
+pairs ``(x1, x2)`` and the explained layer to one map per image. Every method
+of the library, and the Captum baselines run through the wrapper, register
+here once with :func:`register`; the demo draws all of them and the
+benchmark runner measures all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Optional, Tuple
+
+import torch
+from captum.attr import LRP, IntegratedGradients, LayerGradCam, NoiseTunnel, Occlusion, Saliency
+from torch import Tensor, nn
+
+from .branches import split_branches
+from .siamese import SiameseSimilarity
+
+__all__ = ["PairExplainer", "register", "explainers", "explain_pair"]
+
+ExplainFn = Callable[[SiameseSimilarity, Tensor, Tensor, Optional[nn.Module]], Tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class PairExplainer:
+    """A registered explainer.
+
+    Attributes:
+        name (str): Display name.
+        fn (Callable): ``fn(model, x1, x2, layer) -> (a1, a2)``; maps are
+            input-shaped ``(N, C, H, W)`` or layer maps ``(N, 1, h, w)``.
+        needs_layer (bool): Whether ``layer`` must be given.
+        black_box (bool): Uses only forward passes.
+    """
+
+    name: str
+    fn: ExplainFn
+    needs_layer: bool = False
+    black_box: bool = False
+
+
+_REGISTRY: Dict[str, PairExplainer] = {}
+
+
+def register(name: str, needs_layer: bool = False, black_box: bool = False) -> Callable[[ExplainFn], ExplainFn]:
+    """Decorator adding ``fn`` to the registry under ``name``."""
+
+    def add(fn: ExplainFn) -> ExplainFn:
+        if name in _REGISTRY:
+            raise ValueError(f"an explainer named {name!r} is already registered")
+        _REGISTRY[name] = PairExplainer(name, fn, needs_layer, black_box)
+        return fn
+
+    return add
+
+
+def explainers() -> Dict[str, PairExplainer]:
+    """All registered explainers, by name, in registration order."""
+    return dict(_REGISTRY)
+
+
+def explain_pair(
+    model: SiameseSimilarity,
+    x1: Tensor,
+    x2: Tensor,
+    layer: Optional[nn.Module] = None,
+    methods: Optional[Iterable[str]] = None,
+) -> Dict[str, Tuple[Tensor, Tensor]]:
+    r"""Runs registered explainers on the pairs ``(x1[i], x2[i])``.
+
+    Args:
+        model (SiameseSimilarity): The similarity model.
+        x1 (Tensor): First images ``(N, C, H, W)``.
+        x2 (Tensor): Second images ``(N, C, H, W)``.
+        layer (nn.Module, optional): Layer for layer methods; those are
+            skipped when it is None.
+            Default: None
+        methods (iterable of str, optional): Names to run.
+            Default: None (all registered)
+
+    Returns:
+        dict: ``{name: (a1, a2)}`` with maps detached.
+    """
+    chosen = list(_REGISTRY) if methods is None else list(methods)
+    unknown = [m for m in chosen if m not in _REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown explainers {unknown}; registered: {list(_REGISTRY)}")
+    out = {}
+    for name in chosen:
+        spec = _REGISTRY[name]
+        if spec.needs_layer and layer is None:
+            continue
+        a1, a2 = spec.fn(model, x1, x2, layer)
+        out[name] = (a1.detach(), a2.detach())
+    return out
+
+
+@register("Captum IntegratedGradients")
+def _integrated_gradients(model, x1, x2, layer):
+    return IntegratedGradients(model).attribute(
+        (x1, x2), baselines=(torch.zeros_like(x1), torch.zeros_like(x2)), n_steps=32,
+        internal_batch_size=64,
+    )
+
+
+@register("Captum Saliency (SmoothGrad)")
+def _smoothgrad(model, x1, x2, layer):
+    torch.manual_seed(0)
+    return NoiseTunnel(Saliency(model)).attribute(
+        (x1, x2), nt_type="smoothgrad", nt_samples=16, stdevs=0.1, nt_samples_batch_size=16
+    )
+
+
+@register("Captum Occlusion", black_box=True)
+def _occlusion(model, x1, x2, layer):
+    side = max(2, x1.shape[-1] // 8)
+    channels = x1.shape[1]
+    return Occlusion(model).attribute(
+        (x1, x2), sliding_window_shapes=((channels, side, side), (channels, side, side)),
+        strides=(side // 2, side // 2), perturbations_per_eval=16,
+    )
+
+
+@register("Captum LayerGradCam", needs_layer=True)
+def _layer_gradcam(model, x1, x2, layer):
+    maps = LayerGradCam(model, layer).attribute(x1, additional_forward_args=(x2,))
+    return split_branches(maps)
+
+
+@register("Captum LRP")
+def _lrp(model, x1, x2, layer):
+    return LRP(model).attribute((x1, x2))

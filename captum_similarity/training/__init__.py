@@ -1,0 +1,15 @@
+"""Training small embedders: augmentation, metric-learning losses, a fitting loop."""
+
+from .augment import random_views
+from .fit import FitResult, fit, fit_contrastive, fit_metric
+from .losses import batch_hard_triplet_loss, info_nce_loss
+
+__all__ = [
+    "random_views",
+    "batch_hard_triplet_loss",
+    "info_nce_loss",
+    "fit",
+    "fit_metric",
+    "fit_contrastive",
+    "FitResult",
+]

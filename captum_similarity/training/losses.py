@@ -1,0 +1,52 @@
+"""Metric-learning losses."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def batch_hard_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 0.2) -> Tensor:
+    r"""Batch-hard triplet loss on L2-normalised embeddings (Hermans et al. 2017).
+
+    For each anchor, the hardest positive (largest distance, same label) and
+    the hardest negative (smallest distance, other label) in the batch give
+    ``relu(d(a, p) - d(a, n) + margin)``; the loss is the mean over anchors
+    that have a positive.
+
+    Args:
+        embeddings (Tensor): ``(B, D)``.
+        labels (Tensor): ``(B,)`` integer identities.
+        margin (float, optional): Margin in Euclidean distance of unit vectors.
+            Default: 0.2
+
+    Returns:
+        Tensor: scalar loss.
+    """
+    z = F.normalize(embeddings, dim=1)
+    dist = torch.cdist(z, z).clamp_min(1e-12)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    pos = same & ~eye
+    hardest_pos = torch.where(pos, dist, torch.zeros_like(dist)).amax(1)
+    hardest_neg = torch.where(same, torch.full_like(dist, float("inf")), dist).amin(1)
+    valid = pos.any(1) & torch.isfinite(hardest_neg)
+    if not valid.any():
+        raise ValueError("the batch has no anchor with both a positive and a negative")
+    return F.relu(hardest_pos - hardest_neg + margin)[valid].mean()
+
+
+def info_nce_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1) -> Tensor:
+    r"""Symmetric InfoNCE (NT-Xent) loss for two views of the same ``B`` items.
+
+    Row ``i`` of ``z1`` and ``z2`` are positives; every other row of the other
+    view is a negative. Cosine similarities are divided by ``temperature``.
+
+    Returns:
+        Tensor: scalar loss.
+    """
+    a, b = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    logits = a @ b.T / temperature
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

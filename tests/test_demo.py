@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from captum_similarity import SiameseSimilarity
+from captum_similarity.demo import main, run
+from captum_similarity.explainers import explain_pair, explainers, register
+from captum_similarity.models.trained import demo_embedder
+from conftest import make_reference_model
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTUM_SIMILARITY_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_demo_embedder_is_cached(tmp_cache):
+    model, info = demo_embedder(steps=2)
+    assert not info["loaded_from_cache"] and 0.0 <= info["stereo_top1"] <= 1.0
+    again, info2 = demo_embedder(steps=2)
+    assert info2["loaded_from_cache"] and info2["cache_file"] == info["cache_file"]
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.rand(2, 3, 48, 48)
+    assert model(x).shape == (2, 64)
+
+
+@pytest.mark.slow
+def test_demo_writes_figures(tmp_cache, tmp_path, capsys):
+    out = tmp_path / "figs"
+    main(["--out", str(out), "--steps", "2"])
+    printed = capsys.readouterr().out
+    for name in ("stereo_match.png", "stereo_mismatch.png", "gallery_top_hits.png"):
+        assert (out / name).stat().st_size > 10_000
+        assert name in printed
+    report = run(out, methods=["Captum LayerGradCam"], steps=2)
+    assert report["embedder"]["loaded_from_cache"]
+    assert len(report["gallery_scores"]) >= 5
+
+
+def test_registry_runs_every_explainer_with_matching_shapes(images):
+    model = make_reference_model("cnn")
+    sim = SiameseSimilarity(model)
+    x1, x2 = images(2), images(2, seed=1)
+    maps = explain_pair(sim, x1, x2, layer=model.features[-1])
+    assert set(maps) == set(explainers())
+    for name, (a1, a2) in maps.items():
+        assert a1.shape[0] == 2 and a2.shape[0] == 2, name
+        assert a1.shape[-2:] in {x1.shape[-2:], (8, 8)}, name
+    no_layer = explain_pair(sim, x1, x2)
+    assert not any(explainers()[n].needs_layer for n in no_layer)
+    with pytest.raises(ValueError, match="unknown explainers"):
+        explain_pair(sim, x1, x2, methods=["nope"])
+    with pytest.raises(ValueError, match="already registered"):
+        register("Captum LRP")(lambda *a: a)
