@@ -21,11 +21,8 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import platform
 import re
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -33,7 +30,9 @@ import torch
 from captum.attr import LRP
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from timing import forward_backward, machine, median_seconds  # noqa: E402
 
 from captum_similarity import LRPRelevancePairing, SiameseSimilarity  # noqa: E402
 from captum_similarity.models import (  # noqa: E402
@@ -51,21 +50,6 @@ MODELS: Dict[str, Callable[[int], torch.nn.Module]] = {
 }
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def forward_backward(sim: SiameseSimilarity, x1: torch.Tensor, x2: torch.Tensor) -> None:
-    a, b = x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)
-    torch.autograd.grad(sim(a, b).sum(), (a, b))
-
-
 def captum_lrp(sim: SiameseSimilarity, x1: torch.Tensor, x2: torch.Tensor) -> None:
     LRP(sim).attribute((x1.clone().requires_grad_(True), x2.clone().requires_grad_(True)))
 
@@ -76,18 +60,20 @@ def bench(kind: str, n: int, size: int, k: int, repeats: int) -> List[str]:
     sim = SiameseSimilarity(embedder, "cosine")
     lrp = LRPRelevancePairing(sim)
     x1, x2 = torch.rand(n, 3, size, size), torch.rand(n, 3, size, size)
-    unit = median_time(lambda: forward_backward(sim, x1, x2), repeats)
+    unit = median_seconds(forward_backward(sim, x1, x2), repeats)
     try:
-        captum = f"{median_time(lambda: captum_lrp(sim, x1, x2), repeats) / unit:.1f}x"
+        captum = f"{median_seconds(lambda: captum_lrp(sim, x1, x2), repeats) / unit:.1f}x"
     except Exception as err:  # Captum's LRP refuses most models: report why
         found = re.search(r"\.(\w+)'>", str(err))
         captum = f"fails: no rule for {found.group(1)}" if found else f"fails: {type(err).__name__}"
-    first = median_time(lambda: lrp.attribute((x1, x2)), repeats) / unit
-    full = median_time(lambda: lrp.attribute_pairwise((x1, x2)), repeats) / unit
-    proj = median_time(lambda: lrp.attribute_pairwise((x1, x2), projection_dim=k), repeats) / unit
+    first = median_seconds(lambda: lrp.attribute((x1, x2)), repeats) / unit
+    full = median_seconds(lambda: lrp.attribute_pairwise((x1, x2)), repeats) / unit
+    proj = (
+        median_seconds(lambda: lrp.attribute_pairwise((x1, x2), projection_dim=k), repeats) / unit
+    )
     query = x1[:1]
-    reuse = median_time(lambda: lrp.attribute_pairwise((query, x2)), repeats)
-    one_by_one = median_time(
+    reuse = median_seconds(lambda: lrp.attribute_pairwise((query, x2)), repeats)
+    one_by_one = median_seconds(
         lambda: [lrp.attribute_pairwise((query, x2[i : i + 1])) for i in range(n)], repeats
     )
     d = embedder(x1[:1]).shape[1]
@@ -114,8 +100,7 @@ def main() -> None:
         f"Command: `python benchmarks/bench_lrp.py --pairs {args.pairs} --size {args.size} "
         f"--projection {args.projection} --repeats {repeats} --threads {args.threads}`",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {args.threads} thread(s), "
-        f"torch {torch.__version__}, float32, cosine similarity, composite `epsilon_plus`. "
+        f"Machine: {machine()}. float32, cosine similarity, composite `epsilon_plus`. "
         f"Batch: {args.pairs} pairs of {args.size}x{args.size} RGB images. Times are medians "
         f"of {repeats} runs, as multiples of one forward+backward pass of the same pairs.",
         "",

@@ -6,15 +6,20 @@ random pairs with the dot and cosine similarities and reports the mean of
 |s - sum R| over pairs and both images, next to the mean |s|. A second block
 repeats this with every additive constant set to zero (biases, BatchNorm
 means, the ViT's class and position tokens), where nothing but the input can
-absorb relevance.
+absorb relevance. A third block uses the trained ORL embedder
+(``orl_embedder``, float32) on 20 pairs of held-out faces (10 of the same
+person, 10 of different people), when the ORL folder is found.
 
 Run from the repository root::
 
-    python benchmarks/lrp_conservation.py     # writes benchmarks/results/lrp_conservation.md
+    python benchmarks/lrp_conservation.py [--orl ../shared/data/orl_faces]
+    # writes benchmarks/results/lrp_conservation.md
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,33 +29,16 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from conftest import REFERENCE_KINDS, make_reference_model  # noqa: E402
+from conftest import REFERENCE_KINDS, make_reference_model, zero_additive_constants  # noqa: E402
 
 from captum_similarity import LRPRelevancePairing  # noqa: E402
+from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
+from captum_similarity.models.trained import ORL_CONFIG, orl_embedder  # noqa: E402
 
 COMPOSITES = ["lrp0", "epsilon", "epsilon_plus", "gamma"]
 
 
-def zero_additive_constants(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if getattr(m, "bias", None) is not None:
-                m.bias.zero_()
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.zero_()
-        for name in ("cls_token", "pos_embed"):
-            if hasattr(model, name):
-                getattr(model, name).zero_()
-    return model
-
-
-def row(kind: str, similarity: str, zeroed: bool) -> str:
-    model = make_reference_model(kind)
-    if zeroed:
-        zero_additive_constants(model)
-    g = torch.Generator().manual_seed(0)
-    x1 = torch.rand(8, 3, 32, 32, generator=g, dtype=torch.float64)
-    x2 = torch.rand(8, 3, 32, 32, generator=g, dtype=torch.float64)
+def row(name: str, model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, similarity: str) -> str:
     cells = []
     scores = None
     for composite in COMPOSITES:
@@ -59,32 +47,77 @@ def row(kind: str, similarity: str, zeroed: bool) -> str:
         if scores is None:
             scores = (delta[:, 0] + r1.sum((1, 2, 3))).abs().mean()
         cells.append(f"{delta.abs().mean():.2e}")
-    return f"| {kind} | {similarity} | {scores:.3f} | " + " | ".join(cells) + " |"
+    return f"| {name} | {similarity} | {scores:.3f} | " + " | ".join(cells) + " |"
+
+
+def reference_rows(zeroed: bool) -> list:
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.rand(8, 3, 32, 32, generator=g, dtype=torch.float64)
+    x2 = torch.rand(8, 3, 32, 32, generator=g, dtype=torch.float64)
+    rows = []
+    for kind in REFERENCE_KINDS:
+        model = make_reference_model(kind)
+        if zeroed:
+            zero_additive_constants(model)
+        for similarity in ("dot", "cosine"):
+            rows.append(row(kind, model, x1, x2, similarity))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def orl_rows(root: Path) -> list:
+    model, info = orl_embedder(root)
+    faces = load_orl_faces(root, size=tuple(ORL_CONFIG["size"]))
+    _, held_out = identity_split(faces, ORL_CONFIG["n_train"])
+    images = held_out.images.reshape(10, 10, *held_out.images.shape[1:])  # person, image
+    same = (images[:, 0], images[:, 5])
+    other = (images[:, 0], images[torch.arange(10).roll(1), 0])
+    x1, x2 = torch.cat([same[0], other[0]]), torch.cat([same[1], other[1]])
+    name = f"ORL ResNet (held-out recall@1 {info['recall_at_1']:.2f})"
+    rows = []
+    for similarity in ("dot", "cosine"):
+        rows.append(row(name, model, x1, x2, similarity))
+        print(rows[-1], flush=True)
+    return rows
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    default_orl = os.environ.get(
+        "CAPTUM_SIMILARITY_ORL", ROOT.parent / "shared" / "data" / "orl_faces"
+    )
+    parser.add_argument("--orl", type=Path, default=default_orl)
+    args = parser.parse_args()
     torch.set_num_threads(1)
     header = "| model | similarity | mean abs(s) | " + " | ".join(COMPOSITES) + " |"
     rule = "|---|---|---|" + "---|" * len(COMPOSITES)
     lines = [
         "# LRPRelevancePairing conservation: mean |s - sum R|",
         "",
-        "Command: `python benchmarks/lrp_conservation.py` (8 random 32x32 pairs, float64).",
+        "Command: `python benchmarks/lrp_conservation.py` (reference models: 8 random 32x32 "
+        "pairs, float64).",
         "",
         "## Reference models as built by the tests (random weights, biases present)",
         "",
         header,
         rule,
+        *reference_rows(zeroed=False),
+        "",
+        "## Same models with every additive constant set to zero",
+        "",
+        header,
+        rule,
+        *reference_rows(zeroed=True),
     ]
-    for kind in REFERENCE_KINDS:
-        for similarity in ("dot", "cosine"):
-            lines.append(row(kind, similarity, zeroed=False))
-            print(lines[-1], flush=True)
-    lines += ["", "## Same models with every additive constant set to zero", "", header, rule]
-    for kind in REFERENCE_KINDS:
-        for similarity in ("dot", "cosine"):
-            lines.append(row(kind, similarity, zeroed=True))
-            print(lines[-1], flush=True)
+    if (args.orl / "s1").is_dir():
+        lines += [
+            "",
+            "## Trained ORL embedder, 20 held-out pairs (10 same person, 10 different), float32",
+            "",
+            header,
+            rule,
+            *orl_rows(args.orl),
+        ]
     out = ROOT / "benchmarks" / "results" / "lrp_conservation.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")

@@ -17,6 +17,7 @@ from captum.attr import LRP, IntegratedGradients, LayerGradCam, NoiseTunnel, Occ
 from torch import Tensor, nn
 
 from .branches import split_branches
+from .relevance_pairing import LRPRelevancePairing
 from .siamese import SiameseSimilarity
 
 __all__ = ["PairExplainer", "register", "explainers", "explain_pair"]
@@ -133,3 +134,8 @@ def _layer_gradcam(model, x1, x2, layer):
 @register("Captum LRP")
 def _lrp(model, x1, x2, layer):
     return LRP(model).attribute((x1, x2))
+
+
+@register("LRPRelevancePairing (epsilon_plus)")
+def _lrp_pairing(model, x1, x2, layer):
+    return LRPRelevancePairing(model).attribute((x1, x2))

@@ -45,6 +45,21 @@ def make_reference_model(kind: str, seed: int = 0, dtype: torch.dtype = torch.fl
 REFERENCE_KINDS = ["cnn", "resnet", "efficientnet", "vit"]
 
 
+def zero_additive_constants(model: nn.Module) -> nn.Module:
+    """Zeroes biases, BatchNorm means and the ViT's class/position tokens, so
+    that nothing but the input can absorb relevance (LRP conserves exactly)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if getattr(m, "bias", None) is not None:
+                m.bias.zero_()
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.zero_()
+        for name in ("cls_token", "pos_embed"):
+            if hasattr(model, name):
+                getattr(model, name).zero_()
+    return model
+
+
 @pytest.fixture(params=REFERENCE_KINDS)
 def reference_model(request) -> nn.Module:
     return make_reference_model(request.param)

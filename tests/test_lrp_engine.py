@@ -122,6 +122,20 @@ def test_unsupported_layer_is_named_and_model_left_as_found(images):
     assert_unchanged(model, before)
 
 
+def test_functional_attention_is_reported_not_explained():
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(4, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0].mean(1)
+
+    model = Tokens().to(DT).eval()
+    with pytest.raises(ValueError, match=r"no rule for module 'attn' \(MultiheadAttention\)"):
+        LRPEngine(model, "epsilon").forward(torch.rand(2, 3, 4, dtype=DT))
+
+
 class _Failing(Rule):
     def apply(self, module, inputs, output, trace):
         raise RuntimeError("rule failed")

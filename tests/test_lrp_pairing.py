@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import REFERENCE_KINDS, assert_unchanged, make_reference_model, snapshot
+from conftest import (
+    REFERENCE_KINDS,
+    assert_unchanged,
+    make_reference_model,
+    snapshot,
+    zero_additive_constants,
+)
 from torch import nn
 
 from captum_similarity import LRPRelevancePairing, SiameseSimilarity, Similarity
@@ -15,25 +21,10 @@ from captum_similarity.relevance_pairing import patch_centers
 DT = torch.float64
 
 
-def _without_additive_constants(model: nn.Module) -> nn.Module:
-    """Zeroes biases, BatchNorm means and the ViT's class/position tokens, so
-    that nothing but the input can absorb relevance."""
-    with torch.no_grad():
-        for m in model.modules():
-            if getattr(m, "bias", None) is not None:
-                m.bias.zero_()
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.zero_()
-        for name in ("cls_token", "pos_embed"):
-            if hasattr(model, name):
-                getattr(model, name).zero_()
-    return model
-
-
 @pytest.mark.parametrize("kind", REFERENCE_KINDS)
 @pytest.mark.parametrize("similarity", ["dot", "cosine"])
 def test_relevance_conserves_end_to_end(kind, similarity, images):
-    model = _without_additive_constants(make_reference_model(kind))
+    model = zero_additive_constants(make_reference_model(kind))
     x1, x2 = images(2, seed=1), images(2, seed=2)
     lrp = LRPRelevancePairing(model, similarity, composite="lrp0")
     (r1, r2), delta = lrp.attribute((x1, x2), return_convergence_delta=True)

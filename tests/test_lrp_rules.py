@@ -51,10 +51,10 @@ def _oracle(rule: str, m: torch.Tensor, b: torch.Tensor, x: torch.Tensor, r_out:
     z = z_ij.sum(2) + b
     if rule == "lrp0":
         return (z_ij / z[..., None] * r_out[..., None]).sum(1)
-    if rule == "gamma":
-        mg = m + 0.5 * m.clamp(min=0)
-        zg_ij = x[:, None, :] * mg[None]
-        zg = zg_ij.sum(2) + b + 0.5 * b.clamp(min=0)
+    if rule == "gamma":  # amplify the contributions of the output's sign
+        positive = (z >= 0)[..., None]
+        zg_ij = z_ij + 0.5 * torch.where(positive, z_ij.clamp(min=0), z_ij.clamp(max=0))
+        zg = zg_ij.sum(2) + b + 0.5 * torch.where(positive[..., 0], b.clamp(min=0), b.clamp(max=0))
         return (zg_ij / zg[..., None] * r_out[..., None]).sum(1)
     if rule == "alphabeta":
         pos, neg = z_ij.clamp(min=0), z_ij.clamp(max=0)
@@ -88,7 +88,7 @@ def test_linear_rules_match_their_formula(rule, layer_kind):
     make, shape = LAYERS[layer_kind]
     layer = make().to(DT)
     x = torch.rand(shape, dtype=DT)
-    if rule == "alphabeta":
+    if rule in ("alphabeta", "gamma"):
         x = x - 0.5  # inputs of both signs
     out = layer(x)
     seed = torch.randn_like(out)

@@ -17,7 +17,9 @@ Modules whose plain gradient already is the LRP rule need none: ReLU,
 LeakyReLU, Dropout, Identity, Flatten, average and max pooling (with relevance
 as the gradient's ``R / a``, a linear map's own gradient is LRP-0 and max
 pooling's is winner-take-all). A leaf module with no rule and no such type is
-unsupported: running it raises a ``ValueError`` that names it.
+unsupported: running it raises a ``ValueError`` that names it; so does a
+container of :data:`UNSUPPORTED_TYPES` (``nn.MultiheadAttention``, PyTorch's
+transformer layers), whose attention is functional code.
 
 The presets (:data:`COMPOSITES`) share the defaults for non-linear modules:
 :class:`~captum_similarity.lrp.rules.Pass` for element-wise activations and
@@ -47,6 +49,7 @@ __all__ = [
     "depth_gamma",
     "PLAIN_GRADIENT_TYPES",
     "ACTIVATION_TYPES",
+    "UNSUPPORTED_TYPES",
 ]
 
 RuleSpec = Union[Rule, Callable[[float], Rule]]
@@ -67,6 +70,14 @@ PLAIN_GRADIENT_TYPES: Tuple[Type[nn.Module], ...] = (
 ACTIVATION_TYPES: Tuple[Type[nn.Module], ...] = (
     nn.SiLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.SELU, nn.CELU, nn.Hardswish,
     nn.Hardsigmoid, nn.Hardtanh, nn.ReLU6, nn.Mish, nn.Softplus, nn.PReLU,
+)  # fmt: skip
+
+#: Containers whose forward code mixes activations in ways no rule of their
+#: children covers (functional softmax attention, fused fast paths): without a
+#: user rule they are reported as unsupported rather than explained wrongly.
+UNSUPPORTED_TYPES: Tuple[Type[nn.Module], ...] = (
+    nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+    nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer,
 )  # fmt: skip
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -175,7 +186,7 @@ class Composite:
             if rule is not None:
                 entries.append((name, module, rule))
                 return
-            if isinstance(module, LINEAR_TYPES) or isinstance(module, BATCHNORM_TYPES):
+            if isinstance(module, LINEAR_TYPES + BATCHNORM_TYPES + UNSUPPORTED_TYPES):
                 entries.append((name, module, None))
                 return
             if isinstance(module, PLAIN_GRADIENT_TYPES):

@@ -63,7 +63,8 @@ class _Trace:
         self.composite = composite
         self.companions: List[Tensor] = []
         self.reads_input = False
-        # output tensor id -> (output, op inputs, rule, module) of linear layers
+        # id of a linear layer's rewired output -> (that output, the layer's input,
+        # its rule, the layer, its raw output): what a following BatchNorm folds
         self.produced: Dict[int, Tuple[Tensor, Tensor, LinearRule, nn.Module, Tensor]] = {}
         self.recorders: List[LayerRecorder] = []
 

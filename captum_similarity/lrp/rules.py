@@ -33,7 +33,7 @@ batched).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 from captum.attr._utils.lrp_rules import (
@@ -158,14 +158,19 @@ class Epsilon(LinearRule):
 
 
 class Gamma(LinearRule):
-    r"""LRP-gamma: ``W' = W + gamma * W^+`` (and ``b' = b + gamma * b^+``).
+    r"""LRP-gamma: contributions of the output's own sign are amplified by ``gamma``.
 
-    Favours positive contributions; ``gamma = 0`` is LRP-epsilon. Meant for
-    layers with non-negative inputs (after ReLU), as in Montavon et al. (2019);
-    relevance is conserved whatever the inputs, up to the bias.
+    With ``z_ij = x_i w_ij`` split into its positive and negative parts, an
+    output with ``z_j >= 0`` redistributes ``z_ij + gamma z_ij^+`` and one with
+    ``z_j < 0`` redistributes ``z_ij + gamma z_ij^-`` (biases likewise). For
+    non-negative inputs (after a ReLU) and positive outputs this is
+    ``W' = W + gamma W^+`` (Montavon et al., 2019); treating negative outputs
+    symmetrically keeps each denominator of the output's sign and at least as
+    large as ``|z_j|``, so relevance reaching negative pre-activations (through
+    residual additions) does not blow up. ``gamma = 0`` is LRP-epsilon.
 
     Args:
-        gamma (float, optional): Weight of the positive part.
+        gamma (float, optional): Weight of the amplified part.
             Default: 0.25
         epsilon (float, optional): Stabiliser.
             Default: 1e-9
@@ -182,11 +187,24 @@ class Gamma(LinearRule):
         self.zero_bias = zero_bias
 
     def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
-        weight = op.weight + self.gamma * op.weight.clamp(min=0)
-        bias = None
-        if op.bias is not None and not self.zero_bias:
-            bias = op.bias + self.gamma * op.bias.clamp(min=0)
-        return op.forward(x, weight, bias)
+        bias = None if self.zero_bias else op.bias
+        z = op.output if bias is op.bias else op.forward(x, op.weight, None)
+        if not self.gamma:
+            return z
+        positive = _signed_part(op, x, True, None if bias is None else bias.clamp(min=0))
+        negative = _signed_part(op, x, False, None if bias is None else bias.clamp(max=0))
+        return z + self.gamma * torch.where(z.detach() >= 0, positive, negative)
+
+
+def _signed_part(op: LinearOp, x: Tensor, positive: bool, bias: Optional[Tensor] = None) -> Tensor:
+    """Sum of the positive (or negative) contributions ``x_i w_ij`` per output, plus ``bias``."""
+    w_pos, w_neg = op.weight.clamp(min=0), op.weight.clamp(max=0)
+    if not positive:
+        w_pos, w_neg = w_neg, w_pos
+    part = op.forward(x.clamp(min=0), w_pos, bias)
+    if bool((x < 0).any()):  # after a ReLU there is no negative input to compute with
+        part = part + op.forward(x.clamp(max=0), w_neg, None)
+    return part
 
 
 class AlphaBeta(LinearRule):
@@ -218,25 +236,15 @@ class AlphaBeta(LinearRule):
 
     def rewire(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
         z = op.output.detach()
-        positive = self._part(op, x, positive=True)
+        positive = _signed_part(op, x, True)
         t = self.alpha * positive * _share(z, positive, self.epsilon)
         if self.beta:
-            negative = self._part(op, x, positive=False)
+            negative = _signed_part(op, x, False)
             t = t - self.beta * negative * _share(z, negative, self.epsilon)
         return _with_values(z, t)
 
     def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
-        return self._part(op, x, positive=True)
-
-    @staticmethod
-    def _part(op: LinearOp, x: Tensor, positive: bool) -> Tensor:
-        w_pos, w_neg = op.weight.clamp(min=0), op.weight.clamp(max=0)
-        if not positive:
-            w_pos, w_neg = w_neg, w_pos
-        part = op.forward(x.clamp(min=0), w_pos, None)
-        if bool((x < 0).any()):  # after a ReLU there is no negative part to compute
-            part = part + op.forward(x.clamp(max=0), w_neg, None)
-        return part
+        return _signed_part(op, x, True)
 
 
 class ZPlus(AlphaBeta):
