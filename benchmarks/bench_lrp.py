@@ -32,7 +32,7 @@ from captum.attr import LRP
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from timing import forward_backward, machine, median_seconds  # noqa: E402
+from timing import forward_backward, machine, median_ratio, median_seconds  # noqa: E402
 
 from captum_similarity import LRPRelevancePairing, SiameseSimilarity  # noqa: E402
 from captum_similarity.models import (  # noqa: E402
@@ -60,26 +60,26 @@ def bench(kind: str, n: int, size: int, k: int, repeats: int) -> List[str]:
     sim = SiameseSimilarity(embedder, "cosine")
     lrp = LRPRelevancePairing(sim)
     x1, x2 = torch.rand(n, 3, size, size), torch.rand(n, 3, size, size)
-    unit = median_seconds(forward_backward(sim, x1, x2), repeats)
+    unit = forward_backward(sim, x1, x2)
+
+    def ratio(fn: Callable[[], object]) -> float:
+        return median_ratio(fn, unit, repeats)
+
     try:
-        captum = f"{median_seconds(lambda: captum_lrp(sim, x1, x2), repeats) / unit:.1f}x"
+        captum = f"{ratio(lambda: captum_lrp(sim, x1, x2)):.1f}x"
     except Exception as err:  # Captum's LRP refuses most models: report why
         found = re.search(r"\.(\w+)'>", str(err))
         captum = f"fails: no rule for {found.group(1)}" if found else f"fails: {type(err).__name__}"
-    first = median_seconds(lambda: lrp.attribute((x1, x2)), repeats) / unit
-    full = median_seconds(lambda: lrp.attribute_pairwise((x1, x2)), repeats) / unit
-    proj = (
-        median_seconds(lambda: lrp.attribute_pairwise((x1, x2), projection_dim=k), repeats) / unit
-    )
+    first = ratio(lambda: lrp.attribute((x1, x2)))
+    full = ratio(lambda: lrp.attribute_pairwise((x1, x2)))
+    proj = ratio(lambda: lrp.attribute_pairwise((x1, x2), projection_dim=k))
     query = x1[:1]
-    reuse = median_seconds(lambda: lrp.attribute_pairwise((query, x2)), repeats)
-    one_by_one = median_seconds(
-        lambda: [lrp.attribute_pairwise((query, x2[i : i + 1])) for i in range(n)], repeats
-    )
+    reuse = ratio(lambda: lrp.attribute_pairwise((query, x2)))
+    one_by_one = ratio(lambda: [lrp.attribute_pairwise((query, x2[i : i + 1])) for i in range(n)])
     d = embedder(x1[:1]).shape[1]
     return [
-        f"| {kind} | {unit * 1e3:.1f} ms | {first:.1f}x | {captum} | {full:.1f}x (D={d}) "
-        f"| {proj:.1f}x (K={k}) | {reuse / unit:.1f}x | {one_by_one / unit:.1f}x |"
+        f"| {kind} | {median_seconds(unit, repeats) * 1e3:.1f} ms | {first:.1f}x | {captum} "
+        f"| {full:.1f}x (D={d}) | {proj:.1f}x (K={k}) | {reuse:.1f}x | {one_by_one:.1f}x |"
     ]
 
 
@@ -102,7 +102,8 @@ def main() -> None:
         "",
         f"Machine: {machine()}. float32, cosine similarity, composite `epsilon_plus`. "
         f"Batch: {args.pairs} pairs of {args.size}x{args.size} RGB images. Times are medians "
-        f"of {repeats} runs, as multiples of one forward+backward pass of the same pairs.",
+        f"of {repeats} rounds of the ratio to one forward+backward pass of the same pairs, "
+        "timed back to back (the fwd+bwd column is its median time).",
         "",
         "| model | fwd+bwd | attribute | Captum LRP | BiLRP | BiLRP projected "
         "| BiLRP 1-vs-N, query reused | BiLRP 1-vs-N, pair by pair |",

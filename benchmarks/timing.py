@@ -44,3 +44,22 @@ def machine() -> str:
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"Python {platform.python_version()}, {datetime.date.today().isoformat()}"
     )
+
+
+def median_ratio(
+    fn: Callable[[], object], unit: Callable[[], object], repeats: int = 5, warmup: int = 1
+) -> float:
+    """Median over ``repeats`` of ``time(fn) / time(unit)``, the two timed back to
+    back each round, so that load from other processes that changes during the
+    run affects both alike."""
+    for _ in range(warmup):
+        fn()
+        unit()
+    ratios = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        unit()
+        middle = time.perf_counter()
+        fn()
+        ratios.append((time.perf_counter() - middle) / (middle - start))
+    return statistics.median(ratios)

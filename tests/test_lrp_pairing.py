@@ -93,6 +93,18 @@ def test_bilrp_projection_decomposes_the_projected_score(images):
     torch.testing.assert_close(got.sum(), f1 @ f2)
 
 
+def test_internal_batch_size_does_not_change_the_result(images):
+    model = make_reference_model("cnn")
+    x1, x2 = images(2, seed=1), images(2, seed=2)
+    lrp = LRPRelevancePairing(model, "dot")
+    whole = lrp.attribute_pairwise((x1, x2), patch_size=16, projection_dim=6)
+    # 4 maps per backward: images one at a time, seeds in chunks of 4
+    chunked = lrp.attribute_pairwise(
+        (x1, x2), patch_size=16, projection_dim=6, internal_batch_size=4
+    )
+    torch.testing.assert_close(chunked, whole)
+
+
 def test_one_vs_n_reuses_the_query_and_equals_pair_by_pair(images):
     model = make_reference_model("resnet")
     query, gallery = images(1, seed=1), images(3, seed=2)

@@ -74,20 +74,27 @@ class _Trace:
             rec.tensors = [new if t is old else t for t in rec.tensors]
 
 
+def _unsupported(name: str, module: nn.Module) -> ValueError:
+    return ValueError(
+        f"LRP has no rule for module {name!r} ({type(module).__name__}). Give it one by "
+        f"name, e.g. LRPRelevancePairing(..., rules={{{name!r}: Pass()}}) or "
+        f".set_rule({name!r}, rule), with a rule from captum_similarity.lrp.rules "
+        "(Pass for element-wise maps and gates, Hold to block relevance, Epsilon/ZPlus/"
+        "Gamma for linear layers), or add its type to a Composite's layer_rules"
+    )
+
+
 def _unsupported_hook(name: str):
     def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-        raise ValueError(
-            f"LRP has no rule for module {name!r} ({type(module).__name__}). Give it one by "
-            f"name, e.g. LRPRelevancePairing(..., rules={{{name!r}: Pass()}}) or "
-            f".set_rule({name!r}, rule), with a rule from captum_similarity.lrp.rules "
-            "(Pass for element-wise maps and gates, Hold to block relevance, Epsilon/ZPlus/"
-            "Gamma for linear layers), or add its type to a Composite's layer_rules"
-        )
+        raise _unsupported(name, module)
 
     return hook
 
 
-def _rule_hook(name: str, rule: Rule, trace: _Trace):
+def _rule_hook(name: str, rule: Optional[Rule], trace: _Trace):
+    """The hook applying ``rule``; a BatchNorm is folded into the layer feeding it
+    whenever it can be, and needs a rule of its own only otherwise."""
+
     def hook(module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> Tensor:
         if not isinstance(output, Tensor) or not inputs or not isinstance(inputs[0], Tensor):
             raise TypeError(
@@ -103,6 +110,8 @@ def _rule_hook(name: str, rule: Rule, trace: _Trace):
                 out = conv_rule.rewire(op, conv_input, trace)
                 trace.redirect(x, out)
                 return out
+        if rule is None:
+            raise _unsupported(name, module)
         chosen = rule
         if x is trace.input and isinstance(module, LINEAR_TYPES):
             trace.reads_input = True
@@ -169,7 +178,10 @@ class LRPEngine:
         trace = _Trace(x, self.composite)
         with preserved_state(self.model, eval_mode=True, freeze=True), ExitStack() as stack:
             for name, module, rule in self.composite.plan(self.model):
-                hook = _unsupported_hook(name) if rule is None else _rule_hook(name, rule, trace)
+                if rule is None and not isinstance(module, BATCHNORM_TYPES):
+                    hook = _unsupported_hook(name)
+                else:
+                    hook = _rule_hook(name, rule, trace)
                 stack.callback(module.register_forward_hook(hook).remove)
             for layer in layers:
                 trace.recorders.append(stack.enter_context(LayerRecorder(layer)))
