@@ -205,3 +205,21 @@ def test_propagate_checks_seed_and_layers(images):
         )
     with pytest.raises(ValueError, match="no layer named"):
         p.activation("nope")
+
+
+def test_composite_and_engine_arguments_are_checked():
+    from captum_similarity.lrp import resolve_composite
+
+    with pytest.raises(ValueError, match="unknown composite 'nope'"):
+        resolve_composite("nope")
+    with pytest.raises(TypeError, match="preset name or a Composite"):
+        resolve_composite(3)
+    with pytest.raises(TypeError, match="nn.Module"):
+        LRPEngine(lambda x: x)
+    with pytest.raises(TypeError, match="input_rule must be a Rule"):
+        Composite({}, input_rule="zbox")
+    with pytest.raises(TypeError, match="module name or a module"):
+        Composite({}).set_rule(3, Pass())
+    composite = resolve_composite("epsilon")
+    composite.set_rule("head", Pass())
+    assert "head" not in resolve_composite("epsilon").rules  # presets are fresh copies

@@ -178,6 +178,10 @@ def test_errors_are_clear(images):
         LRPRelevancePairing(model, "euclidean").attribute_pairwise((x, x))
     with pytest.raises(ValueError, match="contributions"):
         LRPRelevancePairing(model, Similarity("mine", lambda a, b: (a * b).sum(1)))
+    with pytest.raises(TypeError, match="input_bounds"):
+        LRPRelevancePairing(model, input_bounds=0.5)
+    with pytest.raises(ValueError, match="projection_dim"):
+        lrp.attribute_pairwise((x, x), projection_dim=0)
 
 
 def test_patch_centers():
