@@ -131,8 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     report = run(args.out, args.methods, args.steps)
     info = report["embedder"]
     origin = f"loaded from {info['cache_file']}" if info["loaded_from_cache"] else "trained now"
-    print(f"demo embedder: {info['config']['arch']}, held-out stereo top-1 {info['stereo_top1']:.2f} "
-          f"(untrained {info['stereo_top1_untrained']:.2f}, chance 0.02), "
+    print(f"demo embedder: {info['config']['arch']}, held-out stereo top-1 under random views "
+          f"{info['stereo_top1']:.2f} (untrained {info['stereo_top1_untrained']:.2f}, chance 0.02), "
           f"{info['train_seconds']:.0f} s of training, {origin}")
     print(f"s(query, true match) = {report['match_score']:.3f}; s(query, other part) = {report['mismatch_score']:.3f}")
     for fig in report["figures"]:
