@@ -297,7 +297,8 @@ def test_missing_block_is_named(tmp_path, random_net):
     steps = random_net.dlib_steps()
     first_block = random_net.layer1[0].dlib_steps()
     short = steps[:4] + steps[4 + len(first_block):]
-    with pytest.raises(ValueError, match=r"not dlib's face-recognition ResNet.*con 27 \(expected 29\)"):
+    message = r"not dlib's face-recognition ResNet.*con 27 \(expected 29\)"
+    with pytest.raises(ValueError, match=message):
         dlib_face_resnet(_write(tmp_path, write_network(short)))
 
 

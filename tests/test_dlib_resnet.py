@@ -7,6 +7,8 @@ installed; the comparison with dlib itself skips when ``dlib`` (the
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -51,6 +53,17 @@ def dlib_module():
     except ImportError:
         pytest.skip("dlib is not installed (pip install dlib-bin): no reference to compare with")
     return dlib
+
+
+def _random_model() -> DlibFaceResNet:
+    """Float64, He-initialised (activations stay clear of slow subnormals)."""
+    torch.manual_seed(0)
+    model = DlibFaceResNet().double().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    return model
 
 
 def _uint8_chips(x: torch.Tensor) -> np.ndarray:
@@ -126,6 +139,13 @@ def test_missing_weights_package_names_the_extra(monkeypatch):
         dlib_face_resnet()
 
 
+def test_package_without_the_file(monkeypatch, tmp_path):
+    spec = SimpleNamespace(submodule_search_locations=[str(tmp_path)])
+    monkeypatch.setattr(dlib_resnet.importlib.util, "find_spec", lambda name: spec)
+    with pytest.raises(FileNotFoundError, match="has no models/dlib_face_recognition"):
+        dlib_face_resnet()
+
+
 def test_other_dlib_file_is_refused():
     path = _weights_path().with_name("shape_predictor_5_face_landmarks.dat")
     with pytest.raises(ValueError, match="face-recognition network"):
@@ -149,12 +169,9 @@ def test_lrp_conserves_relevance_without_biases():
     """With every bias zero, LRP-0 through the stem, the zero-padding residual
     additions, the affines and the input normalisation conserves the score:
     each image's relevance sums to the similarity."""
-    torch.manual_seed(0)
-    model = DlibFaceResNet().double().eval()
+    model = _random_model()
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             if getattr(m, "bias", None) is not None:
                 m.bias.zero_()
     x1 = torch.rand(1, 3, 150, 150, dtype=torch.float64)
@@ -195,7 +212,33 @@ def test_captum_methods_on_a_face_pair(face_model):
     r1, r2 = LRP(sim).attribute((x1, x2))
     assert r1.shape == x1.shape and torch.isfinite(r1).all() and torch.isfinite(r2).all()
     assert r1.abs().sum() > 0 and r2.abs().sum() > 0
+    # Captum deletes every rule after a call; the defaults come back for the next.
+    again = LRP(sim).attribute((x1, x2))
+    assert torch.equal(again[0], r1) and torch.equal(again[1], r2)
     assert_unchanged(sim, before)
+
+
+def test_gradcam_at_last_stage_decomposes_the_score():
+    """layer5 feeds global average pooling and a bias-free linear head, so the
+    total of an un-ReLU'd Grad-CAM map is grad_f1(s) . f1: the dot product
+    itself, and (f2 - f1) . f1 / ||f1 - f2|| for the negative distance
+    (docs/face-verification.md)."""
+    model = _random_model()
+    x1 = torch.rand(1, 3, 150, 150, dtype=torch.float64)
+    x2 = torch.rand(1, 3, 150, 150, dtype=torch.float64)
+    with torch.no_grad():
+        f1, f2 = model(x1), model(x2)
+    d = (f1 - f2).norm()
+    expected = {
+        "dot": ((f1 * f2).sum(), (f1 * f2).sum()),
+        "euclidean": (((f2 - f1) * f1).sum() / d, ((f1 - f2) * f2).sum() / d),
+    }
+    for name, (t1, t2) in expected.items():
+        sim = SiameseSimilarity(model, name)
+        maps = LayerGradCam(sim, model.layer5).attribute(x1, additional_forward_args=(x2,))
+        m1, m2 = split_branches(maps)
+        assert m1.sum().item() == pytest.approx(t1.item(), rel=1e-9)
+        assert m2.sum().item() == pytest.approx(t2.item(), rel=1e-9)
 
 
 def test_orl_verification_with_pad_resize(face_model, orl_root):

@@ -30,14 +30,19 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from captum.attr._utils.lrp_rules import EpsilonRule, IdentityRule
 from torch import Tensor, nn
 
 from ..lrp.default_rule import DefaultRule
-from .dlib_format import TAG_OR_SKIP, DlibFormatError, DlibLayer, read_dlib_network
+from .dlib_format import (
+    TAG_OR_SKIP,
+    DlibFormatError,
+    DlibLayer,
+    DlibNetwork,
+    read_dlib_network,
+)
 
 __all__ = [
     "DlibFaceResNet",
@@ -383,7 +388,7 @@ def dlib_face_resnet(path: Union[None, str, Path] = None) -> DlibFaceResNet:
     return model.eval()
 
 
-def _load_network(model: DlibFaceResNet, network, source: str) -> None:
+def _load_network(model: DlibFaceResNet, network: DlibNetwork, source: str) -> None:
     size = (network.input["nr"], network.input["nc"])
     if size != (FACE_SIZE, FACE_SIZE):
         raise ValueError(
@@ -394,31 +399,33 @@ def _load_network(model: DlibFaceResNet, network, source: str) -> None:
     found = [layer.kind for layer in network.layers]
     expected = [kind for kind, _ in steps]
     if found != expected:
-        raise ValueError(f"{source} is not dlib's face-recognition ResNet: " + _diff(found, expected))
+        raise ValueError(
+            f"{source} is not dlib's face-recognition ResNet: " + _diff(found, expected)
+        )
     with torch.no_grad():
         model.normalize.set_mean(network.input["mean"])
         for index, (layer, (_, module)) in enumerate(zip(network.layers, steps)):
             if module is not None:
                 _copy_layer(layer, module, f"{source}: layer {index} ({layer.describe()})")
-    model.distance_threshold = float(np.float32(network.loss["distance_threshold"]))
+    # Stored as a float32 (0.6000000238...): keep the value dlib was given.
+    model.distance_threshold = round(float(network.loss["distance_threshold"]), 6)
 
 
 def _diff(found: List[str], expected: List[str]) -> str:
-    kinds = ("con", "affine", "relu", "add_prev", "max_pool", "avg_pool", "fc", TAG_OR_SKIP)
-    counts = ", ".join(
-        f"{k} {found.count(k)}" + ("" if found.count(k) == expected.count(k) else
-                                   f" (expected {expected.count(k)})")
-        for k in kinds
-    )
+    """Layer counts by kind and the first position where two layer lists differ."""
+    counts = []
+    for kind in ("con", "affine", "relu", "add_prev", "max_pool", "avg_pool", "fc", TAG_OR_SKIP):
+        n, want = found.count(kind), expected.count(kind)
+        counts.append(f"{kind} {n}" + ("" if n == want else f" (expected {want})"))
     first = next(
         (i for i, (f, e) in enumerate(zip(found, expected)) if f != e),
         min(len(found), len(expected)),
     )
     at = found[first] if first < len(found) else "the end"
-    want = expected[first] if first < len(expected) else "the end"
+    want_at = expected[first] if first < len(expected) else "the end"
     return (
-        f"{len(found)} layers ({counts}) where {len(expected)} are expected; "
-        f"the first difference is layer {first}: found {at}, expected {want}"
+        f"{len(found)} layers ({', '.join(counts)}) where {len(expected)} are expected; "
+        f"the first difference is layer {first}: found {at}, expected {want_at}"
     )
 
 
