@@ -115,9 +115,9 @@ def _default_upsample(image: np.ndarray) -> int:
 
 
 def _dlib_chip(image: np.ndarray, size: int, upsample: Optional[int]) -> Tuple[np.ndarray, bool]:
+    detector, predictor = _dlib_models()  # raises a clear ImportError without dlib
     import dlib
 
-    detector, predictor = _dlib_models()
     times = _default_upsample(image) if upsample is None else upsample
     faces = list(detector(image, times))
     if faces:
