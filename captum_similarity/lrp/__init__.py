@@ -1,5 +1,6 @@
 """Layer-wise relevance propagation for similarity models."""
 
+from .default_rule import DefaultRule
 from .rules import SimilarityHeadRule
 
-__all__ = ["SimilarityHeadRule"]
+__all__ = ["SimilarityHeadRule", "DefaultRule"]
