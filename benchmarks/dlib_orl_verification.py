@@ -19,59 +19,39 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
+import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
-from skimage import io
 
-from captum_similarity.models import dlib_face_resnet, face_chips
-from captum_similarity.models.dlib_resnet import dlib_model_path
-from captum_similarity.models.face_preprocess import dlib_available
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def load_orl(root: Path):
-    people = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: int(p.name[1:]))
-    files = [f for p in people for f in sorted(p.glob("*.pgm"), key=lambda f: int(f.stem))]
-    return [io.imread(f) for f in files], np.array([int(f.parent.name[1:]) for f in files])
+from captum_similarity.data import load_orl_faces  # noqa: E402
+from captum_similarity.metrics import retrieval_metrics, verification_auroc  # noqa: E402
+from captum_similarity.models import dlib_face_resnet, face_chips  # noqa: E402
+from captum_similarity.models.dlib_resnet import dlib_model_path  # noqa: E402
+from captum_similarity.models.face_preprocess import dlib_available  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Probability that a positive pair scores above a negative one (ties count half)."""
-    ranks = rankdata(scores)
-    pos, neg = positive.sum(), (~positive).sum()
-    return float((ranks[positive].sum() - pos * (pos + 1) / 2) / (pos * neg))
-
-
-def verification(emb: torch.Tensor, labels: np.ndarray) -> Dict[str, float]:
-    dist = torch.cdist(emb.double(), emb.double()).numpy()
-    unit = torch.nn.functional.normalize(emb.double(), dim=1)
-    cos = (unit @ unit.T).numpy()
-    iu = np.triu_indices(len(labels), 1)
-    same = (labels[:, None] == labels[None])[iu]
-    np.fill_diagonal(dist, np.inf)
-    rank1 = float((labels[dist.argmin(1)] == labels).mean())
+def verification(emb: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
+    """AUROCs, leave-one-out rank-1 and the error rates at dlib's 0.6 threshold."""
+    emb = emb.double()
+    dist = torch.cdist(emb, emb)
+    iu = torch.triu_indices(len(labels), len(labels), offset=1)
+    same = labels[iu[0]] == labels[iu[1]]
+    pair_dist = dist[iu[0], iu[1]]
     return {
-        "auroc_euclidean": auroc(-dist[iu], same),
-        "auroc_cosine": auroc(cos[iu], same),
-        "rank1": rank1,
-        "same_below_0.6": float((dist[iu][same] < 0.6).mean()),
-        "different_below_0.6": float((dist[iu][~same] < 0.6).mean()),
+        "auroc_euclidean": verification_auroc(emb, labels, "euclidean"),
+        "auroc_cosine": verification_auroc(emb, labels, "cosine"),
+        "rank1": retrieval_metrics(emb, labels, "euclidean")["recall_at_1"],
+        "same_below_0.6": float((pair_dist[same] < 0.6).double().mean()),
+        "different_below_0.6": float((pair_dist[~same] < 0.6).double().mean()),
     }
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -83,7 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    images, labels = load_orl(args.orl)
+    faces = load_orl_faces(args.orl)
+    images, labels = list(faces.images[:, 0].numpy()), faces.labels
     model = dlib_face_resnet()
     settings: List[tuple] = []
     if dlib_available():
@@ -104,15 +85,15 @@ def main() -> None:
         print(name, rows[-1])
 
     batch = chips_for_timing[:16].contiguous()
-    t_fwd1 = median_time(lambda: model(batch[:1]).detach(), args.repeats)
+    t_fwd1 = median_seconds(lambda: model(batch[:1]).detach(), args.repeats)
     with torch.no_grad():
-        t_fwd16 = median_time(lambda: model(batch), args.repeats)
+        t_fwd16 = median_seconds(lambda: model(batch), args.repeats)
 
     def fwd_bwd():
         x = batch.clone().requires_grad_(True)
         model(x).sum().backward()
 
-    t_fb16 = median_time(fwd_bwd, args.repeats)
+    t_fb16 = median_seconds(fwd_bwd, args.repeats)
     timing = [("torch forward, batch 1", t_fwd1), ("torch forward, batch 16", t_fwd16),
               ("torch forward+backward (input gradients), batch 16", t_fb16)]
     if dlib_available():
@@ -122,7 +103,7 @@ def main() -> None:
         chips_u8 = [np.ascontiguousarray(c) for c in
                     (batch * 255).round().byte().permute(0, 2, 3, 1).numpy()]
         timing.append(("dlib compute_face_descriptor, batch 16",
-                       median_time(lambda: rec.compute_face_descriptor(chips_u8), args.repeats)))
+                       median_seconds(lambda: rec.compute_face_descriptor(chips_u8), args.repeats)))
     for name, seconds in timing:
         print(f"{name}: {seconds * 1e3:.1f} ms")
 

@@ -26,54 +26,16 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from captum.attr import LRP, IntegratedGradients, LayerGradCam, Saliency
 from PIL import Image
-from skimage import data, exposure, io, transform
 from torch import Tensor
 
 from captum_similarity import SiameseSimilarity, split_branches, visualize_pair
-from captum_similarity.models import DlibFaceResNet, dlib_face_resnet, face_chips
+from captum_similarity.data import astronaut_pair, load_orl_faces, notable_pairs
+from captum_similarity.models import dlib_face_resnet, face_chips
 
 Pair = Tuple[Tensor, Tensor]
-
-#: The astronaut's face with some margin, in scikit-image's 512x512 photo.
-ASTRONAUT_FACE = (slice(30, 230), slice(118, 318))
-
-
-def astronaut_pair() -> Tuple[np.ndarray, np.ndarray]:
-    """The astronaut's face, and the same face mirrored, rotated 12 degrees and darkened."""
-    face = data.astronaut()[ASTRONAUT_FACE]
-    other = transform.rotate(face[:, ::-1], -12, mode="edge")
-    other = exposure.adjust_gamma(other, 1.6)
-    return face, (other * 255).round().astype(np.uint8)
-
-
-def load_orl(root: Path) -> Tuple[List[np.ndarray], np.ndarray]:
-    people = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: int(p.name[1:]))
-    files = [f for p in people for f in sorted(p.glob("*.pgm"), key=lambda f: int(f.stem))]
-    return [io.imread(f) for f in files], np.array([int(f.parent.name[1:]) for f in files])
-
-
-def orl_pairs(
-    model: DlibFaceResNet, chips: Tensor, labels: np.ndarray
-) -> Dict[str, Tuple[int, int]]:
-    """Indices of a typical correct match and of the most confident wrong match."""
-    with torch.no_grad():
-        emb = torch.cat([model(chips[i : i + 50]) for i in range(0, len(chips), 50)])
-    dist = torch.cdist(emb, emb).numpy()
-    iu = np.triu_indices(len(labels), 1)
-    same = labels[iu[0]] == labels[iu[1]]
-    d = dist[iu]
-    same_idx = np.flatnonzero(same)
-    median = same_idx[np.argsort(d[same_idx])[len(same_idx) // 2]]
-    wrong = np.flatnonzero(~same)[np.argmin(d[~same])]
-    return {
-        "correct_match": (int(iu[0][median]), int(iu[1][median])),
-        "wrong_match": (int(iu[0][wrong]), int(iu[1][wrong])),
-    }
-
 
 def explain_pair(
     sim: SiameseSimilarity, x1: Tensor, x2: Tensor, n_steps: int = 32
@@ -150,11 +112,14 @@ def main(argv: Optional[List[str]] = None) -> None:
                          args.out / "face_astronaut_pair.png")
     print(f"astronaut pair: distance {d:.3f}")
     if args.orl is not None:
-        images, labels = load_orl(args.orl)
+        faces = load_orl_faces(args.orl)
+        images = list(faces.images[:, 0].numpy())
         chips, detected = face_chips(images, align=args.align, return_detected=True)
         print(f"ORL: {int(detected.sum())} of {len(images)} faces detected by dlib")
-        for name, (i, j) in orl_pairs(model, chips, labels).items():
-            titles = (f"s{labels[i]} #{i % 10 + 1}", f"s{labels[j]} #{j % 10 + 1}")
+        with torch.no_grad():
+            emb = torch.cat([model(chips[i : i + 50]) for i in range(0, len(chips), 50)])
+        for name, (i, j) in notable_pairs(emb, faces.labels, "euclidean").items():
+            titles = (faces.files[i].replace(".pgm", ""), faces.files[j].replace(".pgm", ""))
             d = save_pair_figure(sim, chips[i : i + 1], chips[j : j + 1], titles,
                                  args.out / f"face_{name}.png")
             print(f"{name}: {titles[0]} vs {titles[1]}, distance {d:.3f}")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from captum_similarity import SiameseSimilarity
-from captum_similarity.demo import main, run
+from captum_similarity.demo import main, run_stereo
 from captum_similarity.explainers import explain_pair, explainers, register
 from captum_similarity.models.trained import demo_embedder
 from conftest import make_reference_model
@@ -27,13 +27,23 @@ def test_demo_embedder_is_cached(tmp_cache):
 
 @pytest.mark.slow
 def test_demo_writes_figures(tmp_cache, tmp_path, capsys):
+    """The README's main job end to end (two explainers to keep CI short)."""
     out = tmp_path / "figs"
-    main(["--out", str(out), "--steps", "2"])
+    fast = ["Captum LayerGradCam", "Captum Saliency (SmoothGrad)"]
+    main(["--out", str(out), "--steps", "2", "--orl", str(tmp_path / "no_orl"), "--methods", *fast])
     printed = capsys.readouterr().out
-    for name in ("stereo_match.png", "stereo_mismatch.png", "gallery_top_hits.png"):
+    names = ["stereo_match.png", "stereo_mismatch.png", "gallery_top_hits.png"]
+    try:
+        import captum_similarity.models.dlib_resnet as dlib_resnet
+
+        dlib_resnet.dlib_model_path()
+        names.append("faces_astronaut.png")
+    except ImportError:
+        assert "face section skipped" in printed
+    for name in names:
         assert (out / name).stat().st_size > 10_000
         assert name in printed
-    report = run(out, methods=["Captum LayerGradCam"], steps=2)
+    report = run_stereo(out, methods=["Captum LayerGradCam"], steps=2)
     assert report["embedder"]["loaded_from_cache"]
     assert len(report["gallery_scores"]) >= 5
 

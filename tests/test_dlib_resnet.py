@@ -14,11 +14,12 @@ import pytest
 import torch
 from captum.attr import LRP, LayerGradCam
 from captum.attr._utils.lrp_rules import EpsilonRule, IdentityRule
-from skimage import data, io
+from skimage import data
 
 from captum_similarity import SiameseSimilarity, split_branches
+from captum_similarity.data import load_orl_faces
+from captum_similarity.metrics import verification_auroc
 from captum_similarity.models import (
-    Affine,
     DlibFaceResNet,
     ZeroPadAdd,
     dlib_face_resnet,
@@ -245,17 +246,11 @@ def test_orl_verification_with_pad_resize(face_model, orl_root):
     """Same-vs-different AUROC on ORL pairs (40 people, 5 images each) with the
     dependency-free chips: 0.947 here, 0.935 on all 400 images
     (benchmarks/results/dlib_orl.md)."""
-    images = [io.imread(orl_root / f"s{s}" / f"{i}.pgm") for s in range(1, 41) for i in range(1, 6)]
-    labels = np.repeat(np.arange(40), 5)
-    x = face_chips(images, align="pad_resize")
+    faces = load_orl_faces(orl_root)
+    keep = torch.tensor([int(f.split("/")[1].split(".")[0]) <= 5 for f in faces.files])
+    faces = faces.subset(keep)
+    x = face_chips(list(faces.images[:, 0].numpy()), align="pad_resize")
     with torch.no_grad():
         emb = torch.cat([face_model(x[i : i + 100]) for i in range(0, len(x), 100)])
-    dist = torch.cdist(emb, emb).numpy()
-    iu = np.triu_indices(len(x), 1)
-    same = (labels[:, None] == labels[None])[iu]
-    scores = -dist[iu]
-    ranks = np.empty(len(scores))
-    ranks[np.argsort(scores)] = np.arange(1, len(scores) + 1)
-    pos, neg = same.sum(), (~same).sum()
-    auroc = (ranks[same].sum() - pos * (pos + 1) / 2) / (pos * neg)
+    auroc = verification_auroc(emb, faces.labels, "euclidean")
     assert auroc >= 0.90
