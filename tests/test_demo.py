@@ -26,7 +26,8 @@ def test_demo_embedder_is_cached(tmp_cache):
 
 
 @pytest.mark.slow
-def test_demo_writes_figures(tmp_cache, tmp_path, capsys):
+def test_demo_writes_figures(tmp_cache, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("captum_similarity.explainers.RISE_MASKS", 50)
     out = tmp_path / "figs"
     main(["--out", str(out), "--steps", "2"])
     printed = capsys.readouterr().out
@@ -38,7 +39,8 @@ def test_demo_writes_figures(tmp_cache, tmp_path, capsys):
     assert len(report["gallery_scores"]) >= 5
 
 
-def test_registry_runs_every_explainer_with_matching_shapes(images):
+def test_registry_runs_every_explainer_with_matching_shapes(images, monkeypatch):
+    monkeypatch.setattr("captum_similarity.explainers.RISE_MASKS", 50)  # SANE's 2000 take ~20 s here
     model = make_reference_model("cnn")
     sim = SiameseSimilarity(model)
     x1, x2 = images(2), images(2, seed=1)
