@@ -127,17 +127,14 @@ def _generator(seed: Optional[int]) -> torch.Generator:
 
 
 class SimilarityRISE(PerturbationAttribution):
-    r"""RISE saliency of a similarity score, as in SANE (Plummer et al., ECCV 2020).
+    """RISE saliency of a similarity score, as in SANE (Plummer et al., ECCV 2020).
 
     For masks ``M_i`` (random low-resolution binary grids, upsampled
     bilinearly with a random shift, see :func:`random_masks`), the query ``x``
     is perturbed to ``x * M_i + b * (1 - M_i)`` (``b``: ``baselines``) and
     scored against the reference: ``s_i = s(x * M_i + b (1 - M_i), r)``. The
     saliency of pixel ``p`` is the score averaged over masks, weighted by how
-    much each mask keeps ``p``:
-
-    .. math::
-        S(p) = \frac{\sum_i s_i M_i(p)}{\sum_i M_i(p)}
+    much each mask keeps ``p``: ``S(p) = sum_i s_i M_i(p) / sum_i M_i(p)``.
 
     **Variable reference** (``n_reference_masks = K > 0``): the reference is
     also masked with ``K`` further masks and ``s_i`` is the mean score of the

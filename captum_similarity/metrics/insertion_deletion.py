@@ -244,7 +244,8 @@ def insertion_deletion(
     n, _, height, width = inputs.shape
     if attributions.shape[0] != n:
         raise ValueError(
-            f"attributions have batch size {attributions.shape[0]}, inputs {n}: one map per image"
+            f"attributions have batch size {attributions.shape[0]}, inputs {n}: one map per "
+            "image (split a two-branch layer map with split_branches first)"
         )
     if not torch.isfinite(attributions).all():
         raise ValueError("attributions contain NaN or infinite values; they cannot rank pixels")
