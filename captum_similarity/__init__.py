@@ -6,6 +6,7 @@ any Captum method; use the library's own methods for what Captum lacks.
 
 from ._version import __version__
 from .branches import BranchLayerAttribution, split_branches
+from .rise import SimilarityRISE
 from .siamese import SiameseSimilarity
 from .similarity import SIMILARITIES, Similarity, resolve_similarity
 from .visualization import to_visualizer_arrays, visualize_pair
@@ -20,4 +21,5 @@ __all__ = [
     "BranchLayerAttribution",
     "to_visualizer_arrays",
     "visualize_pair",
+    "SimilarityRISE",
 ]

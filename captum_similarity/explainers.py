@@ -17,9 +17,13 @@ from captum.attr import LRP, IntegratedGradients, LayerGradCam, NoiseTunnel, Occ
 from torch import Tensor, nn
 
 from .branches import split_branches
+from .rise import SimilarityRISE
 from .siamese import SiameseSimilarity
 
-__all__ = ["PairExplainer", "register", "explainers", "explain_pair"]
+__all__ = ["PairExplainer", "register", "explainers", "explain_pair", "RISE_MASKS"]
+
+#: Masks of the registered SimilarityRISE: SANE's 2000. Lower it for quick checks.
+RISE_MASKS = 2000
 
 ExplainFn = Callable[[SiameseSimilarity, Tensor, Tensor, Optional[nn.Module]], Tuple[Tensor, Tensor]]
 
@@ -106,6 +110,11 @@ def _integrated_gradients(model, x1, x2, layer):
     )
 
 
+@register("Captum Saliency")
+def _saliency(model, x1, x2, layer):
+    return Saliency(model).attribute((x1, x2))
+
+
 @register("Captum Saliency (SmoothGrad)")
 def _smoothgrad(model, x1, x2, layer):
     torch.manual_seed(0)
@@ -133,3 +142,21 @@ def _layer_gradcam(model, x1, x2, layer):
 @register("Captum LRP")
 def _lrp(model, x1, x2, layer):
     return LRP(model).attribute((x1, x2))
+
+
+@register("SimilarityRISE", black_box=True)
+def _rise(model, x1, x2, layer):
+    maps = SimilarityRISE(model).attribute((x1, x2), n_masks=RISE_MASKS, seed=0)
+    # drop each map's offset (about the mean masked score) so that figures show contrast;
+    # the ranking of pixels, all the benchmark uses, is unchanged
+    return tuple(m - m.amin(dim=(1, 2, 3), keepdim=True) for m in maps)
+
+
+@register("Random map (baseline)", black_box=True)
+def _random_map(model, x1, x2, layer):
+    # independent uniform noise per pixel, the same for every run: the chance level
+    generator = torch.Generator().manual_seed(0)
+    return tuple(
+        torch.rand(x.shape[0], 1, *x.shape[2:], generator=generator, dtype=x.dtype).to(x.device)
+        for x in (x1, x2)
+    )

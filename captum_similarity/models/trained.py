@@ -160,7 +160,11 @@ def stereo_top1(model: nn.Module, size: int, n: int = 50, seed: int = 123) -> fl
 
 
 def orl_embedder(
-    root: Union[str, Path], cache: bool = True, progress: bool = False, steps: Optional[int] = None
+    root: Union[str, Path],
+    cache: bool = True,
+    progress: bool = False,
+    steps: Optional[int] = None,
+    overrides: Optional[Dict[str, Any]] = None,
 ) -> Tuple[nn.Module, Dict[str, Any]]:
     r"""A small ResNet trained on 30 ORL identities with batch-hard triplet loss.
 
@@ -177,13 +181,21 @@ def orl_embedder(
             Default: False
         steps (int, optional): Override the number of steps.
             Default: None
+        overrides (dict, optional): Other ``ORL_CONFIG`` entries to change
+            (e.g. ``{"size": [28, 23], "widths": [8, 16, 32]}`` for a tiny
+            model); a different configuration is cached separately.
+            Default: None
 
     Returns:
-        tuple: the embedder in eval mode (``(N, 1, 56, 46)`` -> ``(N, 64)``)
+        tuple: the embedder in eval mode (``(N, 1, 56, 46)`` -> ``(N, 64)``
+        with the default configuration)
         and a dict with held-out ``recall_at_1``, ``mean_average_precision``,
         ``train_seconds``, ``config`` and ``cache_file``.
     """
-    config = dict(ORL_CONFIG, **({"steps": steps} if steps is not None else {}))
+    unknown = set(overrides or {}) - set(ORL_CONFIG)
+    if unknown:
+        raise ValueError(f"unknown ORL_CONFIG keys {sorted(unknown)}; known: {sorted(ORL_CONFIG)}")
+    config = {**ORL_CONFIG, **(overrides or {}), **({"steps": steps} if steps is not None else {})}
     faces = load_orl_faces(root, size=tuple(config["size"]))
     train_set, test_set = identity_split(faces, config["n_train"])
 
