@@ -106,7 +106,7 @@ def _explain_and_draw(
     suptitle: str, path: Path, methods: Optional[Sequence[str]],
 ) -> float:
     start = time.perf_counter()
-    maps = explain_pair(sim, x1, x2, layer=layer, methods=methods)
+    maps = explain_pair(sim, x1, x2, layer=layer, methods=methods, include_baselines=False)
     visualize_pair(x1, x2, maps, titles=titles, sign="all", suptitle=suptitle, path=path)
     return time.perf_counter() - start
 

@@ -38,24 +38,29 @@ class PairExplainer:
             input-shaped ``(N, C, H, W)`` or layer maps ``(N, 1, h, w)``.
         needs_layer (bool): Whether ``layer`` must be given.
         black_box (bool): Uses only forward passes.
+        baseline (bool): A reference point for benchmarks (e.g. a random
+            map), not an explanation; the demo leaves it out.
     """
 
     name: str
     fn: ExplainFn
     needs_layer: bool = False
     black_box: bool = False
+    baseline: bool = False
 
 
 _REGISTRY: Dict[str, PairExplainer] = {}
 
 
-def register(name: str, needs_layer: bool = False, black_box: bool = False) -> Callable[[ExplainFn], ExplainFn]:
+def register(
+    name: str, needs_layer: bool = False, black_box: bool = False, baseline: bool = False
+) -> Callable[[ExplainFn], ExplainFn]:
     """Decorator adding ``fn`` to the registry under ``name``."""
 
     def add(fn: ExplainFn) -> ExplainFn:
         if name in _REGISTRY:
             raise ValueError(f"an explainer named {name!r} is already registered")
-        _REGISTRY[name] = PairExplainer(name, fn, needs_layer, black_box)
+        _REGISTRY[name] = PairExplainer(name, fn, needs_layer, black_box, baseline)
         return fn
 
     return add
@@ -72,6 +77,7 @@ def explain_pair(
     x2: Tensor,
     layer: Optional[nn.Module] = None,
     methods: Optional[Iterable[str]] = None,
+    include_baselines: bool = True,
 ) -> Dict[str, Tuple[Tensor, Tensor]]:
     r"""Runs registered explainers on the pairs ``(x1[i], x2[i])``.
 
@@ -84,11 +90,17 @@ def explain_pair(
             Default: None
         methods (iterable of str, optional): Names to run.
             Default: None (all registered)
+        include_baselines (bool, optional): With ``methods=None``, also run
+            the explainers registered as baselines (the random map).
+            Default: True
 
     Returns:
         dict: ``{name: (a1, a2)}`` with maps detached.
     """
-    chosen = list(_REGISTRY) if methods is None else list(methods)
+    if methods is None:
+        chosen = [n for n, spec in _REGISTRY.items() if include_baselines or not spec.baseline]
+    else:
+        chosen = list(methods)
     unknown = [m for m in chosen if m not in _REGISTRY]
     if unknown:
         raise ValueError(f"unknown explainers {unknown}; registered: {list(_REGISTRY)}")
@@ -152,7 +164,7 @@ def _rise(model, x1, x2, layer):
     return tuple(m - m.amin(dim=(1, 2, 3), keepdim=True) for m in maps)
 
 
-@register("Random map (baseline)", black_box=True)
+@register("Random map (baseline)", black_box=True, baseline=True)
 def _random_map(model, x1, x2, layer):
     # independent uniform noise per pixel, the same for every run: the chance level
     generator = torch.Generator().manual_seed(0)

@@ -60,6 +60,9 @@ def test_registry_runs_every_explainer_with_matching_shapes(images, monkeypatch)
         assert a1.shape[-2:] in {x1.shape[-2:], (8, 8)}, name
     no_layer = explain_pair(sim, x1, x2)
     assert not any(explainers()[n].needs_layer for n in no_layer)
+    no_baselines = explain_pair(sim, x1, x2, layer=model.features[-1], include_baselines=False)
+    assert "Random map (baseline)" in maps and "Random map (baseline)" not in no_baselines
+    assert set(no_baselines) == {n for n, spec in explainers().items() if not spec.baseline}
     with pytest.raises(ValueError, match="unknown explainers"):
         explain_pair(sim, x1, x2, methods=["nope"])
     with pytest.raises(ValueError, match="already registered"):
