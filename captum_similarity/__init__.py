@@ -7,6 +7,7 @@ any Captum method; use the library's own methods for what Captum lacks.
 from ._version import __version__
 from .branches import BranchLayerAttribution, split_branches
 from .relevance_pairing import LRPRelevancePairing
+from .rise import SimilarityRISE
 from .siamese import SiameseSimilarity
 from .similarity import SIMILARITIES, Similarity, resolve_similarity
 from .visualization import to_visualizer_arrays, visualize_pair
@@ -22,4 +23,5 @@ __all__ = [
     "LRPRelevancePairing",
     "to_visualizer_arrays",
     "visualize_pair",
+    "SimilarityRISE",
 ]

@@ -1,14 +1,23 @@
-"""The main job: explain why a trained embedder matches a pair of images.
+"""The main job: explain why a trained similarity model matches a pair of images.
 
 Run ``captum-similarity-demo --out demo_figures`` (or ``python -m
-captum_similarity.demo``). It trains the small demo embedder on scikit-image's
-bundled images at first use (cached afterwards; see
-:func:`captum_similarity.models.trained.demo_embedder`), then explains, with
-every registered explainer, two pairs from the stereo motorcycle views that
-the embedder never saw in training: corresponding crops of the left and right
-camera (a match), and two different parts of the scene (a mismatch). It also
-ranks a small gallery of right-view crops for a left-view query and draws the
-Grad-CAM maps of the top hits. Figures are written to the output folder.
+captum_similarity.demo``). Every explainer registered in
+:mod:`captum_similarity.explainers` is drawn on both images of each pair.
+
+Faces (needs the ``faces`` extra): dlib's pretrained face-recognition ResNet
+(:func:`captum_similarity.models.dlib_face_resnet`) compares scikit-image's
+astronaut with an altered copy of herself; with the ORL faces (``--orl``,
+default ``../shared/data/orl_faces`` when present) it also explains a typical
+correct match and the most confident wrong match of that set.
+
+Stereo (no extra): a small CNN trained self-supervised on scikit-image's
+bundled images at first use (cached; see
+:func:`captum_similarity.models.trained.demo_embedder`) compares crops of the
+stereo motorcycle views it never saw in training: corresponding crops of the
+left and right camera (a match) and two different parts of the scene, and
+ranks a gallery of right-view crops for a left-view query.
+
+Figures are written to the output folder.
 """
 
 from __future__ import annotations
@@ -25,11 +34,18 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .branches import split_branches
+from .data.orl import load_orl_faces
+from .data.pairs import astronaut_pair, notable_pairs
 from .data.samples import resize_crop, stereo_pair
 from .explainers import explain_pair
+from .models.dlib_resnet import dlib_face_resnet
+from .models.face_preprocess import face_chips
 from .models.trained import DEMO_CONFIG, demo_embedder
 from .siamese import SiameseSimilarity
 from .visualization import to_visualizer_arrays, visualize_pair
+
+#: Where the ORL faces are in this project's layout (relative to the working directory).
+DEFAULT_ORL = Path("../shared/data/orl_faces")
 
 #: (top, left, side) of the explained region in the left view: tank and engine.
 MATCH_BOX = (150, 330, 192)
@@ -63,7 +79,7 @@ def _gallery_figure(sim: SiameseSimilarity, query: Tensor, gallery: Tensor, laye
         query.expand(len(hits), -1, -1, -1), additional_forward_args=(hits,), relu_attributions=True
     )
     q_maps, g_maps = split_branches(maps.detach())
-    fig = Figure(figsize=(2.2 * (top + 1), 4.6))
+    fig = Figure(figsize=(2.2 * (top + 1), 4.8), layout="constrained")
     axes = fig.subplots(2, top + 1, squeeze=False)
     q_img = to_visualizer_arrays(q_maps[0], query[0])[1]
     axes[0, 0].imshow(q_img)
@@ -81,42 +97,73 @@ def _gallery_figure(sim: SiameseSimilarity, query: Tensor, gallery: Tensor, laye
         for ax in axes[:, k + 1]:
             ax.axis("off")
     fig.suptitle("Query against a gallery of right-view crops: top hits", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     return [float(s) for s in scores]
 
 
-def run(out: Path, methods: Optional[Sequence[str]] = None, steps: Optional[int] = None) -> Dict[str, object]:
-    """Trains or loads the demo embedder, explains the demo pairs, writes figures.
+def _explain_and_draw(
+    sim: SiameseSimilarity, x1: Tensor, x2: Tensor, layer, titles: Tuple[str, str],
+    suptitle: str, path: Path, methods: Optional[Sequence[str]],
+) -> float:
+    start = time.perf_counter()
+    maps = explain_pair(sim, x1, x2, layer=layer, methods=methods, include_baselines=False)
+    visualize_pair(x1, x2, maps, titles=titles, sign="all", suptitle=suptitle, path=path)
+    return time.perf_counter() - start
 
-    Returns:
-        dict: scores, timings and the figure paths.
-    """
-    out.mkdir(parents=True, exist_ok=True)
+
+def run_stereo(out: Path, methods: Optional[Sequence[str]] = None, steps: Optional[int] = None) -> Dict[str, object]:
+    """The stereo section: trains or loads the demo embedder, explains a match,
+    a mismatch and a gallery query, writes three figures."""
     model, info = demo_embedder(progress=True, steps=steps)
-    size = DEMO_CONFIG["size"]
     sim = SiameseSimilarity(model, "cosine")
     layer = model.features[-1]
-    query, match, mismatch, gallery, _ = _stereo_inputs(size)
-    report: Dict[str, object] = {"embedder": info, "figures": []}
+    query, match, mismatch, gallery, _ = _stereo_inputs(DEMO_CONFIG["size"])
+    report: Dict[str, object] = {"embedder": info, "figures": [], "seconds": {}}
     with torch.no_grad():
         scores = sim(torch.cat([query, query]), torch.cat([match, mismatch]))
     report["match_score"], report["mismatch_score"] = float(scores[0]), float(scores[1])
-    timings: Dict[str, float] = {}
     for name, x2, score in (("match", match, scores[0]), ("mismatch", mismatch, scores[1])):
-        start = time.perf_counter()
-        maps = explain_pair(sim, query, x2, layer=layer, methods=methods)
-        timings[name] = time.perf_counter() - start
         path = out / f"stereo_{name}.png"
-        visualize_pair(
-            query, x2, maps, titles=("left view", "right view"), path=path,
-            suptitle=f"Why s = {float(score):.3f}? ({name}; cosine, demo embedder)",
+        report["seconds"][name] = _explain_and_draw(
+            sim, query, x2, layer, ("left view", "right view"),
+            f"Why s = {float(score):.3f}? ({name}; cosine, demo embedder)", path, methods,
         )
         report["figures"].append(str(path))
-    report["seconds"] = timings
     gallery_path = out / "gallery_top_hits.png"
     report["gallery_scores"] = _gallery_figure(sim, query, gallery, layer, gallery_path)
     report["figures"].append(str(gallery_path))
+    return report
+
+
+def run_faces(out: Path, orl: Optional[Path] = None, methods: Optional[Sequence[str]] = None) -> Dict[str, object]:
+    """The face section: dlib's face ResNet on the astronaut pair and, with
+    ``orl``, on ORL's typical correct and most confident wrong match."""
+    model = dlib_face_resnet()
+    sim = SiameseSimilarity(model, "euclidean")
+    threshold = model.distance_threshold
+    report: Dict[str, object] = {"figures": [], "pairs": {}}
+
+    def draw(name: str, x1: Tensor, x2: Tensor, titles: Tuple[str, str]) -> None:
+        with torch.no_grad():
+            distance = -float(sim(x1, x2))
+        verdict = "same person" if distance < threshold else "different people"
+        path = out / f"faces_{name}.png"
+        seconds = _explain_and_draw(
+            sim, x1, x2, model.layer3, titles,
+            f"distance {distance:.3f}: dlib says {verdict} (threshold {threshold})", path, methods,
+        )
+        report["pairs"][name] = {"titles": titles, "distance": distance, "seconds": seconds}
+        report["figures"].append(str(path))
+
+    chips = face_chips(list(astronaut_pair()), align="auto")
+    draw("astronaut", chips[:1], chips[1:], ("astronaut", "altered copy"))
+    if orl is not None:
+        faces = load_orl_faces(orl)
+        chips = face_chips(list(faces.images[:, 0].numpy()), align="auto")
+        with torch.no_grad():
+            emb = sim.embed(chips, batch_size=50)
+        for name, (i, j) in notable_pairs(emb, faces.labels, "euclidean").items():
+            draw(name, chips[i : i + 1], chips[j : j + 1], (faces.files[i], faces.files[j]))
     return report
 
 
@@ -124,20 +171,43 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_figures"), help="folder for the figures")
     parser.add_argument("--methods", nargs="*", default=None, help="explainers to run (default: all)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the cached configuration)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps of the stereo embedder (default: the cached configuration)")
+    parser.add_argument("--orl", type=Path, default=DEFAULT_ORL,
+                        help=f"ORL faces folder for the face section (default: {DEFAULT_ORL}, used when present)")
+    parser.add_argument("--skip", choices=["faces", "stereo"], default=None, help="leave one section out")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*did not already require gradients.*")
     warnings.filterwarnings("ignore", message=".*non-linear.*", category=UserWarning)
-    report = run(args.out, args.methods, args.steps)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.skip != "faces":
+        orl = args.orl if args.orl is not None and (args.orl / "s1").is_dir() else None
+        if orl is None:
+            print(f"ORL faces not found at {args.orl}: the face section shows the astronaut pair only")
+        try:
+            faces = run_faces(args.out, orl, args.methods)
+        except ImportError as err:
+            print(f"face section skipped: {err}")
+        else:
+            for name, pair in faces["pairs"].items():
+                print(f"faces, {name}: {pair['titles'][0]} vs {pair['titles'][1]}, "
+                      f"distance {pair['distance']:.3f} ({pair['seconds']:.0f} s to explain)")
+            for fig in faces["figures"]:
+                print(f"wrote {fig}")
+    if args.skip != "stereo":
+        print_stereo(run_stereo(args.out, args.methods, args.steps))
+    print(f"figures are in {args.out.resolve()}")
+
+
+def print_stereo(report: Dict[str, object]) -> None:
     info = report["embedder"]
     origin = f"loaded from {info['cache_file']}" if info["loaded_from_cache"] else "trained now"
-    print(f"demo embedder: {info['config']['arch']}, held-out stereo top-1 {info['stereo_top1']:.2f} "
-          f"(untrained {info['stereo_top1_untrained']:.2f}, chance 0.02), "
+    print(f"demo embedder: {info['config']['arch']}, held-out stereo top-1 under random views "
+          f"{info['stereo_top1']:.2f} (untrained {info['stereo_top1_untrained']:.2f}, chance 0.02), "
           f"{info['train_seconds']:.0f} s of training, {origin}")
     print(f"s(query, true match) = {report['match_score']:.3f}; s(query, other part) = {report['mismatch_score']:.3f}")
     for fig in report["figures"]:
         print(f"wrote {fig}")
-    print(f"figures are in {args.out.resolve()}")
 
 
 if __name__ == "__main__":

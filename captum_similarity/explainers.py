@@ -18,9 +18,13 @@ from torch import Tensor, nn
 
 from .branches import split_branches
 from .relevance_pairing import LRPRelevancePairing
+from .rise import SimilarityRISE
 from .siamese import SiameseSimilarity
 
-__all__ = ["PairExplainer", "register", "explainers", "explain_pair"]
+__all__ = ["PairExplainer", "register", "explainers", "explain_pair", "RISE_MASKS"]
+
+#: Masks of the registered SimilarityRISE: SANE's 2000. Lower it for quick checks.
+RISE_MASKS = 2000
 
 ExplainFn = Callable[[SiameseSimilarity, Tensor, Tensor, Optional[nn.Module]], Tuple[Tensor, Tensor]]
 
@@ -35,24 +39,29 @@ class PairExplainer:
             input-shaped ``(N, C, H, W)`` or layer maps ``(N, 1, h, w)``.
         needs_layer (bool): Whether ``layer`` must be given.
         black_box (bool): Uses only forward passes.
+        baseline (bool): A reference point for benchmarks (e.g. a random
+            map), not an explanation; the demo leaves it out.
     """
 
     name: str
     fn: ExplainFn
     needs_layer: bool = False
     black_box: bool = False
+    baseline: bool = False
 
 
 _REGISTRY: Dict[str, PairExplainer] = {}
 
 
-def register(name: str, needs_layer: bool = False, black_box: bool = False) -> Callable[[ExplainFn], ExplainFn]:
+def register(
+    name: str, needs_layer: bool = False, black_box: bool = False, baseline: bool = False
+) -> Callable[[ExplainFn], ExplainFn]:
     """Decorator adding ``fn`` to the registry under ``name``."""
 
     def add(fn: ExplainFn) -> ExplainFn:
         if name in _REGISTRY:
             raise ValueError(f"an explainer named {name!r} is already registered")
-        _REGISTRY[name] = PairExplainer(name, fn, needs_layer, black_box)
+        _REGISTRY[name] = PairExplainer(name, fn, needs_layer, black_box, baseline)
         return fn
 
     return add
@@ -69,6 +78,7 @@ def explain_pair(
     x2: Tensor,
     layer: Optional[nn.Module] = None,
     methods: Optional[Iterable[str]] = None,
+    include_baselines: bool = True,
 ) -> Dict[str, Tuple[Tensor, Tensor]]:
     r"""Runs registered explainers on the pairs ``(x1[i], x2[i])``.
 
@@ -81,11 +91,17 @@ def explain_pair(
             Default: None
         methods (iterable of str, optional): Names to run.
             Default: None (all registered)
+        include_baselines (bool, optional): With ``methods=None``, also run
+            the explainers registered as baselines (the random map).
+            Default: True
 
     Returns:
         dict: ``{name: (a1, a2)}`` with maps detached.
     """
-    chosen = list(_REGISTRY) if methods is None else list(methods)
+    if methods is None:
+        chosen = [n for n, spec in _REGISTRY.items() if include_baselines or not spec.baseline]
+    else:
+        chosen = list(methods)
     unknown = [m for m in chosen if m not in _REGISTRY]
     if unknown:
         raise ValueError(f"unknown explainers {unknown}; registered: {list(_REGISTRY)}")
@@ -105,6 +121,11 @@ def _integrated_gradients(model, x1, x2, layer):
         (x1, x2), baselines=(torch.zeros_like(x1), torch.zeros_like(x2)), n_steps=32,
         internal_batch_size=64,
     )
+
+
+@register("Captum Saliency")
+def _saliency(model, x1, x2, layer):
+    return Saliency(model).attribute((x1, x2))
 
 
 @register("Captum Saliency (SmoothGrad)")
@@ -139,3 +160,21 @@ def _lrp(model, x1, x2, layer):
 @register("LRPRelevancePairing (epsilon_plus)")
 def _lrp_pairing(model, x1, x2, layer):
     return LRPRelevancePairing(model).attribute((x1, x2))
+
+
+@register("SimilarityRISE", black_box=True)
+def _rise(model, x1, x2, layer):
+    maps = SimilarityRISE(model).attribute((x1, x2), n_masks=RISE_MASKS, seed=0)
+    # drop each map's offset (about the mean masked score) so that figures show contrast;
+    # the ranking of pixels, all the benchmark uses, is unchanged
+    return tuple(m - m.amin(dim=(1, 2, 3), keepdim=True) for m in maps)
+
+
+@register("Random map (baseline)", black_box=True, baseline=True)
+def _random_map(model, x1, x2, layer):
+    # independent uniform noise per pixel, the same for every run: the chance level
+    generator = torch.Generator().manual_seed(0)
+    return tuple(
+        torch.rand(x.shape[0], 1, *x.shape[2:], generator=generator, dtype=x.dtype).to(x.device)
+        for x in (x1, x2)
+    )

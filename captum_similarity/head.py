@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .lrp.default_rule import DefaultRule
 from .lrp.rules import SimilarityHeadRule
 from .similarity import Similarity
 
@@ -21,22 +22,11 @@ class SimilarityHead(nn.Module):
         similarity (Similarity): The resolved similarity.
     """
 
+    rule = DefaultRule(SimilarityHeadRule)
+
     def __init__(self, similarity: Similarity) -> None:
         super().__init__()
         self.similarity = similarity
-        self._rule: object = SimilarityHeadRule()
-
-    @property
-    def rule(self) -> object:
-        return self._rule
-
-    @rule.setter
-    def rule(self, value: object) -> None:
-        self._rule = value
-
-    @rule.deleter
-    def rule(self) -> None:
-        self._rule = SimilarityHeadRule()
 
     def extra_repr(self) -> str:
         return f"similarity={self.similarity.name!r}"

@@ -191,10 +191,10 @@ class LRPRelevancePairing(GradientAttribution):
         Returns:
             *tuple of Tensor* or *Tensor*, and optionally a *Tensor*:
             - **attributions**: ``(R1, R2)`` shaped like the (broadcast) inputs
-              ``(N, ...)`` for tuple inputs; ``R1`` ``(N, ...)`` for a tensor.
+                ``(N, ...)`` for tuple inputs; ``R1`` ``(N, ...)`` for a tensor.
             - **delta** (with ``return_convergence_delta``): ``(N, 2)``, column
-              ``i`` is ``s - R_i.sum()`` of image ``i + 1`` (tuple inputs), or
-              ``(N,)`` (tensor input).
+                ``i`` is ``s - R_i.sum()`` of image ``i + 1`` (tuple inputs), or
+                ``(N,)`` (tensor input).
         """
         if isinstance(inputs, Tensor):
             x1 = check_float_tensor(inputs, "inputs")
@@ -251,9 +251,9 @@ class LRPRelevancePairing(GradientAttribution):
         Returns:
             *Tensor* or (*Tensor*, *Tensor*):
             - **relevance** ``(N, P1, P2)``: ``P_i = ceil(H_i / ph) * ceil(W_i / pw)``
-              patches of image ``i`` in row-major order (see
-              :func:`patch_centers`); row sums are the first image's patch
-              relevance, column sums the second's.
+                patches of image ``i`` in row-major order (see
+                :func:`patch_centers`); row sums are the first image's patch
+                relevance, column sums the second's.
             - **delta** ``(N,)`` (with ``return_convergence_delta``).
         """
         if self.similarity.name not in ("dot", "cosine"):

@@ -156,7 +156,9 @@ def visualize_pair(
             raise TypeError(f"attributions for {name or 'the pair'} must be a pair (a1, a2)")
     offset = 1 if show_images else 0
     ncols = offset + len(columns)
-    fig = Figure(figsize=(panel_size * ncols, panel_size * 2 + (0.4 if suptitle else 0.2)))
+    fig = Figure(
+        figsize=(panel_size * ncols, panel_size * 2 + (0.5 if suptitle else 0.3)), layout="constrained"
+    )
     axes = np.asarray(fig.subplots(2, ncols, squeeze=False))
     images = (x1, x2)
     for c, (name, pair) in enumerate(columns.items()):
@@ -182,7 +184,6 @@ def visualize_pair(
             ax.set_title(" ".join(t for t in (label, note) if t), fontsize=9)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig

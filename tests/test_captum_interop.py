@@ -226,7 +226,9 @@ def test_deeplift_with_image_reference_equals_fixed_embedding(model, pair):
     with_embedding = DeepLift(sim).attribute(
         x, baselines=x * 0.5, additional_forward_args=(sim.embed(ref).detach(),)
     )
+    repeated = DeepLift(sim).attribute(x, baselines=x * 0.5, additional_forward_args=(_repeat(ref),))
     torch.testing.assert_close(with_image, with_embedding)
+    torch.testing.assert_close(with_image, repeated)
 
 
 @pytest.mark.parametrize("name", ["dot", "cosine"])

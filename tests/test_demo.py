@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from captum_similarity import SiameseSimilarity
-from captum_similarity.demo import main, run
+from captum_similarity.demo import main, run_stereo
 from captum_similarity.explainers import explain_pair, explainers, register
 from captum_similarity.models.trained import demo_embedder
 from conftest import make_reference_model
@@ -27,18 +27,29 @@ def test_demo_embedder_is_cached(tmp_cache):
 
 @pytest.mark.slow
 def test_demo_writes_figures(tmp_cache, tmp_path, capsys):
+    """The README's main job end to end (two explainers to keep CI short)."""
     out = tmp_path / "figs"
-    main(["--out", str(out), "--steps", "2"])
+    fast = ["Captum LayerGradCam", "Captum Saliency (SmoothGrad)"]
+    main(["--out", str(out), "--steps", "2", "--orl", str(tmp_path / "no_orl"), "--methods", *fast])
     printed = capsys.readouterr().out
-    for name in ("stereo_match.png", "stereo_mismatch.png", "gallery_top_hits.png"):
+    names = ["stereo_match.png", "stereo_mismatch.png", "gallery_top_hits.png"]
+    try:
+        import captum_similarity.models.dlib_resnet as dlib_resnet
+
+        dlib_resnet.dlib_model_path()
+        names.append("faces_astronaut.png")
+    except ImportError:
+        assert "face section skipped" in printed
+    for name in names:
         assert (out / name).stat().st_size > 10_000
         assert name in printed
-    report = run(out, methods=["Captum LayerGradCam"], steps=2)
+    report = run_stereo(out, methods=["Captum LayerGradCam"], steps=2)
     assert report["embedder"]["loaded_from_cache"]
     assert len(report["gallery_scores"]) >= 5
 
 
-def test_registry_runs_every_explainer_with_matching_shapes(images):
+def test_registry_runs_every_explainer_with_matching_shapes(images, monkeypatch):
+    monkeypatch.setattr("captum_similarity.explainers.RISE_MASKS", 50)  # SANE's 2000 take ~20 s here
     model = make_reference_model("cnn")
     sim = SiameseSimilarity(model)
     x1, x2 = images(2), images(2, seed=1)
@@ -49,6 +60,9 @@ def test_registry_runs_every_explainer_with_matching_shapes(images):
         assert a1.shape[-2:] in {x1.shape[-2:], (8, 8)}, name
     no_layer = explain_pair(sim, x1, x2)
     assert not any(explainers()[n].needs_layer for n in no_layer)
+    no_baselines = explain_pair(sim, x1, x2, layer=model.features[-1], include_baselines=False)
+    assert "Random map (baseline)" in maps and "Random map (baseline)" not in no_baselines
+    assert set(no_baselines) == {n for n, spec in explainers().items() if not spec.baseline}
     with pytest.raises(ValueError, match="unknown explainers"):
         explain_pair(sim, x1, x2, methods=["nope"])
     with pytest.raises(ValueError, match="already registered"):

@@ -206,3 +206,21 @@ def test_strongest_links_and_figure(tmp_path):
     x1, x2 = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 24)
     visualize_links(x1, x2, relevance, 8, k=2, path=tmp_path / "links.png")
     assert (tmp_path / "links.png").stat().st_size > 0
+
+
+def test_dlib_face_resnet_is_explained_and_conserves():
+    # dlib's architecture (random weights): per-channel Affine layers and
+    # zero-padding residual additions carrying Captum rules (DefaultRule), which
+    # the engine reads as user rules
+    from captum_similarity.models.dlib_resnet import DlibFaceResNet
+
+    torch.manual_seed(0)
+    model = zero_additive_constants(DlibFaceResNet().eval())
+    before = snapshot(model)
+    x1, x2 = torch.rand(1, 3, 150, 150), torch.rand(1, 3, 150, 150)
+    lrp = LRPRelevancePairing(model, "dot", composite="lrp0")
+    (r1, r2), delta = lrp.attribute((x1, x2), return_convergence_delta=True)
+    scores = SiameseSimilarity(model, "dot")(x1, x2)
+    # what the model's own Epsilon(1e-9) rules absorb, in float32
+    assert (delta.abs() <= 1e-5 * scores.abs()[:, None] + 1e-6).all()
+    assert_unchanged(model, before)

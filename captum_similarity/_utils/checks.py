@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 
@@ -34,3 +35,33 @@ def rows_identical(x: Tensor) -> bool:
     if x.shape[0] <= 1:
         return True
     return bool((x == x[:1]).all())
+
+
+def broadcast_baselines(baselines: Any, inputs: Tensor, name: str = "baselines") -> Tensor:
+    """``baselines`` as a tensor of shape ``(1 or N, *inputs.shape[1:])`` (an expanded view).
+
+    Accepts a number, or a tensor broadcastable to one input (``inputs.shape[1:]``,
+    with or without a leading 1) or to the whole batch ``(N, ...)``.
+
+    Raises:
+        TypeError: ``baselines`` is neither a number nor a tensor.
+        ValueError: the tensor does not broadcast to ``inputs``.
+    """
+    if isinstance(baselines, bool) or not isinstance(baselines, (int, float, Tensor)):
+        raise TypeError(f"{name} must be a number or a tensor, got {type(baselines).__name__}")
+    value = torch.as_tensor(baselines, dtype=inputs.dtype, device=inputs.device)
+    while value.dim() < inputs.dim():
+        value = value[None]
+    batch = value.shape[0]
+    if value.dim() != inputs.dim() or batch not in (1, inputs.shape[0]):
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} do not broadcast to inputs of shape "
+            f"{tuple(inputs.shape)}: give one input's shape, batch 1, or batch {inputs.shape[0]}"
+        )
+    try:
+        return torch.broadcast_to(value, (batch,) + tuple(inputs.shape[1:]))
+    except RuntimeError:
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} do not broadcast to inputs of shape "
+            f"{tuple(inputs.shape)}"
+        ) from None

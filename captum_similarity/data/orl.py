@@ -1,7 +1,9 @@
-"""The ORL (AT&T) face database: 40 identities x 10 grey 92x112 images.
+"""The ORL (AT&T) face database layout: 40 identities x 10 grey 92x112 images.
 
 The data is not part of the package: pass the folder that holds ``s1`` ..
-``s40`` (in this project, ``../shared/data/orl_faces``).
+``s40`` (in this project, ``../shared/data/orl_faces``, whose README credits
+the Olivetti Research Laboratory; some of its subjects do not look like the
+published ORL set, so treat it as an identity-labelled face set).
 """
 
 from __future__ import annotations

@@ -12,9 +12,13 @@
 - :mod:`~captum_similarity.lrp.engine`: :class:`LRPEngine` and
   :class:`RelevancePass`, relevance from the output or a layer down to a layer
   or the input, with batched seeds.
+- :mod:`~captum_similarity.lrp.default_rule`: :class:`DefaultRule`, a Captum
+  rule a module class keeps across Captum ``LRP`` calls (this engine reads it
+  as a user rule).
 """
 
 from .composites import COMPOSITES, Composite, depth_gamma, resolve_composite
+from .default_rule import DefaultRule
 from .engine import LRPEngine, RelevancePass
 from .rules import (
     AlphaBeta,
@@ -50,4 +54,5 @@ __all__ = [
     "NormRule",
     "as_rule",
     "SimilarityHeadRule",
+    "DefaultRule",
 ]

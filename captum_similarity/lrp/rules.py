@@ -45,7 +45,7 @@ from captum.attr._utils.lrp_rules import (
 )
 from torch import Tensor, nn
 
-from .canonizers import LinearOp, linear_op
+from .canonizers import BATCHNORM_TYPES, LINEAR_TYPES, LinearOp, linear_op
 
 __all__ = [
     "Rule",
@@ -139,6 +139,10 @@ class Epsilon(LinearRule):
 
     ``Epsilon(0)`` is LRP-0, which on a bias-free ReLU network equals
     gradient x input. The bias and ``epsilon`` absorb part of the relevance.
+    Besides Linear, Conv and BatchNorm layers it applies to any module that
+    computes an affine map of its inputs (a per-channel scale, a sum of
+    several inputs such as a residual addition module), using the module's
+    own gradient as the weights.
 
     Args:
         epsilon (float, optional): Stabiliser; larger values keep only the
@@ -152,6 +156,17 @@ class Epsilon(LinearRule):
     def __init__(self, epsilon: float = 1e-6, zero_bias: bool = False) -> None:
         super().__init__(epsilon)
         self.zero_bias = zero_bias
+
+    def apply(
+        self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any
+    ) -> Tensor:
+        if self.zero_bias or isinstance(module, LINEAR_TYPES + BATCHNORM_TYPES):
+            return super().apply(module, inputs, output, trace)
+        # Any other module is taken to be the affine map it is given this rule for
+        # (a per-channel scale, an addition of its inputs, ...): its own gradient is
+        # W, so its output serves as z' and no weights are needed.
+        z = output.detach()
+        return _with_values(z, output * _share(z, output, self.epsilon))
 
     def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
         return op.forward(x, op.weight, None) if self.zero_bias else op.output

@@ -1,0 +1,70 @@
+"""The faithfulness benchmark runner, in smoke mode (tiny model, three pairs)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from captum_similarity import explainers as registry
+
+RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "run_benchmarks.py"
+
+
+def _load_runner():
+    spec = importlib.util.spec_from_file_location("run_benchmarks", RUNNER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _centre_map(model, x1, x2, layer):
+    """A method registered by another module: a fixed bump in the image centre."""
+    h, w = x1.shape[-2:]
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    bump = -((ys - h / 2) ** 2 + (xs - w / 2) ** 2).to(x1.dtype)
+    return bump.expand(x1.shape[0], 1, h, w), bump.expand(x2.shape[0], 1, h, w)
+
+
+def test_pairs_are_same_then_different_identity():
+    runner = _load_runner()
+    labels = torch.arange(10).repeat_interleave(10)
+    i, j, same = runner.select_pairs(labels, 12, 5, seed=0)
+    assert same.tolist() == [True] * 12 + [False] * 5
+    assert (labels[i] == labels[j]).tolist() == same.tolist() and (i != j).all()
+    assert len({int(labels[k]) for k in i[:10]}) == 10  # spread over the identities
+    again = runner.select_pairs(labels, 12, 5, seed=0)
+    assert torch.equal(again[0], i) and torch.equal(again[1], j)
+
+
+@pytest.mark.slow
+def test_smoke_run_scores_every_registered_method(orl_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTUM_SIMILARITY_CACHE", str(tmp_path / "cache"))
+    extra = registry.PairExplainer("Centre bump (test)", _centre_map)
+    monkeypatch.setitem(registry._REGISTRY, extra.name, extra)
+    docs = tmp_path / "page.md"
+    docs.write_text("intro\n<!-- benchmark:start -->\nold table\n<!-- benchmark:end -->\noutro\n")
+    out = tmp_path / "results.md"
+    report = _load_runner().main(
+        ["--orl", str(orl_root), "--smoke", "--out", str(out), "--docs", str(docs)]
+    )
+    text = out.read_text()
+    assert "Recall@1" in text and "--smoke" in text
+    fills = report["aucs"]
+    assert len(fills) == 2  # the mean pixel and the blurred image
+    for name in registry.explainers():
+        assert text.count(f"| {name} |") == 4, name  # 2 fills x (same, different person)
+    for name, res in report["results"].items():
+        if "error" in res:
+            continue
+        assert res["ratio"] > 0, name
+        for per_method in fills.values():
+            for key, values in per_method[name].items():
+                assert values.shape == (6,) and torch.isfinite(values).all(), (name, key)
+                if key.endswith("normalized"):
+                    assert ((values >= 0) & (values <= 1)).all(), (name, key)
+    page = docs.read_text()
+    assert page.startswith("intro\n<!-- benchmark:start -->\nCommand:")
+    assert page.endswith("<!-- benchmark:end -->\noutro\n")
+    assert "old table" not in page and "| Centre bump (test) |" in page
+    assert 0 <= report["embedder"]["recall_at_1"] <= 1
