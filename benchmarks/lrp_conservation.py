@@ -8,7 +8,9 @@ repeats this with every additive constant set to zero (biases, BatchNorm
 means, the ViT's class and position tokens), where nothing but the input can
 absorb relevance. A third block uses the trained ORL embedder
 (``orl_embedder``, float32) on 20 pairs of held-out faces (10 of the same
-person, 10 of different people), when the ORL folder is found.
+person, 10 of different people), and a fourth dlib's trained face ResNet
+(when its weights are installed) on 10 ORL pairs, when the ORL folder is
+found.
 
 Run from the repository root::
 
@@ -33,6 +35,7 @@ from conftest import REFERENCE_KINDS, make_reference_model, zero_additive_consta
 
 from captum_similarity import LRPRelevancePairing  # noqa: E402
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
+from captum_similarity.models import dlib_face_resnet, face_chips  # noqa: E402
 from captum_similarity.models.trained import ORL_CONFIG, orl_embedder  # noqa: E402
 
 COMPOSITES = ["lrp0", "epsilon", "epsilon_plus", "gamma"]
@@ -81,6 +84,29 @@ def orl_rows(root: Path) -> list:
     return rows
 
 
+def dlib_rows(root: Path) -> list:
+    """dlib's trained face ResNet on 10 ORL pairs (5 same person, 5 different),
+    chips made by edge-padding to a square and resizing to 150x150."""
+    try:
+        model = dlib_face_resnet()
+    except Exception as err:  # the weights come from an optional package
+        print(f"dlib face ResNet skipped: {err}")
+        return []
+    faces = load_orl_faces(root)
+    images = faces.images.reshape(40, 10, *faces.images.shape[1:])[::8]  # s1, s9, ..., s33
+    same = (images[:, 0], images[:, 5])
+    other = (images[:, 0], images[torch.arange(5).roll(1), 0])
+    first = torch.cat([same[0], other[0]])[:, 0].numpy()
+    second = torch.cat([same[1], other[1]])[:, 0].numpy()
+    x1 = face_chips(list(first), align="pad_resize")
+    x2 = face_chips(list(second), align="pad_resize")
+    rows = []
+    for similarity in ("dot", "cosine"):
+        rows.append(row("dlib face ResNet (trained)", model, x1, x2, similarity))
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default_orl = os.environ.get(
@@ -118,6 +144,16 @@ def main() -> None:
             rule,
             *orl_rows(args.orl),
         ]
+        dlib = dlib_rows(args.orl)
+        if dlib:
+            lines += [
+                "",
+                "## dlib's trained face ResNet, 10 ORL pairs (5 same person, 5 different), float32",
+                "",
+                header,
+                rule,
+                *dlib,
+            ]
     out = ROOT / "benchmarks" / "results" / "lrp_conservation.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")

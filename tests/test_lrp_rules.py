@@ -255,3 +255,33 @@ def test_rule_arguments_are_checked():
         Epsilon(-1.0)
     with pytest.raises(ValueError, match="low"):
         ZBox(1.0, 0.0)
+
+
+class _ChannelAffine(nn.Module):
+    """A per-channel affine layer declaring itself foldable, as dlib's Affine does."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        super().__init__()
+        self.scale, self.shift = nn.Parameter(scale), nn.Parameter(shift)
+
+    def forward(self, x):
+        return x * self.scale[:, None, None] + self.shift[:, None, None]
+
+    def lrp_channel_affine(self):
+        return self.scale, self.shift
+
+
+def test_declared_channel_affine_layers_fold_like_batchnorm():
+    model = _conv_bn(True)
+    conv, bn = model
+    scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach()
+    shift = (bn.bias - bn.running_mean * scale).detach()
+    affine = nn.Sequential(conv, _ChannelAffine(scale, shift)).eval()
+    x = torch.rand(2, 2, 4, 4, dtype=DT)
+    seed = torch.randn_like(model(x))
+    # z+ ignores biases: unfolded, the negative scales would flip what counts as positive
+    rules = {"layer_rules": {LINEAR_TYPES: ZPlus(0.0)}, "rules": {"1": Epsilon(0.0)}}
+    torch.testing.assert_close(
+        _relevance(affine, x, seed, **rules),
+        _relevance(model, x, seed, layer_rules={LINEAR_TYPES + BATCHNORM_TYPES: ZPlus(0.0)}),
+    )

@@ -6,8 +6,10 @@ right here *functionally*, inside the forward hooks of one relevance pass, so
 that no parameter, buffer or module of the user's model is ever written (there
 is nothing to undo, also when an exception is raised):
 
-- **BatchNorm folding.** A BatchNorm that directly consumes the output of a
-  conv or linear layer is merged with it: :func:`fold_batchnorm` builds the
+- **BatchNorm folding.** A BatchNorm (or another per-channel affine layer
+  declaring itself with ``lrp_channel_affine()``, see :func:`channel_affine`)
+  that directly consumes the output of a conv or linear layer is merged with
+  it: :func:`fold_batchnorm` builds the
   fused :class:`LinearOp` (``W * scale``, ``(b - mean) * scale + beta``) and
   the conv's rule is applied to the fused layer, from the conv's input to the
   BatchNorm's output. Values in the forward pass are those of the model; only
@@ -37,7 +39,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,7 @@ __all__ = [
     "LINEAR_TYPES",
     "BATCHNORM_TYPES",
     "linear_op",
+    "channel_affine",
     "fold_batchnorm",
     "is_squeeze_excitation",
 ]
@@ -87,7 +90,7 @@ def _channel_affine(x: Tensor, scale: Tensor, shift: Optional[Tensor]) -> Tensor
     return out if shift is None else out + shift.reshape(shape)
 
 
-def _batchnorm_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
+def _batchnorm_affine(bn: nn.Module) -> Tuple[Tensor, Tensor]:
     """``(scale, shift)`` with ``bn(x) = x * scale + shift`` per channel, in eval mode."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(
@@ -129,14 +132,35 @@ def linear_op(module: nn.Module, output: Tensor) -> LinearOp:
     )
 
 
+def channel_affine(module: nn.Module) -> Optional[Tuple[Tensor, Tensor]]:
+    r"""``(scale, shift)`` of a per-channel affine layer that can be folded, else None.
+
+    BatchNorm (eval statistics) is one; any other module declares itself one
+    by defining ``lrp_channel_affine()`` returning ``(scale, shift)``, each of
+    shape ``(C,)``, such that ``module(x)[:, c] = scale[c] * x[:, c] + shift[c]``
+    (dlib's ``Affine`` does).
+    """
+    if isinstance(module, BATCHNORM_TYPES):
+        return _batchnorm_affine(module)
+    method = getattr(module, "lrp_channel_affine", None)
+    if callable(method):
+        scale, shift = method()
+        return scale.detach(), shift.detach()
+    return None
+
+
 def fold_batchnorm(op: LinearOp, bn: nn.Module) -> LinearOp:
-    r"""Merges ``bn`` (eval mode) into the linear layer ``op`` that feeds it.
+    r"""Merges ``bn``, a BatchNorm (eval mode) or another per-channel affine
+    layer (see :func:`channel_affine`), into the linear layer ``op`` that feeds it.
 
     Returns:
         LinearOp: ``x -> bn(op(x))`` with fused weight and bias; its ``output``
         is ``bn`` applied to ``op.output`` (values of the forward pass).
     """
-    scale, shift = _batchnorm_affine(bn)
+    affine = channel_affine(bn)
+    if affine is None:
+        raise TypeError(f"{type(bn).__name__} is not a per-channel affine layer")
+    scale, shift = affine
     weight = op.weight * scale.reshape((-1,) + (1,) * (op.weight.dim() - 1))
     bias = shift if op.bias is None else op.bias * scale + shift
     return LinearOp(op.forward, weight, bias, _channel_affine(op.output, scale, shift))

@@ -91,6 +91,12 @@ def _unsupported_hook(name: str):
     return hook
 
 
+def _foldable(module: nn.Module) -> bool:
+    return isinstance(module, BATCHNORM_TYPES) or callable(
+        getattr(module, "lrp_channel_affine", None)
+    )
+
+
 def _rule_hook(name: str, rule: Optional[Rule], trace: _Trace):
     """The hook applying ``rule``; a BatchNorm is folded into the layer feeding it
     whenever it can be, and needs a rule of its own only otherwise."""
@@ -102,7 +108,7 @@ def _rule_hook(name: str, rule: Optional[Rule], trace: _Trace):
                 f"({type(module).__name__}) returned {type(output).__name__}"
             )
         x = inputs[0]
-        if isinstance(module, BATCHNORM_TYPES) and trace.composite.fold_batchnorm:
+        if trace.composite.fold_batchnorm and _foldable(module):
             entry = trace.produced.get(id(x))
             if entry is not None and entry[0] is x:
                 _, conv_input, conv_rule, conv, conv_raw = entry
@@ -178,7 +184,7 @@ class LRPEngine:
         trace = _Trace(x, self.composite)
         with preserved_state(self.model, eval_mode=True, freeze=True), ExitStack() as stack:
             for name, module, rule in self.composite.plan(self.model):
-                if rule is None and not isinstance(module, BATCHNORM_TYPES):
+                if rule is None and not _foldable(module):
                     hook = _unsupported_hook(name)
                 else:
                     hook = _rule_hook(name, rule, trace)

@@ -77,7 +77,8 @@ class Affine(nn.Module):
 
     dlib stores its trained batch normalisation folded into this form. It
     carries Captum's LRP rule for batch norm (``EpsilonRule``) as its
-    ``rule``; assign another rule to change it.
+    ``rule``; assign another rule to change it. The library's own LRP engine
+    folds it into the preceding convolution (``lrp_channel_affine``).
 
     Args:
         num_channels (int): Channels ``C`` of the ``(N, C, H, W)`` input.
@@ -104,6 +105,11 @@ class Affine(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+    def lrp_channel_affine(self) -> Tuple[Tensor, Tensor]:
+        """``(scale, shift)``: lets the LRP engine fold this layer into the
+        convolution before it, as it folds BatchNorm."""
+        return self.weight, self.bias
 
 
 class InputNormalization(Affine):
