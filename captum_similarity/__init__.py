@@ -6,6 +6,8 @@ any Captum method; use the library's own methods for what Captum lacks.
 
 from ._version import __version__
 from .branches import BranchLayerAttribution, split_branches
+from .decomposition import SimilarityDecomposition
+from .embedding_gradcam import EmbeddingGradCAM
 from .siamese import SiameseSimilarity
 from .similarity import SIMILARITIES, Similarity, resolve_similarity
 from .visualization import to_visualizer_arrays, visualize_pair
@@ -18,6 +20,8 @@ __all__ = [
     "resolve_similarity",
     "split_branches",
     "BranchLayerAttribution",
+    "EmbeddingGradCAM",
+    "SimilarityDecomposition",
     "to_visualizer_arrays",
     "visualize_pair",
 ]
