@@ -6,6 +6,8 @@ any Captum method; use the library's own methods for what Captum lacks.
 
 from ._version import __version__
 from .branches import BranchLayerAttribution, split_branches
+from .decomposition import SimilarityDecomposition
+from .embedding_gradcam import EmbeddingGradCAM
 from .relevance_pairing import LRPRelevancePairing
 from .rise import SimilarityRISE
 from .siamese import SiameseSimilarity
@@ -20,6 +22,8 @@ __all__ = [
     "resolve_similarity",
     "split_branches",
     "BranchLayerAttribution",
+    "EmbeddingGradCAM",
+    "SimilarityDecomposition",
     "LRPRelevancePairing",
     "to_visualizer_arrays",
     "visualize_pair",

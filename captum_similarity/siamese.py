@@ -142,10 +142,7 @@ class SiameseSimilarity(nn.Module):
         Returns:
             Tensor: similarities of shape ``(max(N1, N2),)``.
         """
-        x1 = self._check_side(x1, "x1")
-        x2 = self._check_side(x2, "x2")
-        x1, x2 = broadcast_pair(x1, x2)
-        f1, f2 = self._embed_pair(x1, x2)
+        f1, f2 = self.embed_pair(x1, x2)
         if f1.shape[1] != f2.shape[1]:
             raise ValueError(
                 f"embedding widths differ: x1 gives {f1.shape[1]}, x2 gives {f2.shape[1]}; "
@@ -203,7 +200,21 @@ class SiameseSimilarity(nn.Module):
             )
         return out
 
-    def _embed_pair(self, x1: Tensor, x2: Tensor) -> Tuple[Tensor, Tensor]:
+    def embed_pair(self, x1: Tensor, x2: Tensor) -> Tuple[Tensor, Tensor]:
+        r"""Embeddings of both sides, as :meth:`forward` computes them.
+
+        The sides are broadcast to a common batch size; when both are images
+        of the same shape, dtype and device, the embedder runs once on their
+        interleaved rows (so hooks on its layers see both branches).
+
+        Args:
+            x1 (Tensor): Inputs ``(N1, ...)`` or embeddings ``(N1, D)``.
+            x2 (Tensor): Inputs ``(N2, ...)`` or embeddings ``(N2, D)``.
+
+        Returns:
+            tuple: ``(f1, f2)``, each ``(N, D)`` with ``N = max(N1, N2)``.
+        """
+        x1, x2 = broadcast_pair(self._check_side(x1, "x1"), self._check_side(x2, "x2"))
         one_call = (
             not self.is_embedding(x1)
             and not self.is_embedding(x2)

@@ -98,6 +98,17 @@ def test_encoder_runs_once_on_the_interleaved_batch(model, images):
     torch.testing.assert_close(seen[0][1::2], x2)
 
 
+def test_embed_pair_is_what_forward_scores(model, images):
+    counter = CallCounter(model)
+    sim = SiameseSimilarity(counter, "dot")
+    x1, ref = images(3), images(1, seed=1)
+    f1, f2 = sim.embed_pair(x1, ref)
+    assert counter.batches == [6]  # broadcast, then one interleaved call
+    torch.testing.assert_close(f1, model(x1))
+    torch.testing.assert_close(f2, model(ref).expand(3, -1))
+    torch.testing.assert_close(sim(x1, ref), (f1 * f2).sum(1))
+
+
 def test_different_shapes_run_the_encoder_per_side(model, images):
     counter = CallCounter(model)
     sim = SiameseSimilarity(counter)

@@ -39,3 +39,31 @@ def preserved_state(model: object, eval_mode: bool = False, freeze: bool = False
         for p, flag, grad in zip(params, flags, grads):
             p.requires_grad_(flag)
             p.grad = grad
+
+
+@contextmanager
+def frozen_batchnorm_statistics(model: object) -> Iterator[None]:
+    """Forward passes inside the block leave BatchNorm running statistics unchanged.
+
+    Modules in train mode still normalise with the batch's statistics; only
+    the update of ``running_mean``, ``running_var`` and
+    ``num_batches_tracked`` is suppressed (for extra forward passes on
+    synthetic inputs, e.g. masked images, during training).
+    """
+    norms = [
+        m for m in (model.modules() if isinstance(model, nn.Module) else ())
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
+    saved = [
+        (m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+        for m in norms
+    ]
+    try:
+        for m in norms:
+            m.momentum = 0.0
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)

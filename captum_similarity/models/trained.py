@@ -21,7 +21,7 @@ from ..data.orl import identity_split, load_orl_faces
 from ..data.samples import bundled_images, resize_crop, stereo_crops, stereo_pair
 from ..metrics.retrieval import retrieval_metrics
 from ..training.augment import random_views
-from ..training.fit import fit_contrastive, fit_metric
+from ..training.fit import ExtraLossFn, FitResult, fit_contrastive, fit_metric
 from .cnn import SimpleCNN
 from .resnet import ResNetEmbedder
 
@@ -199,19 +199,52 @@ def orl_embedder(
     faces = load_orl_faces(root, size=tuple(config["size"]))
     train_set, test_set = identity_split(faces, config["n_train"])
 
-    def build() -> nn.Module:
-        torch.manual_seed(config["seed"])
-        return ResNetEmbedder(in_channels=1, widths=config["widths"], embedding_dim=config["embedding_dim"])
-
     def train(model: nn.Module) -> Dict[str, Any]:
-        result = fit_metric(
-            model, train_set.images, train_set.labels, steps=config["steps"],
-            identities_per_batch=config["identities_per_batch"],
-            images_per_identity=config["images_per_identity"], margin=config["margin"],
-            lr=config["lr"], seed=config["seed"], progress=progress, desc="training the ORL embedder",
-        )
+        result = fit_orl(model, train_set.images, train_set.labels, config, progress=progress)
         with torch.no_grad():
             metrics = retrieval_metrics(model(test_set.images), test_set.labels)
         return dict(metrics, train_seconds=result.seconds)
 
-    return _cached("orl_embedder", config, build, train, cache)
+    return _cached("orl_embedder", config, lambda: orl_model(config), train, cache)
+
+
+def orl_model(config: Dict[str, Any] = ORL_CONFIG) -> nn.Module:
+    """The untrained ORL embedder of a configuration (seeded with ``config["seed"]``)."""
+    torch.manual_seed(config["seed"])
+    return ResNetEmbedder(
+        in_channels=1, widths=config["widths"], embedding_dim=config["embedding_dim"]
+    )
+
+
+def fit_orl(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    config: Dict[str, Any] = ORL_CONFIG,
+    extra_loss: Optional[ExtraLossFn] = None,
+    progress: bool = False,
+) -> FitResult:
+    r"""Trains ``model`` on ORL images as :func:`orl_embedder` does.
+
+    Args:
+        model (nn.Module): From :func:`orl_model`.
+        images (Tensor): Training images ``(M, 1, H, W)``.
+        labels (Tensor): Their identities ``(M,)``.
+        config (dict, optional): Training configuration.
+            Default: ``ORL_CONFIG``
+        extra_loss (Callable, optional): Added to the triplet loss at each
+            step (see :func:`~captum_similarity.training.fit_metric`).
+            Default: None
+        progress (bool, optional): Show a progress bar.
+            Default: False
+
+    Returns:
+        FitResult: losses and duration.
+    """
+    return fit_metric(
+        model, images, labels, steps=config["steps"],
+        identities_per_batch=config["identities_per_batch"],
+        images_per_identity=config["images_per_identity"], margin=config["margin"],
+        extra_loss=extra_loss, lr=config["lr"], seed=config["seed"], progress=progress,
+        desc="training the ORL embedder",
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +14,7 @@ from .augment import random_views
 from .losses import batch_hard_triplet_loss, info_nce_loss
 
 LossFn = Callable[[nn.Module, torch.Generator], Tensor]
+ExtraLossFn = Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclass
@@ -104,6 +105,7 @@ def fit_metric(
     images_per_identity: int = 4,
     margin: float = 0.2,
     augment: bool = True,
+    extra_loss: Optional[ExtraLossFn] = None,
     **fit_kwargs: object,
 ) -> FitResult:
     r"""Metric learning on labelled images with batch-hard triplet loss.
@@ -127,6 +129,11 @@ def fit_metric(
             Default: 0.2
         augment (bool, optional): Train on random views.
             Default: True
+        extra_loss (Callable, optional): ``extra_loss(model, batch, labels,
+            embeddings)`` returns a scalar added to the triplet loss at each
+            step (e.g. an attention constraint on the batch's triplets, see
+            :class:`~captum_similarity.training.SimilarityAttentionLoss`).
+            Default: None
         **fit_kwargs: Passed to :func:`fit` (``lr``, ``seed``, ``progress``...).
 
     Returns:
@@ -140,7 +147,11 @@ def fit_metric(
         batch = images[idx]
         if augment:
             batch = random_views(batch, generator)
-        return batch_hard_triplet_loss(net(batch), labels[idx], margin)
+        z = net(batch)
+        loss = batch_hard_triplet_loss(z, labels[idx], margin)
+        if extra_loss is not None:
+            loss = loss + extra_loss(net, batch, labels[idx], z)
+        return loss
 
     return fit(model, loss_fn, steps, **fit_kwargs)  # type: ignore[arg-type]
 
