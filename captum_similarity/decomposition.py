@@ -152,14 +152,14 @@ class SimilarityDecomposition(LayerAttribution):
                 Default: False
 
         Returns:
-            - **matrix** (*Tensor*): ``(N, h1 * w1, h2 * w2)``, cells in row-major
-              order; ``matrix.sum((1, 2))`` is the similarity.
-            - **marginals** (*tuple of Tensor*, with ``return_marginals``):
-              ``(M1, M2)``, ``(N, 1, h1, w1)`` and ``(N, 1, h2, w2)``, the row
-              and column sums of the matrix.
-            - **delta** (*Tensor*, with ``return_convergence_delta``): ``(N,)``.
+            The matrix, then the marginals, then the delta, each only when asked for:
 
-            The matrix comes first, then the marginals, then the delta.
+            - **matrix** (*Tensor*): ``(N, h1 * w1, h2 * w2)``, cells in
+                row-major order; ``matrix.sum((1, 2))`` is the similarity.
+            - **marginals** (*tuple of Tensor*, with ``return_marginals``):
+                ``(M1, M2)``, ``(N, 1, h1, w1)`` and ``(N, 1, h2, w2)``, the
+                row and column sums of the matrix.
+            - **delta** (*Tensor*, with ``return_convergence_delta``): ``(N,)``.
         """
         matrix, f1, f2, grids = self._decompose(inputs, attribute_to_layer_input, include_bias)
         out: List[object] = [matrix]
