@@ -1,8 +1,17 @@
 """Faithfulness benchmark: every registered explainer on held-out ORL faces.
 
-1. Trains (or loads from the cache) the small ORL embedder
-   (:func:`captum_similarity.models.trained.orl_embedder`: 30 identities,
-   fixed seed) and reports held-out Recall@1 and mAP (identities s31..s40).
+1. The model (``--model``):
+
+   - ``dlib``: dlib's pretrained face-recognition ResNet
+     (:func:`captum_similarity.models.dlib_face_resnet`, the ``faces`` extra)
+     on 150x150 chips of the ORL faces (:func:`face_chips`, dlib alignment
+     when dlib is installed), scored by the negative Euclidean distance it
+     verifies with; the main real model;
+   - ``orl`` (default): the small ORL embedder trained here (or loaded from
+     the cache; :func:`captum_similarity.models.trained.orl_embedder`: 30
+     identities, fixed seed), scored by cosine similarity.
+
+   Both report held-out Recall@1 and mAP on identities s31..s40.
 2. Explains held-out pairs of the same person (and, separately, of two
    different people) with every explainer registered in
    :mod:`captum_similarity.explainers` when it runs (methods of other modules
@@ -15,7 +24,8 @@
    (between its ``benchmark`` markers).
 
 Usage:
-    python benchmarks/run_benchmarks.py --orl ../shared/data/orl_faces           # full run
+    python benchmarks/run_benchmarks.py --orl ../shared/data/orl_faces --model dlib  # pretrained
+    python benchmarks/run_benchmarks.py --orl ../shared/data/orl_faces           # small ORL model
     python benchmarks/run_benchmarks.py --orl ../shared/data/orl_faces --smoke   # tiny model, CI
 """
 
@@ -45,13 +55,18 @@ from captum_similarity import SiameseSimilarity  # noqa: E402
 from captum_similarity._utils.layers import resolve_layer  # noqa: E402
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
 from captum_similarity.explainers import explain_pair, explainers  # noqa: E402
-from captum_similarity.metrics import insertion_deletion  # noqa: E402
+from captum_similarity.metrics import insertion_deletion, retrieval_metrics  # noqa: E402
+from captum_similarity.models import dlib_face_resnet, face_chips  # noqa: E402
 from captum_similarity.models.trained import orl_embedder  # noqa: E402
 
 #: Configuration changes of the tiny smoke-mode embedder (see ``ORL_CONFIG``).
 SMOKE_MODEL = {"size": [28, 23], "widths": [4, 8, 16], "embedding_dim": 16}
 SMOKE_STEPS = 20
-MARKERS = ("<!-- benchmark:start -->", "<!-- benchmark:end -->")
+#: The docs block each model's table replaces (between these markers).
+MARKERS = {
+    "orl": ("<!-- benchmark:start -->", "<!-- benchmark:end -->"),
+    "dlib": ("<!-- benchmark:dlib:start -->", "<!-- benchmark:dlib:end -->"),
+}
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -61,6 +76,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         type=Path,
         default=ROOT.parent / "shared" / "data" / "orl_faces",
         help="ORL faces folder (s1..s40)",
+    )
+    parser.add_argument(
+        "--model",
+        choices=["orl", "dlib"],
+        default="orl",
+        help="orl: the small embedder trained on s1..s30; dlib: dlib's pretrained face ResNet",
     )
     parser.add_argument(
         "--smoke",
@@ -128,8 +149,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args.n_steps = args.n_steps if args.n_steps is not None else (11 if smoke else 101)
     if args.train_steps is None and smoke:
         args.train_steps = SMOKE_STEPS
-    name = "faithfulness-smoke.md" if smoke else "faithfulness.md"
-    args.out = args.out or ROOT / "benchmarks" / "results" / name
+    if smoke and args.model != "orl":
+        parser.error("--smoke runs the tiny ORL model only")
+    suffix = "-smoke" if smoke else ("-dlib" if args.model == "dlib" else "")
+    args.out = args.out or ROOT / "benchmarks" / "results" / f"faithfulness{suffix}.md"
     if args.docs is None and not smoke:
         args.docs = ROOT / "docs" / "faithfulness.md"
     return args
@@ -265,10 +288,10 @@ def results_table(
     return lines
 
 
-def write_docs_block(path: Path, text: str) -> None:
-    """Replaces the text between the benchmark markers of ``path``."""
+def write_docs_block(path: Path, text: str, model: str = "orl") -> None:
+    """Replaces the text between ``model``'s benchmark markers in ``path``."""
     page = path.read_text()
-    start, end = MARKERS
+    start, end = MARKERS[model]
     if start not in page or end not in page:
         raise ValueError(f"{path} has no {start} ... {end} block to replace")
     block = f"{start}\n{text}\n{end}"
@@ -291,18 +314,24 @@ def fill_values(fills: Sequence[str], train_images: Tensor, blur_sigma: float) -
     return out
 
 
-def report(args, argv, info, same: Tensor, scores: Tensor, results, aucs, seconds: float) -> str:
-    """The Markdown text: command, machine, embedder, protocol, a table per fill and pair kind."""
+def describe_orl(info: Dict[str, object]) -> str:
     config = info["config"]
-    command = " ".join(["python benchmarks/run_benchmarks.py"] + [shlex.quote(a) for a in argv])
     origin = "loaded from cache" if info["loaded_from_cache"] else "trained in this run"
+    return (
+        f"Embedder: `orl_embedder` ({config['arch']}, widths {config['widths']}, input "
+        f"{config['size'][0]}x{config['size'][1]}, {config['steps']} steps, {origin}; training "
+        f"took {info['train_seconds']:.0f} s), cosine similarity; held-out identities s31..s40: "
+        f"Recall@1 {info['recall_at_1']:.2f}, mAP {info['mean_average_precision']:.2f}."
+    )
+
+
+def report(args, argv, embedder: str, same: Tensor, scores: Tensor, results, aucs, seconds: float) -> str:
+    """The Markdown text: command, machine, embedder, protocol, a table per fill and pair kind."""
+    command = " ".join(["python benchmarks/run_benchmarks.py"] + [shlex.quote(a) for a in argv])
     lines = [
         f"Command: `{command}`. Machine: {machine()}. Total {seconds:.0f} s.",
         "",
-        f"Embedder: `orl_embedder` ({config['arch']}, widths {config['widths']}, input "
-        f"{config['size'][0]}x{config['size'][1]}, {config['steps']} steps, {origin}; training "
-        f"took {info['train_seconds']:.0f} s); held-out identities s31..s40: Recall@1 "
-        f"{info['recall_at_1']:.2f}, mAP {info['mean_average_precision']:.2f}.",
+        embedder,
         "",
         f"Protocol: {int(same.sum())} same-person (mean similarity {_mean(scores[same])}) and "
         f"{int((~same).sum())} different-person (mean similarity {_mean(scores[~same])}) held-out "
@@ -322,6 +351,28 @@ def report(args, argv, info, same: Tensor, scores: Tensor, results, aucs, second
     return "\n".join(lines).strip() + "\n"
 
 
+def dlib_setup(root: Path):
+    """dlib's face ResNet on the held-out ORL identities as chips: the wrapper,
+    the network's input mean as a (1, 3, 1, 1) image (for the mean fill), the
+    held-out set and an info dict (retrieval metrics and a description)."""
+    model = dlib_face_resnet()
+    _, test_set = identity_split(load_orl_faces(root), 30)
+    chips, detected = face_chips(list(test_set.images[:, 0].numpy()), align="auto", return_detected=True)
+    test_set.images = chips
+    mean_image = (-model.normalize.bias / model.normalize.weight).view(1, -1, 1, 1)
+    sim = SiameseSimilarity(model, "euclidean")
+    with torch.no_grad():
+        metrics = retrieval_metrics(sim.embed(chips, batch_size=50), test_set.labels, "euclidean")
+    description = (
+        "Embedder: dlib's pretrained face-recognition ResNet (`dlib_face_resnet()`, 128-d), on "
+        f"150x150 chips from `face_chips(align='auto')` ({int(detected.sum())} of {len(detected)} "
+        "held-out faces detected by dlib), negative Euclidean distance; held-out identities "
+        f"s31..s40: Recall@1 {metrics['recall_at_1']:.2f}, mAP {metrics['mean_average_precision']:.2f}. "
+        "The mean fill is the network's input mean (dlib's stored RGB mean)."
+    )
+    return sim, mean_image, test_set, dict(metrics, description=description)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -333,17 +384,22 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; registered: {list(explainers())}")
 
-    overrides = SMOKE_MODEL if args.smoke else None
-    model, info = orl_embedder(args.orl, progress=True, steps=args.train_steps, overrides=overrides)
-    faces = load_orl_faces(args.orl, size=tuple(info["config"]["size"]))
-    train_set, test_set = identity_split(faces, info["config"]["n_train"])
-    sim = SiameseSimilarity(model, "cosine")
+    if args.model == "dlib":
+        sim, train_images, test_set, info = dlib_setup(args.orl)
+    else:
+        overrides = SMOKE_MODEL if args.smoke else None
+        model, info = orl_embedder(args.orl, progress=True, steps=args.train_steps, overrides=overrides)
+        faces = load_orl_faces(args.orl, size=tuple(info["config"]["size"]))
+        train_set, test_set = identity_split(faces, info["config"]["n_train"])
+        sim, train_images = SiameseSimilarity(model, "cosine"), train_set.images
+        info["description"] = describe_orl(info)
+    model = sim.embedder
     idx1, idx2, same = select_pairs(test_set.labels, args.pairs, args.impostor_pairs, args.seed)
     x1, x2 = test_set.images[idx1], test_set.images[idx2]
 
     results = explain_and_time(sim, x1, x2, resolve_layer(model, args.layer), names, args.batch)
     done = [n for n in names if "error" not in results[n]]
-    fills = fill_values(args.fill, train_set.images, args.blur_sigma)
+    fills = fill_values(args.fill, train_images, args.blur_sigma)
     aucs: Dict[str, Dict[str, Dict[str, Tensor]]] = {label: {} for label in fills}
     bar = tqdm(total=len(done) * len(fills), desc="insertion/deletion", unit="method")
     for label, fill in fills.items():
@@ -355,13 +411,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     with torch.no_grad():
         scores = sim(x1, x2)
 
-    text = report(args, argv, info, same, scores, results, aucs, time.perf_counter() - start)
+    text = report(args, argv, info["description"], same, scores, results, aucs, time.perf_counter() - start)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("# Faithfulness benchmark\n\n" + text)
     print(text)
     print(f"wrote {args.out}")
     if args.docs is not None:
-        write_docs_block(args.docs, text)
+        write_docs_block(args.docs, text, args.model)
         print(f"updated {args.docs}")
     return {"embedder": info, "results": results, "aucs": aucs, "out": args.out, "text": text}
 

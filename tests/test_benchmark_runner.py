@@ -68,3 +68,25 @@ def test_smoke_run_scores_every_registered_method(orl_root, tmp_path, monkeypatc
     assert page.endswith("<!-- benchmark:end -->\noutro\n")
     assert "old table" not in page and "| Centre bump (test) |" in page
     assert 0 <= report["embedder"]["recall_at_1"] <= 1
+
+
+@pytest.mark.slow
+def test_dlib_model_writes_its_own_docs_block(orl_root, tmp_path):
+    """``--model dlib``: the pretrained face ResNet on held-out ORL chips."""
+    pytest.importorskip("face_recognition_models", reason="needs the faces extra")
+    docs = tmp_path / "page.md"
+    docs.write_text(
+        "<!-- benchmark:start -->\norl\n<!-- benchmark:end -->\n"
+        "<!-- benchmark:dlib:start -->\nold\n<!-- benchmark:dlib:end -->\n"
+    )
+    out = tmp_path / "dlib.md"
+    report = _load_runner().main(
+        ["--orl", str(orl_root), "--model", "dlib", "--pairs", "1", "--impostor-pairs", "1",
+         "--n-steps", "3", "--fill", "mean", "--methods", "Captum Saliency",
+         "--out", str(out), "--docs", str(docs)]
+    )
+    assert report["embedder"]["recall_at_1"] > 0.9  # the pretrained model on held-out faces
+    page = docs.read_text()
+    assert "\norl\n" in page and "old" not in page  # only the dlib block was replaced
+    assert "dlib's pretrained face-recognition ResNet" in out.read_text()
+    assert "| Captum Saliency |" in page
