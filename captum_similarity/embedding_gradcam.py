@@ -44,7 +44,8 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
     explained scalar with respect to the image's own embedding
     (``alpha = (1/n) sum_cells (df/dA)^T g`` by the chain rule):
 
-    - ``"pair"`` (default, the paper's pair weighting): the weight vector
+    - ``"pair"`` (the paper's pair weighting; the default in single-image
+      mode): the weight vector
       ``w = c(f1, f2)`` is the per-dimension contribution to the similarity
       (:meth:`Similarity.contribution`: ``f1 * f2`` for the dot product,
       ``f1/|f1| * f2/|f2|`` for cosine), held fixed; each image's sample
@@ -54,7 +55,9 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
       features of the explained layer: there the gradient of the cosine is
       orthogonal to ``f`` and the un-ReLU'd ``"similarity"`` map sums to
       zero, while the pair map sums to ``<w, f>``.
-    - ``"similarity"``: ``S_1 = s(f1, f2)`` with ``f2`` held fixed and
+    - ``"similarity"`` (the default for pairs, references and galleries: it
+      measured most faithful on the benchmark runner, see
+      ``docs/embedding-gradcam.md``): ``S_1 = s(f1, f2)`` with ``f2`` held fixed and
       ``S_2 = s(f1, f2)`` with ``f1`` held fixed: plain Grad-CAM of the
       similarity for each image, equal to Captum's ``LayerGradCam`` run on
       each branch with the other embedding fixed. On a GAP + linear + dot
@@ -140,7 +143,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
         self,
         inputs: Union[Tensor, Tuple[Tensor, ...]],
         additional_forward_args: Optional[Any] = None,
-        weighting: str = "pair",
+        weighting: Optional[str] = None,
         attribute_to_layer_input: bool = False,
         relu_attributions: bool = False,
         grad_kwargs: Optional[Dict[str, Any]] = None,
@@ -168,7 +171,11 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
                 Default: None
             weighting (str, optional): ``"pair"``, ``"similarity"`` or
                 ``"triplet"`` (see the class docstring for the formulas).
-                Default: ``"pair"``
+                None picks ``"similarity"`` when there is a reference (the
+                most faithful on the benchmark runner) and ``"pair"`` in
+                single-image mode (where the similarity of an image with
+                itself is constant).
+                Default: None
             attribute_to_layer_input (bool, optional): Explain the layer's
                 input instead of its output.
                 Default: False
@@ -187,6 +194,9 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
             a tensor for a tensor input, a tuple for a tuple input. Upsample
             with ``LayerAttribution.interpolate(m, x.shape[-2:], "bilinear")``.
         """
+        single_image = not isinstance(inputs, tuple) and additional_forward_args is None
+        if weighting is None:
+            weighting = "pair" if single_image else "similarity"
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
         grad_kwargs = dict(grad_kwargs or {})
@@ -232,7 +242,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
         self,
         query: Tensor,
         references: Tensor,
-        weighting: str = "pair",
+        weighting: str = "similarity",
         attribute_to_layer_input: bool = False,
         relu_attributions: bool = False,
         batch_size: Optional[int] = None,
@@ -256,7 +266,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
                 precomputed embeddings ``(G, D)`` (then only the query's maps
                 are computed, the cheapest form for a cached gallery).
             weighting (str, optional): ``"pair"`` or ``"similarity"``.
-                Default: ``"pair"``
+                Default: ``"similarity"``
             attribute_to_layer_input (bool, optional): As in :meth:`attribute`.
                 Default: False
             relu_attributions (bool, optional): As in :meth:`attribute`.

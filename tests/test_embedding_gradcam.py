@@ -57,13 +57,28 @@ def test_similarity_weighting_equals_captum_gradcam_per_branch(reference_model, 
 def test_pair_weighting_is_gradcam_of_the_contribution_weighted_sample_score(images, similarity):
     model = make_reference_model("resnet")
     x1, x2 = images(2), images(2, seed=1)
-    m1, m2 = EmbeddingGradCAM(model, "layer3", similarity).attribute((x1, x2))
+    m1, m2 = EmbeddingGradCAM(model, "layer3", similarity).attribute((x1, x2), weighting="pair")
     f1, f2 = model(x1).detach(), model(x2).detach()
     w = SiameseSimilarity(model, similarity).similarity.contribution(f1, f2)
     oracle1 = LayerGradCam(lambda x: (model(x) * w).sum(1), model.layer3).attribute(x1)
     oracle2 = LayerGradCam(lambda x: (model(x) * w).sum(1), model.layer3).attribute(x2)
     torch.testing.assert_close(m1, oracle1)
     torch.testing.assert_close(m2, oracle2)
+
+
+def test_default_weighting_is_similarity_with_a_reference_and_pair_alone(images):
+    """The default measured most faithful ('similarity'); alone, an image is its
+    own reference and only the pair weighting has a gradient to explain."""
+    cam = EmbeddingGradCAM(make_reference_model("resnet"), "layer3")
+    x1, x2 = images(2), images(2, seed=1)
+    for got, want in zip(cam.attribute((x1, x2)), cam.attribute((x1, x2), weighting="similarity")):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(cam.attribute(x1, x2), cam.attribute(x1, x2, weighting="similarity"))
+    torch.testing.assert_close(cam.attribute(x1), cam.attribute(x1, weighting="pair"))
+    q_default, r_default = cam.attribute_gallery(x1[:1], x2)
+    q_sim, r_sim = cam.attribute_gallery(x1[:1], x2, weighting="similarity")
+    torch.testing.assert_close(q_default, q_sim)
+    torch.testing.assert_close(r_default, r_sim)
 
 
 def test_triplet_weighting_gives_three_maps_of_the_formula(images):
