@@ -1,6 +1,9 @@
 """PairwiseIntermediateMatching (PAIR-X): matches, ranking and per-match maps
 against independent oracles; batching; Captum conventions; errors; model state."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -128,11 +131,9 @@ def test_per_match_maps_are_gradient_times_input_of_the_cell(images):
     x1, x2 = images(2), images(2, seed=1)
     results = pairx.explain(x1, x2, k=3)
     for p, result in enumerate(results):
-        for side, (x, cells, maps) in enumerate(
-            (
-                (x1, result.cells1, result.pixel_relevance1),
-                (x2, result.cells2, result.pixel_relevance2),
-            )
+        for x, cells, maps in (
+            (x1, result.cells1, result.pixel_relevance1),
+            (x2, result.cells2, result.pixel_relevance2),
         ):
             leaf = x[p : p + 1].clone().requires_grad_(True)
             with recording(model.features[3]) as rec:
@@ -180,7 +181,7 @@ def test_batched_equals_unbatched(kind, images):
     _, pairx = _pairx(kind)
     _, vmapped = _pairx(kind, batched_backward=True)
     x1, x2 = images(3), images(3, seed=1)
-    batch = pairx.explain(x1, x2, k=4)
+    batch = pairx.explain(x1, x2, k=4, internal_batch_size=None)
     assert len({len(r) for r in batch}) > 1  # different match counts, none truncated
     for p, result in enumerate(batch):
         (alone,) = pairx.explain(x1[p : p + 1], x2[p : p + 1], k=4)
@@ -201,6 +202,15 @@ def test_batched_equals_unbatched(kind, images):
     for a, b in zip(batch, vmapped.explain(x1, x2, k=4)):
         torch.testing.assert_close(a.pixel_relevance1, b.pixel_relevance1, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(a.pixel_relevance2, b.pixel_relevance2, rtol=1e-9, atol=1e-12)
+    # chunks of pairs (internal_batch_size) give the same results
+    chunked = pairx.explain(x1, x2, k=4, internal_batch_size=2)
+    assert [len(r) for r in chunked] == [len(r) for r in batch]
+    for a, b in zip(batch, chunked):
+        torch.testing.assert_close(a.pixel_relevance1, b.pixel_relevance1, rtol=1e-9, atol=1e-12)
+        assert torch.equal(a.cells2, b.cells2)
+    summed = pairx.attribute((x1, x2), k=4, internal_batch_size=None)
+    for a, b in zip(summed, pairx.attribute((x1, x2), k=4, internal_batch_size=2)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_attribute_follows_captum_conventions(images):
@@ -276,6 +286,8 @@ def test_errors_are_clear(images):
         pairx.attribute((x, x), k=0)
     with pytest.raises(ValueError, match="precomputed embeddings"):
         pairx.explain(x, torch.rand(1, 32, dtype=torch.float64))
+    with pytest.raises(ValueError, match="channels"):
+        pairx.explain(x, images(1, channels=1))
     with pytest.raises(ValueError, match="cannot broadcast"):
         pairx.explain(images(2), images(3))
     with pytest.raises(TypeError, match="tuple"):
@@ -323,3 +335,14 @@ def test_figure_draws_lines_maps_and_hides_the_overlay(images, tmp_path):
     )
     with pytest.raises(ValueError, match="pass the images"):
         visualize_matches(images(1, size=16), x2, result)
+
+
+def test_docs_code_blocks_run_in_order():
+    page = Path(__file__).resolve().parents[1] / "docs" / "pairwise-matching.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)
+    assert namespace["a1"].shape == (2, 3, 32, 32)
+    assert namespace["result"].layer_relevance1.shape == (4, 4)
