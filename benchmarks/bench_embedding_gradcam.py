@@ -68,8 +68,8 @@ def main() -> None:
          lambda r: cam.attribute((query, refs[r : r + 1]))),
     ):
         batched = median_seconds(
-            lambda: cam.attribute_gallery(query, gallery, batch_size=chunk), args.repeats)
-        looped = median_seconds(lambda: [per_pair(r) for r in range(len(refs))], loops)
+            lambda g=gallery, c=chunk: cam.attribute_gallery(query, g, batch_size=c), args.repeats)
+        looped = median_seconds(lambda f=per_pair: [f(r) for r in range(len(refs))], loops)
         gallery_rows.append((label, batched, looped, looped / batched))
 
     with torch.no_grad():

@@ -8,6 +8,8 @@ from ._version import __version__
 from .branches import BranchLayerAttribution, split_branches
 from .decomposition import SimilarityDecomposition
 from .embedding_gradcam import EmbeddingGradCAM
+from .pairwise_figure import visualize_matches
+from .pairwise_matching import PairMatches, PairwiseIntermediateMatching, candidate_layers
 from .relevance_pairing import LRPRelevancePairing
 from .rise import SimilarityRISE
 from .siamese import SiameseSimilarity
@@ -28,4 +30,8 @@ __all__ = [
     "to_visualizer_arrays",
     "visualize_pair",
     "SimilarityRISE",
+    "PairwiseIntermediateMatching",
+    "PairMatches",
+    "candidate_layers",
+    "visualize_matches",
 ]

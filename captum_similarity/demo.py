@@ -17,6 +17,10 @@ stereo motorcycle views it never saw in training: corresponding crops of the
 left and right camera (a match) and two different parts of the scene, and
 ranks a gallery of right-view crops for a left-view query.
 
+With PAIR-X selected (the default: all methods), each face pair and the
+stereo match also get a figure of the cells the model matches between the
+two images, with the pixels of the best matches (``*_pairx.png``).
+
 Figures are written to the output folder.
 """
 
@@ -38,11 +42,18 @@ from .data.orl import load_orl_faces
 from .data.pairs import astronaut_pair, notable_pairs
 from .data.samples import resize_crop, stereo_pair
 from .explainers import explain_pair
+from .metrics.match_plausibility import match_plausibility
 from .models.dlib_resnet import dlib_face_resnet
 from .models.face_preprocess import face_chips
 from .models.trained import DEMO_CONFIG, demo_embedder
+from .pairwise_figure import visualize_matches
+from .pairwise_matching import PairwiseIntermediateMatching
 from .siamese import SiameseSimilarity
 from .visualization import to_visualizer_arrays, visualize_pair
+
+#: The registered name of PAIR-X: with it selected (or all methods), the demo
+#: also draws each pair's matches.
+PAIRX = "PairwiseIntermediateMatching (PAIR-X)"
 
 #: Where the ORL faces are in this project's layout (relative to the working directory).
 DEFAULT_ORL = Path("../shared/data/orl_faces")
@@ -111,6 +122,24 @@ def _explain_and_draw(
     return time.perf_counter() - start
 
 
+def _matches_figure(
+    sim: SiameseSimilarity, layer, x1: Tensor, x2: Tensor, titles: Tuple[str, str],
+    path: Path, methods: Optional[Sequence[str]],
+) -> Optional[Dict[str, float]]:
+    """PAIR-X's matches of one pair, drawn with the top 5 per-match maps; None
+    when PAIR-X is not among ``methods``."""
+    if methods is not None and PAIRX not in methods:
+        return None
+    (result,) = PairwiseIntermediateMatching(sim, layer).explain(x1, x2, k=5)
+    plausibility = {key: float(v[0]) for key, v in match_plausibility(result).items()}
+    visualize_matches(
+        x1, x2, result, titles=titles, path=path, width=5.0,
+        suptitle=f"PAIR-X: {len(result)} matches, top 10 agree with one affine map: "
+        f"{plausibility['inlier_ratio']:.0%}",
+    )  # fmt: skip
+    return {"matches": float(len(result)), **plausibility}
+
+
 def run_stereo(out: Path, methods: Optional[Sequence[str]] = None, steps: Optional[int] = None) -> Dict[str, object]:
     """The stereo section: trains or loads the demo embedder, explains a match,
     a mismatch and a gallery query, writes three figures."""
@@ -129,6 +158,11 @@ def run_stereo(out: Path, methods: Optional[Sequence[str]] = None, steps: Option
             f"Why s = {float(score):.3f}? ({name}; cosine, demo embedder)", path, methods,
         )
         report["figures"].append(str(path))
+        if name == "match":
+            matches_path = out / "stereo_match_pairx.png"
+            if _matches_figure(sim, layer, query, x2, ("left view", "right view"),
+                               matches_path, methods) is not None:
+                report["figures"].append(str(matches_path))
     gallery_path = out / "gallery_top_hits.png"
     report["gallery_scores"] = _gallery_figure(sim, query, gallery, layer, gallery_path)
     report["figures"].append(str(gallery_path))
@@ -154,6 +188,9 @@ def run_faces(out: Path, orl: Optional[Path] = None, methods: Optional[Sequence[
         )
         report["pairs"][name] = {"titles": titles, "distance": distance, "seconds": seconds}
         report["figures"].append(str(path))
+        matches_path = out / f"faces_{name}_pairx.png"
+        if _matches_figure(sim, model.layer2, x1, x2, titles, matches_path, methods) is not None:
+            report["figures"].append(str(matches_path))
 
     chips = face_chips(list(astronaut_pair()), align="auto")
     draw("astronaut", chips[:1], chips[1:], ("astronaut", "altered copy"))

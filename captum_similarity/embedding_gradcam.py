@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ._utils.batching import batch_slices
 from ._utils.checks import check_float_tensor
 from ._utils.hooks import recording
-from ._utils.layers import LayerSpec, resolve_layer
+from ._utils.layers import LayerSpec, feature_grid, resolve_layer
 from .explainers import register
 from .siamese import Embedder, SiameseSimilarity, broadcast_pair
 from .similarity import Similarity, SimilarityLike
@@ -396,19 +396,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
         return maps
 
     def _grid(self, t: Tensor) -> Tensor:
-        if self.reshape_transform is not None:
-            t = self.reshape_transform(t)
-        if t.dim() != 4:
-            hint = (
-                "; for transformer tokens (N, T, C) pass reshape_transform (e.g. TokenGrid)"
-                if t.dim() == 3
-                else ""
-            )
-            raise ValueError(
-                f"EmbeddingGradCAM needs a feature map (N, C, h, w) at the layer, got shape "
-                f"{tuple(t.shape)}{hint}"
-            )
-        return t
+        return feature_grid(t, self.reshape_transform, "EmbeddingGradCAM")
 
 
 def as_siamese(

@@ -91,6 +91,53 @@ def test_folded_conv_reports_its_batchnorm_output(images):
     )
 
 
+class _ConvThenNorm(nn.Module):
+    """A conv registered right before a BatchNorm that it does not (only) feed."""
+
+    def __init__(self, wiring: str, norm_first: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        norm = nn.BatchNorm2d(4 if wiring == "shared" else 3)
+        modules = [("conv", nn.Conv2d(3, 4, 3, padding=1)), ("bn", norm)]
+        for name, module in modules[::-1] if norm_first else modules:
+            self.add_module(name, module)
+        self.wiring = wiring
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.wiring == "shared":  # the conv's output feeds the BatchNorm and the sum
+            y = self.bn(y) + y
+        else:  # the BatchNorm reads the input, the conv's output goes elsewhere
+            y = self.conv(self.bn(x)) + y
+        return self.head(torch.relu(y).mean((2, 3)))
+
+
+@pytest.mark.parametrize("wiring", ["shared", "elsewhere"])
+def test_rule_deferred_to_the_batchnorm_fold_falls_back_when_the_conv_feeds_more(wiring, images):
+    """A conv registered before a BatchNorm gets its rule from the fold only;
+    when its output also (or only) goes elsewhere the engine applies the rule
+    itself, as it does for a conv registered after the BatchNorm."""
+    x = images(2)
+    expected_model = _ConvThenNorm(wiring, norm_first=True).double().eval()
+    model = _ConvThenNorm(wiring, norm_first=False).double().eval()
+    model.load_state_dict(expected_model.state_dict())
+    for m in (model, expected_model):
+        m.bn.running_mean.copy_(torch.linspace(-0.2, 0.2, m.bn.num_features))
+    engine = LRPEngine(model, "epsilon_plus")
+    if wiring == "elsewhere":
+        engine.set_rule("conv", Epsilon())  # a conv run twice: give it one rule, not a fold
+        expected_engine = LRPEngine(expected_model, "epsilon_plus")
+        expected_engine.set_rule("conv", Epsilon())
+    else:
+        expected_engine = LRPEngine(expected_model, "epsilon_plus")
+    for _ in range(2):  # the second pass remembers the conv
+        p, q = engine.forward(x), expected_engine.forward(x)
+        torch.testing.assert_close(p.output, q.output)
+        torch.testing.assert_close(p.propagate(p.output.detach()), q.propagate(q.output.detach()))
+    assert engine._eager == {id(model.conv)}
+
+
 def test_depth_gamma_follows_the_schedule():
     model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(8)])
     composite = Composite({LINEAR_TYPES: depth_gamma((0.5, 0.25, 0.1, 0.0))})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -69,3 +69,29 @@ def list_layers(model: nn.Module, example: torch.Tensor) -> List[Tuple[str, str,
         for h in handles:
             h.remove()
     return found
+
+
+def feature_grid(
+    t: torch.Tensor,
+    reshape_transform: Optional[Callable[[torch.Tensor], torch.Tensor]],
+    method: str,
+) -> torch.Tensor:
+    """``t`` (through ``reshape_transform`` when given) as a feature map ``(N, C, h, w)``.
+
+    Raises:
+        ValueError: the result is not 4-D; the message names ``method`` and, for
+            3-D transformer tokens, points to ``reshape_transform``.
+    """
+    if reshape_transform is not None:
+        t = reshape_transform(t)
+    if t.dim() != 4:
+        hint = (
+            "; for transformer tokens (N, T, C) pass reshape_transform (e.g. TokenGrid)"
+            if t.dim() == 3
+            else ""
+        )
+        raise ValueError(
+            f"{method} needs a feature map (N, C, h, w) at the layer, got shape "
+            f"{tuple(t.shape)}{hint}"
+        )
+    return t

@@ -23,6 +23,12 @@ recorded layer):
   ``(K, *layer_shape)``: one batched backward (``is_grads_batched``) instead
   of ``K``; layers above ``layer`` are not run again.
 
+A conv registered right before its BatchNorm (as torchvision, timm and the
+reference models declare them) gets its rule once, from the fold, instead of
+also on its own output; should its output reach anything besides the
+BatchNorm, the engine notices after the pass (the unmodified output is still
+in the graph), applies the conv's rule itself from then on and runs again.
+
 Seeds are relevance (``R``, not gradients): the engine converts them to the
 gradient ``R / a`` of the source activation ``a``; relevance placed on a zero
 activation is dropped (a zero activation carries no relevance under any rule).
@@ -40,7 +46,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import ExitStack
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +73,12 @@ class _Trace:
         # its rule, the layer, its raw output): what a following BatchNorm folds
         self.produced: Dict[int, Tuple[Tensor, Tensor, LinearRule, nn.Module, Tensor]] = {}
         self.recorders: List[LayerRecorder] = []
+        # ids of linear layers expected to feed a BatchNorm: their rule is applied
+        # once, by the fold, rather than also on their own output
+        self.deferred: Set[int] = set()
+        # id of a deferred layer's output alias -> (the alias, the layer), until folded
+        self.pending: Dict[int, Tuple[Tensor, nn.Module]] = {}
+        self.folded: List[Tuple[Tensor, nn.Module]] = []
 
     def redirect(self, old: Tensor, new: Tensor) -> None:
         """A folded conv reports its BatchNorm's output as its own."""
@@ -115,6 +127,8 @@ def _rule_hook(name: str, rule: Optional[Rule], trace: _Trace):
                 op = fold_batchnorm(linear_op(conv, conv_raw), module)
                 out = conv_rule.rewire(op, conv_input, trace)
                 trace.redirect(x, out)
+                if id(x) in trace.pending:
+                    trace.folded.append(trace.pending.pop(id(x)))
                 return out
         if rule is None:
             raise _unsupported(name, module)
@@ -126,8 +140,15 @@ def _rule_hook(name: str, rule: Optional[Rule], trace: _Trace):
                 and trace.composite.user_rule(name, module) is None
             ):
                 chosen = trace.composite.input_rule
-        out = chosen.apply(module, inputs, output, trace)
-        if isinstance(module, LINEAR_TYPES) and isinstance(chosen, LinearRule):
+        linear = isinstance(module, LINEAR_TYPES) and isinstance(chosen, LinearRule)
+        if linear and id(module) in trace.deferred:
+            # the BatchNorm that follows applies the rule to the fused layer; the
+            # alias shows whether anything else reads the unmodified output
+            out = output.view_as(output)
+            trace.pending[id(out)] = (out, module)
+        else:
+            out = chosen.apply(module, inputs, output, trace)
+        if linear:
             trace.produced[id(out)] = (out, x, chosen, module, output)
         return out
 
@@ -155,6 +176,8 @@ class LRPEngine:
             )
         self.model = model
         self.composite = resolve_composite(composite)
+        # ids of linear layers found not to feed the BatchNorm registered after them
+        self._eager: Set[int] = set()
 
     def set_rule(self, layer: LayerSpec, rule: Any) -> None:
         """Gives a layer (dotted name, glob pattern or module) a rule for all later passes."""
@@ -181,19 +204,16 @@ class LRPEngine:
             raise TypeError("inputs must be a floating-point tensor")
         x = inputs.detach().requires_grad_(True)
         layers = [resolve_layer(self.model, spec) for spec in record]
-        trace = _Trace(x, self.composite)
-        with preserved_state(self.model, eval_mode=True, freeze=True), ExitStack() as stack:
-            for name, module, rule in self.composite.plan(self.model):
-                if rule is None and not _foldable(module):
-                    hook = _unsupported_hook(name)
-                else:
-                    hook = _rule_hook(name, rule, trace)
-                stack.callback(module.register_forward_hook(hook).remove)
-            for layer in layers:
-                trace.recorders.append(stack.enter_context(LayerRecorder(layer)))
-            with torch.enable_grad():
-                output = self.model(x)
-            recorded = {id(layer): rec.single() for layer, rec in zip(layers, trace.recorders)}
+        while True:
+            trace = _Trace(x, self.composite)
+            trace.deferred = self._deferrable()
+            output, recorded = self._run(x, layers, trace)
+            misread = _misread(trace, output, recorded.values())
+            if not misread:
+                break
+            # a layer's unmodified output reached something other than its BatchNorm:
+            # from now on its rule is applied on its own output; run again
+            self._eager.update(misread)
         if not isinstance(output, Tensor):
             raise TypeError(f"the model must return a tensor, got {type(output).__name__}")
         if not output.requires_grad:
@@ -208,6 +228,57 @@ class LRPEngine:
                 stacklevel=2,
             )
         return RelevancePass(self.model, x, output, trace.companions, recorded)
+
+    def _deferrable(self) -> Set[int]:
+        """Linear layers registered right before a foldable layer (a conv and its
+        BatchNorm, as torchvision, timm and the reference models declare them)."""
+        if not self.composite.fold_batchnorm:
+            return set()
+        modules = list(self.model.modules())
+        return {
+            id(m)
+            for m, following in zip(modules, modules[1:])
+            if isinstance(m, LINEAR_TYPES) and _foldable(following) and id(m) not in self._eager
+        }
+
+    def _run(
+        self, x: Tensor, layers: List[nn.Module], trace: _Trace
+    ) -> Tuple[Any, Dict[int, Tensor]]:
+        """One forward pass with the rules' hooks; returns the output and the
+        recorded layer outputs by module id."""
+        with preserved_state(self.model, eval_mode=True, freeze=True), ExitStack() as stack:
+            for name, module, rule in self.composite.plan(self.model):
+                if rule is None and not _foldable(module):
+                    hook = _unsupported_hook(name)
+                else:
+                    hook = _rule_hook(name, rule, trace)
+                stack.callback(module.register_forward_hook(hook).remove)
+            for layer in layers:
+                trace.recorders.append(stack.enter_context(LayerRecorder(layer)))
+            with torch.enable_grad():
+                output = self.model(x)
+            return output, {id(layer): rec.single() for layer, rec in zip(layers, trace.recorders)}
+
+
+def _misread(trace: _Trace, output: Any, recorded: Iterable[Tensor]) -> Set[int]:
+    """Ids of deferred layers whose rule was not applied everywhere: never folded,
+    or their unmodified output (the alias) is still part of the graph."""
+    misread = {id(module) for _, module in trace.pending.values()}
+    aliases = {alias.grad_fn: module for alias, module in trace.folded if alias.grad_fn is not None}
+    if not aliases:
+        return misread
+    roots = [t for t in (output, *recorded) if isinstance(t, Tensor) and t.grad_fn is not None]
+    seen = set()
+    stack = [t.grad_fn for t in roots]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in aliases:
+            misread.add(id(aliases[node]))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return misread
 
 
 class RelevancePass:

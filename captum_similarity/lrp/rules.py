@@ -19,8 +19,9 @@ relevance of a tensor ``a`` is ``a * c``. A rule is a forward hook that
 returns a tensor with the layer's exact output values whose gradient
 implements the rule: for a linear layer ``z = W x + b`` and a modified layer
 ``z' = W' x + b'`` (built from ``x`` with the graph kept), it returns
-``t + (z - t).detach()`` with ``t = z' * (z / z').detach()``, so that
-``c_in = W'^T (z c_out / z')`` and
+the values ``z`` with the gradient of ``t = z' * (z / z').detach()`` (a small
+autograd function: one copy in the forward pass, one product in each
+backward pass), so that ``c_in = W'^T (z c_out / z')`` and
 ``R_in = x * c_in = x * W'^T (R_out / z')``, the rule's formula. Everything
 the rule divides by is detached, so one forward pass serves any number of
 backward passes, and the backward is linear in its seed (seeds can be
@@ -87,19 +88,40 @@ class Rule(ABC):
         return f"{type(self).__name__}({args})"
 
 
-def _stabilize(z: Tensor, epsilon: float) -> Tensor:
-    return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+def _share(z: Tensor, denominator: Tensor, epsilon: float, sign: int = 0) -> Tensor:
+    """``z / (denominator + epsilon * sign)``, zero where the denominator is zero
+    (the sign of a zero denominator counts as positive). ``sign`` = 1 or -1
+    declares a denominator known to have that sign (or be zero)."""
+    d = denominator.detach()
+    if epsilon > 0:  # the stabilised denominator is never zero
+        if sign:
+            return z / (d + sign * epsilon)
+        return z / torch.where(d >= 0, d + epsilon, d - epsilon)
+    return torch.where(d == 0, torch.zeros_like(z), z / d)
 
 
-def _share(z: Tensor, denominator: Tensor, epsilon: float) -> Tensor:
-    """``z / (denominator + epsilon * sign)``, zero where the denominator is zero."""
-    d = _stabilize(denominator.detach(), epsilon)
-    return torch.where(d == 0, torch.zeros_like(z), z / torch.where(d == 0, torch.ones_like(d), d))
+class _Rewired(torch.autograd.Function):
+    """``values`` (a copy) in the forward pass; in the backward pass the gradient
+    goes to ``t`` only, scaled by ``factor`` when one is given."""
+
+    @staticmethod
+    def forward(values: Tensor, t: Tensor, factor: Optional[Tensor]) -> Tensor:
+        # a copy, so that in-place operations downstream (ReLU(inplace=True)) are allowed
+        return values.clone()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
+        ctx.factor = inputs[2]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[None, Tensor, None]:
+        return None, grad if ctx.factor is None else grad * ctx.factor, None
 
 
-def _with_values(values: Tensor, t: Tensor) -> Tensor:
-    """``t``'s gradient with ``values``' values."""
-    return t + (values - t).detach()
+def _with_values(values: Tensor, t: Tensor, factor: Optional[Tensor] = None) -> Tensor:
+    """A tensor with ``values``' values whose gradient is that of ``t * factor``
+    (``factor`` held constant)."""
+    return _Rewired.apply(values.detach(), t, factor)
 
 
 class LinearRule(Rule):
@@ -127,7 +149,7 @@ class LinearRule(Rule):
         """The output of ``op`` on ``x`` with this rule's gradient."""
         z = op.output.detach()
         modified = self.modified(op, x, trace)
-        return _with_values(z, modified * _share(z, modified, self.epsilon))
+        return _with_values(z, modified, _share(z, modified, self.epsilon))
 
     @abstractmethod
     def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
@@ -166,7 +188,7 @@ class Epsilon(LinearRule):
         # (a per-channel scale, an addition of its inputs, ...): its own gradient is
         # W, so its output serves as z' and no weights are needed.
         z = output.detach()
-        return _with_values(z, output * _share(z, output, self.epsilon))
+        return _with_values(z, output, _share(z, output, self.epsilon))
 
     def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
         return op.forward(x, op.weight, None) if self.zero_bias else op.output
@@ -216,10 +238,31 @@ def _signed_part(op: LinearOp, x: Tensor, positive: bool, bias: Optional[Tensor]
     w_pos, w_neg = op.weight.clamp(min=0), op.weight.clamp(max=0)
     if not positive:
         w_pos, w_neg = w_neg, w_pos
-    part = op.forward(x.clamp(min=0), w_pos, bias)
-    if bool((x < 0).any()):  # after a ReLU there is no negative input to compute with
-        part = part + op.forward(x.clamp(max=0), w_neg, None)
-    return part
+    if not bool(x.detach().amin() < 0):
+        # after a ReLU: nothing to split, and no split for every backward pass to cross
+        return op.forward(x, w_pos, bias)
+    x_pos, x_neg = _SignSplit.apply(x)
+    return op.forward(x_pos, w_pos, bias) + op.forward(x_neg, w_neg, None)
+
+
+class _SignSplit(torch.autograd.Function):
+    """``(x^+, x^-)`` with ``x = x^+ + x^-``; the backward pass picks each
+    element's gradient from the part it belongs to (one ``where`` instead of two
+    clamp backwards and a sum)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tuple[Tensor, Tensor]:
+        ctx.save_for_backward(x >= 0)
+        return x.clamp(min=0), x.clamp(max=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_pos: Optional[Tensor], grad_neg: Optional[Tensor]) -> Tensor:
+        (positive,) = ctx.saved_tensors
+        if grad_pos is None or grad_neg is None:  # one part unused
+            grad = grad_neg if grad_pos is None else grad_pos
+            zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+            grad_pos, grad_neg = (zero, grad) if grad_pos is None else (grad, zero)
+        return torch.where(positive, grad_pos, grad_neg)
 
 
 class AlphaBeta(LinearRule):
@@ -252,10 +295,13 @@ class AlphaBeta(LinearRule):
     def rewire(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
         z = op.output.detach()
         positive = _signed_part(op, x, True)
-        t = self.alpha * positive * _share(z, positive, self.epsilon)
-        if self.beta:
-            negative = _signed_part(op, x, False)
-            t = t - self.beta * negative * _share(z, negative, self.epsilon)
+        share = _share(z, positive, self.epsilon, sign=1)
+        if not self.beta:  # alpha = 1
+            return _with_values(z, positive, share)
+        negative = _signed_part(op, x, False)
+        t = self.alpha * positive * share - self.beta * negative * _share(
+            z, negative, self.epsilon, sign=-1
+        )
         return _with_values(z, t)
 
     def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
@@ -344,8 +390,8 @@ class Pass(Rule):
             )
         y = output.detach()
         xd = x.detach()
-        ratio = torch.where(xd == 0, torch.zeros_like(y), y / torch.where(xd == 0, 1.0, xd))
-        return _with_values(y, x * ratio)
+        ratio = torch.where(xd == 0, torch.zeros_like(y), y / xd)
+        return _with_values(y, x, ratio)
 
 
 class Hold(Rule):

@@ -1,6 +1,8 @@
-"""Metrics: retrieval quality of embedders and faithfulness of explanations."""
+"""Metrics: retrieval quality of embedders, faithfulness of explanations and
+plausibility of PAIR-X matches."""
 
 from .insertion_deletion import InsertionDeletion, gaussian_blur, insertion_deletion
+from .match_plausibility import auroc_at_equal_similarity, match_plausibility, ransac_affine
 from .retrieval import auroc, retrieval_metrics, verification_auroc
 
 __all__ = [
@@ -10,4 +12,7 @@ __all__ = [
     "insertion_deletion",
     "InsertionDeletion",
     "gaussian_blur",
+    "match_plausibility",
+    "ransac_affine",
+    "auroc_at_equal_similarity",
 ]

@@ -1,0 +1,222 @@
+"""Speed of PairwiseIntermediateMatching (PAIR-X) at 224x224, as ratios to one
+forward+backward pass of the pair.
+
+Models (random weights, float32, eval mode; 224x224 RGB):
+
+- EfficientNet-style: ``EfficientNetEmbedder`` with EfficientNet-B0's stage
+  layout up to stride 32 (widths 16/24/40/80/112/192, 1/2/2/3/3/4 MBConv
+  blocks with squeeze-excitation, head 512, embedding 128), explained at
+  ``blocks.7``, the end of the first stride-16 stage (14x14 cells), the
+  counterpart of the reference's ``blocks.3`` of EfficientNetV2;
+- ResNet-style: ``ResNetEmbedder`` with five stages (widths
+  16/32/64/128/256, one BasicBlock each; its stem has stride 1, so the first
+  stage runs at full resolution), explained at ``layer5``, the stride-16
+  stage (14x14 cells).
+
+Measured, each as the median over rounds of the ratio to one
+forward+backward of the pair through ``SiameseSimilarity`` (input gradients
+and parameter gradients, ``benchmarks/timing.py``), the two timed back to back:
+
+- ``explain(x1, x2, k=10)`` for one pair: matches, ranking and 10 per-match
+  maps per image, with the maps' backward passes issued one per match rank
+  (the default) or vmapped into one (``batched_backward=True``);
+- ``explain(..., k=0)``: matches and ranking only;
+- ``attribute((x1, x2), k=10)``: the sum of the 10 maps of each image;
+- a naive loop of our own with the reference implementation's structure,
+  built from the same engine: each image embedded on its own, one relevance
+  pass per image down to the layer, then per image a pass with one backward
+  per match (2 plain forwards, 4 rule forwards and 2k + 2 backward passes);
+- one plain autograd backward from the layer to the pixels of both images
+  (no rules, graph built once): the least one dense per-match map can cost;
+- a batch of 16 pairs with ``k=10``, all at once and in chunks of 2 pairs
+  (``internal_batch_size=2``): time per pair (ratio to one pair's
+  forward+backward) and pairs per second.
+
+The reference implementation (github pairx-explains/pairx) needs zennit,
+timm, torchvision and OpenCV, none of which import here, so it is not run
+side by side; its measured cost on this machine (DESIGN.md) is 11.6 s per pair
+with 10 per-match maps against 0.9 s for one forward+backward on
+EfficientNetV2-rw-m at 224x224, about 13x.
+
+Usage::
+
+    python benchmarks/bench_pairx.py [--repeats 3] [--threads 1]
+        [--out benchmarks/results/pairx_speed.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import forward_backward, machine, median_ratio, median_seconds  # noqa: E402
+
+from captum_similarity import PairwiseIntermediateMatching, SiameseSimilarity  # noqa: E402
+from captum_similarity._utils.hooks import recording  # noqa: E402
+from captum_similarity.lrp import LRPEngine  # noqa: E402
+from captum_similarity.models import EfficientNetEmbedder, ResNetEmbedder  # noqa: E402
+from captum_similarity.pairwise_matching import mutual_nearest_neighbours  # noqa: E402
+
+SIZE = 224
+K = 10
+
+MODELS: Dict[str, Callable[[], nn.Module]] = {
+    "EfficientNet-style (B0 stages, SE)": lambda: EfficientNetEmbedder(
+        stages=((16, 1, 1), (24, 2, 2), (40, 2, 2), (80, 2, 3), (112, 1, 3), (192, 2, 4)),
+        head_channels=512,
+        embedding_dim=128,
+    ),
+    "ResNet-style (5 stages, stride-1 stem)": lambda: ResNetEmbedder(
+        widths=(16, 32, 64, 128, 256), embedding_dim=128
+    ),
+}
+LAYERS = {
+    "EfficientNet-style (B0 stages, SE)": "blocks.7",
+    "ResNet-style (5 stages, stride-1 stem)": "layer5",
+}
+
+
+def naive_loop(model: nn.Module, layer: str, x1: Tensor, x2: Tensor, k: int) -> List[Tensor]:
+    """PAIR-X with the reference implementation's structure, on our engine."""
+    module = model.get_submodule(layer)
+    features, embeddings = [], []
+    for x in (x1, x2):  # each image embedded on its own, as the reference does
+        with torch.no_grad(), recording(module) as rec:
+            embeddings.append(model(x))
+        features.append(rec.single())
+    f1, f2 = embeddings
+    seed = F.normalize(f1, dim=1) * F.normalize(f2, dim=1)
+    engine = LRPEngine(model, "epsilon_plus")
+    relevance = []
+    for x in (x1, x2):  # one relevance pass per image down to the layer
+        run = engine.forward(x, record=[layer])
+        relevance.append(run.propagate(seed, target=layer).sum(1).abs().flatten(1))
+    d1, d2 = (f.flatten(2).transpose(1, 2) for f in features)
+    mutual, nearest, _ = mutual_nearest_neighbours(d1, d2)
+    rank = torch.where(mutual, relevance[0] * relevance[1].gather(1, nearest), torch.tensor(-1.0))
+    cells1 = rank[0].argsort(descending=True)[:k]
+    cells = (cells1, nearest[0, cells1])
+    maps = []
+    for x, chosen in zip((x1, x2), cells):  # per image: one pass, one backward per match
+        run = engine.forward(x, record=[layer])
+        a = run.activation(layer).detach()
+        for cell in chosen.tolist():
+            seed = torch.zeros_like(a)
+            seed.flatten(2)[:, :, cell] = a.flatten(2)[:, :, cell]
+            maps.append(run.propagate(seed, source=layer))
+    return maps
+
+
+def measure(name: str, repeats: int) -> Dict[str, float]:
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    layer = LAYERS[name]
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = (torch.rand(1, 3, SIZE, SIZE, generator=g) for _ in range(2))
+    unit = forward_backward(SiameseSimilarity(model), x1, x2)
+    pairx = PairwiseIntermediateMatching(model, layer)
+    vmapped = PairwiseIntermediateMatching(model, layer, batched_backward=True)
+    out = {"fwd+bwd (ms)": median_seconds(unit, repeats) * 1e3}
+    cases = {
+        "explain k=10": lambda: pairx.explain(x1, x2, k=K),
+        "explain k=10, vmapped backward": lambda: vmapped.explain(x1, x2, k=K),
+        "explain k=0": lambda: pairx.explain(x1, x2, k=0),
+        "attribute k=10": lambda: pairx.attribute((x1, x2), k=K),
+        "naive loop k=10": lambda: naive_loop(model, layer, x1, x2, K),
+    }
+    cases["one plain backward layer -> pixels"] = plain_backward(model, layer, x1, x2)
+    for case, fn in cases.items():
+        out[case] = median_ratio(fn, unit, repeats=repeats)
+        print(f"{name}: {case} {out[case]:.2f}x", flush=True)
+    b1, b2 = (torch.rand(16, 3, SIZE, SIZE, generator=g) for _ in range(2))
+    for chunk in (None, 2):
+        key = f"batch of 16{' at once' if chunk is None else f', internal_batch_size={chunk}'}"
+        start = time.perf_counter()
+        unit_seconds = median_seconds(unit, repeats)
+        batch_seconds = median_seconds(
+            lambda chunk=chunk: pairx.explain(b1, b2, k=K, internal_batch_size=chunk), repeats=1, warmup=0
+        )
+        unit_seconds = (unit_seconds + median_seconds(unit, repeats)) / 2  # before and after
+        out[f"{key}, per pair"] = batch_seconds / 16 / unit_seconds
+        out[f"{key}, pairs/s"] = 16 / batch_seconds
+        print(
+            f"{name}: {key} {out[f'{key}, per pair']:.2f}x per pair, "
+            f"{out[f'{key}, pairs/s']:.2f} pairs/s ({time.perf_counter() - start:.0f} s)"
+        )
+    return out
+
+
+def plain_backward(model: nn.Module, layer: str, x1: Tensor, x2: Tensor) -> Callable[[], None]:
+    """One plain autograd backward from the layer's output to the pixels of both
+    images (no LRP rule), through a graph built once: the least a dense per-match
+    map can cost."""
+    x = torch.cat([x1, x2]).requires_grad_(True)
+    with recording(model.get_submodule(layer)) as rec:
+        model(x)
+    a = rec.single()
+    seed = torch.ones_like(a)
+    return lambda: torch.autograd.grad(a, x, seed, retain_graph=True)
+
+
+def main(argv: Sequence[str] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "pairx_speed.md"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = {name: measure(name, args.repeats) for name in MODELS}
+    command = "python benchmarks/bench_pairx.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    columns = [
+        "explain k=10",
+        "explain k=10, vmapped backward",
+        "explain k=0",
+        "attribute k=10",
+        "naive loop k=10",
+        "one plain backward layer -> pixels",
+        "batch of 16 at once, per pair",
+        "batch of 16, internal_batch_size=2, per pair",
+    ]
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end (2 cores "
+        "shared with other jobs: read the ratios, each timed back to back with its unit).",
+        "",
+        "Ratios to one forward+backward pass of the pair (one pair, float32, random weights); "
+        f"k = {K} per-match maps per image. Reference implementation: about 13x (11.6 s vs "
+        "0.9 s on EfficientNetV2-rw-m, DESIGN.md; not runnable here).",
+        "",
+        "| model (layer) | fwd+bwd | " + " | ".join(columns)
+        + " | pairs/s (batch of 16, internal_batch_size=2) |",
+        "|---" * (len(columns) + 3) + "|",
+    ]
+    for name, r in results.items():
+        cells = " | ".join(f"{r[c]:.2f}x" for c in columns)
+        lines.append(
+            f"| {name} (`{LAYERS[name]}`) | {r['fwd+bwd (ms)']:.0f} ms | {cells} | "
+            f"{r['batch of 16, internal_batch_size=2, pairs/s']:.2f} |"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
