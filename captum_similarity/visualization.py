@@ -10,6 +10,7 @@ per method, headless.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
@@ -181,7 +182,8 @@ def visualize_pair(
                 note = "(empty map)"
             # the method's name heads its column; an unnamed pair is labelled per image
             label = (name if side == 0 else "") if name else titles[side]
-            ax.set_title(" ".join(t for t in (label, note) if t), fontsize=9)
+            title = " ".join(t for t in (label, note) if t)
+            ax.set_title(textwrap.fill(title, 28, break_long_words=False), fontsize=9)  # wrap long names
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     if path is not None:
