@@ -338,7 +338,7 @@ def report(args, argv, embedder: str, same: Tensor, scores: Tensor, results, auc
         "pairs; both images of each pair explained (x1 for s(., x2), x2 for s(x1, .)) and scored "
         f"against the unperturbed other image; {args.n_steps} steps. Insertion/deletion AUC: mean "
         "± standard error over explained images of the area under each image's min-max normalised "
-        "curve, x 100 (SANE); raw: area under the cosine-similarity curve. Time: seconds of the "
+        "curve, x 100 (SANE); raw: area under the similarity curve. Time: seconds of the "
         f"method on batches of {args.batch} pairs divided by one forward+backward of the same "
         f"batch ({args.threads} thread{'s' if args.threads > 1 else ''}).",
         "",
