@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ._utils.batching import batch_slices
 from ._utils.checks import check_float_tensor, rows_identical
+from ._utils.hooks import has_hooks
 from .head import SimilarityHead
 from .similarity import Similarity, SimilarityLike, resolve_similarity
 
@@ -45,7 +46,12 @@ class SiameseSimilarity(nn.Module):
       both branches in one call instead of silently keeping the last one, and
       the interleaving keeps DeepLift's inputs/baselines halves aligned. Split a
       layer attribution computed this way with
-      :func:`captum_similarity.split_branches`.
+      :func:`captum_similarity.split_branches`. A broadcast side is part of
+      that call (one copy per row) whenever a hook watches the embedder; with
+      no hook, an embedder in eval mode and a side that is one row (or
+      identical rows that need no gradient), that row is embedded once and its
+      embedding broadcast, which is what makes gradient and perturbation
+      methods with a batch-1 image reference cheaper.
     - **A similarity head module.** The score is computed by ``self.head``, a
       :class:`~captum_similarity.head.SimilarityHead` carrying an LRP rule, so
       Captum's ``LRP`` conserves relevance through the similarity: each
@@ -205,7 +211,9 @@ class SiameseSimilarity(nn.Module):
 
         The sides are broadcast to a common batch size; when both are images
         of the same shape, dtype and device, the embedder runs once on their
-        interleaved rows (so hooks on its layers see both branches).
+        interleaved rows (so hooks on its layers see both branches). A
+        broadcast one-row side is embedded once instead when no hook watches
+        the embedder and it is in eval mode (see the class docstring).
 
         Args:
             x1 (Tensor): Inputs ``(N1, ...)`` or embeddings ``(N1, D)``.
@@ -214,7 +222,11 @@ class SiameseSimilarity(nn.Module):
         Returns:
             tuple: ``(f1, f2)``, each ``(N, D)`` with ``N = max(N1, N2)``.
         """
-        x1, x2 = broadcast_pair(self._check_side(x1, "x1"), self._check_side(x2, "x2"))
+        x1, x2 = self._check_side(x1, "x1"), self._check_side(x2, "x2")
+        shared = self._embed_shared(x1, x2)
+        if shared is not None:
+            return shared
+        x1, x2 = broadcast_pair(x1, x2)
         one_call = (
             not self.is_embedding(x1)
             and not self.is_embedding(x2)
@@ -226,6 +238,27 @@ class SiameseSimilarity(nn.Module):
             both = self._run_embedder(torch.stack((x1, x2), dim=1).flatten(0, 1))
             return both[0::2], both[1::2]
         return self.embed(x1), self.embed(x2)
+
+    def _embed_shared(self, x1: Tensor, x2: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
+        """Both embeddings with a one-row side embedded once and broadcast, or
+        None where that could change a result: a hook watches the embedder (it
+        must see both branches row by row), the embedder is in training mode
+        (batch statistics) or not a module (its hooks cannot be seen), or the
+        repeated rows need their own gradients."""
+        n1, n2 = x1.shape[0], x2.shape[0]
+        embedder = self.embedder
+        if n1 == n2 or not isinstance(embedder, nn.Module):
+            return None
+        if any(m.training for m in embedder.modules()):
+            return None
+        one, many = (x2, x1) if n2 < n1 else (x1, x2)
+        if one.shape[0] > 1 and (one.requires_grad or not rows_identical(one)):
+            return None  # broadcast_pair raises for rows that differ
+        if has_hooks(embedder):
+            return None
+        f_one = self.embed(one[:1]).expand(many.shape[0], -1)
+        f_many = self.embed(many)
+        return (f_many, f_one) if n2 < n1 else (f_one, f_many)
 
 
 def broadcast_pair(x1: Tensor, x2: Tensor) -> Tuple[Tensor, Tensor]:

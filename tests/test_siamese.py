@@ -1,5 +1,6 @@
 import pytest
 import torch
+from captum.attr import IntegratedGradients
 from torch import nn
 
 from captum_similarity import SiameseSimilarity, resolve_similarity
@@ -198,3 +199,49 @@ def test_extra_repr_and_submodules(model):
     assert "similarity='dot'" in repr(sim)
     assert sim.embedder is model
     assert sim.similarity.name == "dot"
+
+
+def test_a_one_row_reference_is_embedded_once_when_no_hook_watches(model, images):
+    counter = CallCounter(model).eval()
+    sim = SiameseSimilarity(counter, "dot")
+    x1, ref = images(3), images(1, seed=1)
+    f1, f2 = sim.embed_pair(x1, ref)
+    assert counter.batches == [1, 3]
+    torch.testing.assert_close(f1, model(x1))
+    torch.testing.assert_close(f2, model(ref).expand(3, -1))
+    # identical rows without gradients (Captum's expansion of a batch-1 argument)
+    counter.batches.clear()
+    torch.testing.assert_close(sim(ref.expand(2, -1, -1, -1).clone(), x1), sim(x1, ref))
+    assert counter.batches == [1, 3, 1, 3]
+    # a hook on a layer: one interleaved call, so the hook sees both branches
+    seen = []
+    handle = model.features[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    try:
+        counter.batches.clear()
+        torch.testing.assert_close(sim(x1, ref), (f1 * f2).sum(1))
+    finally:
+        handle.remove()
+    assert counter.batches == [6] and seen == [6]
+    # identical rows that need their own gradients: broadcast and interleaved
+    counter.batches.clear()
+    sim(images(4, seed=2), ref.expand(2, -1, -1, -1).clone().requires_grad_(True))
+    assert counter.batches == [8]
+    # training mode (batch statistics would change): interleaved
+    model.train()
+    counter.batches.clear()
+    sim(x1, ref)
+    assert counter.batches == [6]
+
+
+def test_integrated_gradients_are_the_same_with_and_without_the_shared_reference(model, images):
+    model.eval()
+    sim = SiameseSimilarity(model)
+    x1, ref = images(2), images(1, seed=1)
+    ig = IntegratedGradients(sim)
+    fast = ig.attribute(x1, additional_forward_args=(ref,), n_steps=8)
+    handle = model.features[0].register_forward_hook(lambda m, i, o: None)
+    try:
+        interleaved = ig.attribute(x1, additional_forward_args=(ref,), n_steps=8)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(fast, interleaved)

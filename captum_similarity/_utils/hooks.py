@@ -65,3 +65,25 @@ def recording(layer: nn.Module, attribute_to_layer_input: bool = False) -> Itera
     """Context-manager shorthand for :class:`LayerRecorder`."""
     with LayerRecorder(layer, attribute_to_layer_input) as rec:
         yield rec
+
+
+_MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """Whether any module hook (forward, forward-pre, backward, backward-pre) is
+    registered on ``model`` or one of its submodules, or globally for all
+    modules: whether something (a Captum layer method, DeepLift, LRP) watches
+    the model's layers."""
+    from torch.nn.modules import module as module_globals
+
+    if any(getattr(module_globals, name, None) for name in _GLOBAL_HOOKS):
+        return True
+    return any(getattr(m, name, None) for m in model.modules() for name in _MODULE_HOOKS)
+
