@@ -1,9 +1,10 @@
 """Cost of explaining through SiameseSimilarity, as ratios to one forward+backward.
 
 Compares, on the ResNet reference model at 64x64 with 16 pairs:
-- IntegratedGradients (32 steps) against a reference given as an image
-  (broadcast by expansion), as a precomputed embedding, and through a naive
-  hand-written wrapper that runs the encoder twice with the reference repeated;
+- IntegratedGradients (32 steps) against a batch-1 reference given as an
+  image (embedded once per call: no hook watches the encoder), as a
+  precomputed embedding, and through a naive hand-written wrapper that runs
+  the encoder twice with the reference repeated for every query;
 - Grad-CAM of both images from one interleaved pass (LayerGradCam +
   split_branches) against two per-branch calls (BranchLayerAttribution);
 - one query against a gallery of 256: similarity_matrix against a loop of

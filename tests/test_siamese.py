@@ -234,14 +234,17 @@ def test_a_one_row_reference_is_embedded_once_when_no_hook_watches(model, images
 
 
 def test_integrated_gradients_are_the_same_with_and_without_the_shared_reference(model, images):
-    model.eval()
-    sim = SiameseSimilarity(model)
+    counter = CallCounter(model).eval()
+    sim = SiameseSimilarity(counter)
     x1, ref = images(2), images(1, seed=1)
     ig = IntegratedGradients(sim)
     fast = ig.attribute(x1, additional_forward_args=(ref,), n_steps=8)
+    assert counter.batches == [1, 16]  # the reference once, the 8 steps of 2 queries
+    counter.batches.clear()
     handle = model.features[0].register_forward_hook(lambda m, i, o: None)
     try:
         interleaved = ig.attribute(x1, additional_forward_args=(ref,), n_steps=8)
     finally:
         handle.remove()
+    assert counter.batches == [32]  # reference expanded and interleaved
     torch.testing.assert_close(fast, interleaved)

@@ -1,4 +1,5 @@
-"""Forward hooks that record layer tensors, always removed on exit."""
+"""Forward hooks that record layer tensors (always removed on exit), and a check
+for hooks someone else registered."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from contextlib import contextmanager
 from typing import Iterator, List, Optional, Tuple
 
 from torch import Tensor, nn
+from torch.nn.modules import module as module_globals
 from torch.utils.hooks import RemovableHandle
 
 
@@ -81,8 +83,6 @@ def has_hooks(model: nn.Module) -> bool:
     registered on ``model`` or one of its submodules, or globally for all
     modules: whether something (a Captum layer method, DeepLift, LRP) watches
     the model's layers."""
-    from torch.nn.modules import module as module_globals
-
     if any(getattr(module_globals, name, None) for name in _GLOBAL_HOOKS):
         return True
     return any(getattr(m, name, None) for m in model.modules() for name in _MODULE_HOOKS)
