@@ -297,12 +297,14 @@ class PairwiseIntermediateMatching(GradientAttribution):
         distance (str, optional): Descriptor distance, ``"l2"`` (the
             reference's) or ``"cosine"``.
             Default: ``"l2"``
-        batched_backward (bool, optional): Compute the per-match maps of a
-            batch in one vmapped backward pass (``is_grads_batched``) instead
-            of one backward call per match rank through the same graph. Both
-            give the same maps; on a CPU the vmapped pass was measured slower
-            (PyTorch runs the convolution backward once per seed inside it),
-            see docs/pairwise-matching.md.
+        batched_backward (bool, optional): Issue the backward passes of the
+            per-match maps as one vmapped pass (``is_grads_batched``) instead
+            of one call after another through the same graph. Either way,
+            matches whose receptive fields do not overlap share a pass (see
+            :meth:`~captum_similarity.lrp.engine.RelevancePass.propagate_each`),
+            and both give the same maps; on a CPU the vmapped pass was
+            measured slower (PyTorch runs the convolution backward once per
+            seed inside it), see docs/pairwise-matching.md.
             Default: False
 
     Example::
@@ -576,16 +578,12 @@ class PairwiseIntermediateMatching(GradientAttribution):
                 maps = pass_.propagate(seeds, source=self.layer)[None]
             else:
                 seeds = self._to_layer(grid.flatten(0, 1), like).reshape(k, *like.shape)
-                maps = self._propagate_each(pass_, seeds)
+                maps = pass_.propagate_each(seeds, self.layer, vectorize=self.batched_backward)
             for s, part in zip(sides, maps.chunk(len(sides), dim=1)):
                 outputs[s].append(part)
         result = tuple(torch.cat(o, dim=1) for o in outputs)
         return (result[0][0], result[1][0]) if summed else (result[0], result[1])
 
-    def _propagate_each(self, pass_: RelevancePass, seeds: Tensor) -> Tensor:
-        if self.batched_backward:
-            return pass_.propagate(seeds, source=self.layer, batched=True)
-        return torch.stack([pass_.propagate(seed, source=self.layer) for seed in seeds])
 
 
 @dataclass

@@ -21,7 +21,11 @@ recorded layer):
 - seeded layer -> pixels for many seeds at once (PAIR-X step 6, BiLRP):
   ``p.propagate(seeds, source=layer, batched=True)`` with ``seeds`` of shape
   ``(K, *layer_shape)``: one batched backward (``is_grads_batched``) instead
-  of ``K``; layers above ``layer`` are not run again.
+  of ``K``; layers above ``layer`` are not run again;
+- many *local* seeds (a few cells each, PAIR-X's per-match maps):
+  ``p.propagate_each(seeds, source=layer)``, which gives seeds whose input
+  footprints (the receptive field of their cells, read off the graph) do not
+  overlap one shared backward pass and cuts the result apart afterwards.
 
 A conv registered right before its BatchNorm (as torchvision, timm and the
 reference models declare them) gets its rule once, from the fold, instead of
@@ -49,10 +53,12 @@ from contextlib import ExitStack
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils.hooks import LayerRecorder
 from .._utils.layers import LayerSpec, resolve_layer
+from .._utils.receptive_field import ReceptiveField, disjoint_colouring, receptive_field
 from .._utils.state import preserved_state
 from .canonizers import BATCHNORM_TYPES, LINEAR_TYPES, fold_batchnorm, linear_op
 from .composites import Composite, resolve_composite
@@ -367,3 +373,74 @@ class RelevancePass:
                 f"{target or 'the input'!r}: the target must lie below the source"
             )
         return sum(t.detach() * g for t, g in zip(targets, grads) if g is not None)
+
+    def receptive_field(self, source: LayerSpec) -> Optional[ReceptiveField]:
+        """The input positions each cell of the recorded layer ``source``
+        ``(N, C, *spatial)`` can pass relevance to, or None when the graph below
+        it holds an operation of unknown or global spatial reach (a squeeze-
+        excitation gate's branch, attention, a reshape, a global pooling)."""
+        leaves = [self.input, *self._companions]
+        return receptive_field(self.activation(source), leaves)
+
+    def propagate_each(self, seeds: Tensor, source: LayerSpec, vectorize: bool = False) -> Tensor:
+        r"""Propagates ``K`` seeds at the recorded layer ``source`` to the input,
+        one result per seed, in as few backward passes as their footprints allow.
+
+        Each seed row (one image of the batch) touches a few cells of the
+        layer; its relevance can only reach the receptive field of those cells.
+        Seeds of one image whose receptive fields do not overlap are summed
+        into one backward pass, and each seed's map is cut out of the result
+        by its receptive field. The result equals propagating the seeds one at
+        a time (the backward pass is linear in its seed); the number of passes
+        is the largest number of groups any image needs (at most ``K``). When
+        the receptive field is not known to be local (see
+        :meth:`receptive_field`), every seed gets its own pass.
+
+        Args:
+            seeds (Tensor): ``(K, *source_shape)`` relevance at ``source``.
+            source (str or nn.Module): A recorded layer with output
+                ``(N, C, *spatial)``.
+            vectorize (bool, optional): Issue the passes as one vmapped
+                backward (``is_grads_batched``) instead of one after another.
+                Default: False
+
+        Returns:
+            Tensor: ``(K, *input_shape)`` input relevance per seed.
+        """
+        src = self.activation(source)
+        if seeds.dim() != src.dim() + 1 or seeds.shape[1:] != src.shape:
+            raise ValueError(
+                f"seeds must have shape (K, {', '.join(map(str, src.shape))}), "
+                f"got {tuple(seeds.shape)}"
+            )
+        field = self.receptive_field(source) if src.dim() > 2 else None
+        if field is None:
+            return self._propagate_seeds(seeds, source, vectorize)
+        boxes = field.footprints(seeds.detach().ne(0).any(2))  # (K, N, d, 2)
+        groups = disjoint_colouring(boxes.transpose(0, 1))  # (N, K)
+        passes = int(groups.max()) + 1 if groups.numel() else 0
+        if passes == seeds.shape[0]:
+            return self._propagate_seeds(seeds, source, vectorize)
+        chosen = F.one_hot(groups, passes).permute(2, 0, 1).to(seeds.dtype)  # (G, N, K)
+        packed = torch.einsum("gnk,kn...->gn...", chosen, seeds)
+        maps = self._propagate_seeds(packed, source, vectorize)  # (G, *input_shape)
+        rows = torch.arange(seeds.shape[1], device=seeds.device)
+        picked = maps[groups.T, rows]  # (K, *input_shape)
+        return picked * _box_mask(boxes, self.input.shape[2:], picked.dtype)[:, :, None]
+
+    def _propagate_seeds(self, seeds: Tensor, source: LayerSpec, vectorize: bool) -> Tensor:
+        if vectorize:
+            return self.propagate(seeds, source=source, batched=True)
+        return torch.stack([self.propagate(seed, source=source) for seed in seeds])
+
+
+def _box_mask(boxes: Tensor, size: Sequence[int], dtype: torch.dtype) -> Tensor:
+    """``(..., *size)`` indicator of the boxes ``(..., d, 2)``."""
+    mask = None
+    for d, extent in enumerate(size):
+        index = torch.arange(extent, device=boxes.device)
+        inside = (index >= boxes[..., d, :1]) & (index <= boxes[..., d, 1:])  # (..., extent)
+        shape = inside.shape[:-1] + (1,) * d + (extent,) + (1,) * (len(size) - d - 1)
+        inside = inside.reshape(shape)
+        mask = inside if mask is None else mask & inside
+    return mask.to(dtype)

@@ -1,0 +1,141 @@
+"""Why the LRP rules run a strided 1x1 convolution on the subsampled input.
+
+Measures, on one thread at 224x224 (float32, random weights):
+
+- a ResNet shortcut alone (1x1 convolution, stride 2, 16 -> 32 channels, a
+  batch of 2): its input-gradient backward pass through PyTorch's strided
+  convolution and through the subsampled form, each as a ratio to the
+  convolution's forward pass;
+- one LRP backward pass of the ResNet-style reference model (5 stages, as in
+  ``bench_pairx.py``) from ``layer5`` to the pixels of 2 images, with the
+  rules' convolutions run either way.
+
+Each number is the median of ``--repeats`` rounds, the variants timed back to
+back in every round.
+
+Usage::
+
+    python benchmarks/bench_strided_shortcut.py [--repeats 15]
+        [--out benchmarks/results/strided_shortcut.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from statistics import median
+from typing import Callable, Dict, Sequence
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import machine  # noqa: E402
+
+from captum_similarity.lrp import LRPEngine, canonizers  # noqa: E402
+from captum_similarity.models import ResNetEmbedder  # noqa: E402
+
+
+def rounds(cases: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
+    """Median seconds of each case, all cases timed back to back in each round."""
+    times: Dict[str, list] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: median(t) for name, t in times.items()}
+
+
+def shortcut(repeats: int) -> Dict[str, float]:
+    torch.manual_seed(0)
+    x = torch.rand(2, 16, 224, 224, requires_grad=True)
+    w = torch.randn(32, 16, 1, 1)
+    strided = F.conv2d(x, w, stride=2)
+    subsampled = F.conv2d(x[:, :, ::2, ::2], w)
+    torch.testing.assert_close(strided, subsampled)
+    g = torch.randn_like(strided)
+    return rounds(
+        {
+            "forward": lambda: F.conv2d(x.detach(), w, stride=2),
+            "strided backward": lambda: torch.autograd.grad(strided, x, g, retain_graph=True),
+            "subsampled backward": lambda: torch.autograd.grad(subsampled, x, g, retain_graph=True),
+        },
+        repeats,
+    )
+
+
+def lrp_backward(repeats: int) -> Dict[str, float]:
+    torch.manual_seed(0)
+    model = ResNetEmbedder(widths=(16, 32, 64, 128, 256), embedding_dim=128).eval()
+    x = torch.rand(2, 3, 224, 224)
+    ours = canonizers._conv_forward
+    passes = {}
+    for name, forward in (("subsampled", ours), ("strided", lambda module: module._conv_forward)):
+        canonizers._conv_forward = forward
+        try:
+            run = LRPEngine(model).forward(x, record=["layer5"])
+        finally:
+            canonizers._conv_forward = ours
+        seed = run.activation("layer5").detach()
+        passes[name] = (run, seed)
+    torch.testing.assert_close(
+        passes["subsampled"][0].propagate(passes["subsampled"][1], source="layer5"),
+        passes["strided"][0].propagate(passes["strided"][1], source="layer5"),
+    )
+    return rounds(
+        {
+            f"LRP backward, {name}": (lambda r=run, s=seed: r.propagate(s, source="layer5"))
+            for name, (run, seed) in passes.items()
+        },
+        repeats,
+    )
+
+
+def main(argv: Sequence[str] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "strided_shortcut.md"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    conv = shortcut(args.repeats)
+    lrp = lrp_backward(args.repeats)
+    command = "python benchmarks/bench_strided_shortcut.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    fwd = conv["forward"]
+    lines = [
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end.",
+        "",
+        "| measurement | median | ratio |",
+        "|---|---|---|",
+        f"| 1x1 stride-2 conv, 2x16x224x224 -> 32 ch, forward | {fwd * 1e3:.1f} ms | 1.00x |",
+        f"| its input gradient, strided convolution backward | "
+        f"{conv['strided backward'] * 1e3:.1f} ms | {conv['strided backward'] / fwd:.2f}x forward |",
+        f"| its input gradient, subsampled form | "
+        f"{conv['subsampled backward'] * 1e3:.1f} ms | {conv['subsampled backward'] / fwd:.2f}x forward |",
+        f"| LRP backward layer5 -> pixels (ResNet-style, 2 images), strided shortcuts | "
+        f"{lrp['LRP backward, strided'] * 1e3:.1f} ms | 1.00x |",
+        f"| the same, subsampled shortcuts (the rules' form) | "
+        f"{lrp['LRP backward, subsampled'] * 1e3:.1f} ms | "
+        f"{lrp['LRP backward, subsampled'] / lrp['LRP backward, strided']:.2f}x |",
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
