@@ -285,3 +285,22 @@ def test_declared_channel_affine_layers_fold_like_batchnorm():
         _relevance(affine, x, seed, **rules),
         _relevance(model, x, seed, layer_rules={LINEAR_TYPES + BATCHNORM_TYPES: ZPlus(0.0)}),
     )
+
+
+def test_element_wise_choices_are_exact():
+    from captum_similarity.lrp.rules import _SignSplit, divide_or_zero
+
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(3, 4, 5, dtype=torch.float64, generator=g)
+    d[0, 1, :3] = 0.0
+    n = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=g)  # a leading seed dimension
+    expected = torch.where(d == 0, torch.zeros_like(n), n / d)
+    assert torch.equal(divide_or_zero(n, d), expected)
+    x = torch.randn(2, 3, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    x_pos, x_neg = _SignSplit.apply(x)
+    assert torch.equal(x_pos + x_neg, x.detach())
+    g_pos, g_neg = (torch.randn(2, 3, 6, dtype=torch.float64, generator=g) for _ in range(2))
+    (grad,) = torch.autograd.grad((x_pos, x_neg), x, (g_pos, g_neg), retain_graph=True)
+    assert torch.equal(grad, torch.where(x.detach() >= 0, g_pos, g_neg))
+    (only_negative,) = torch.autograd.grad(x_neg, x, g_neg)
+    assert torch.equal(only_negative, torch.where(x.detach() >= 0, 0.0, g_neg))

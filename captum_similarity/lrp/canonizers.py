@@ -149,13 +149,20 @@ def channel_affine(module: nn.Module) -> Optional[Tuple[Tensor, Tensor]]:
     return None
 
 
-def fold_batchnorm(op: LinearOp, bn: nn.Module) -> LinearOp:
+def fold_batchnorm(op: LinearOp, bn: nn.Module, output: Optional[Tensor] = None) -> LinearOp:
     r"""Merges ``bn``, a BatchNorm (eval mode) or another per-channel affine
     layer (see :func:`channel_affine`), into the linear layer ``op`` that feeds it.
 
+    Args:
+        op (LinearOp): The linear layer.
+        bn (nn.Module): The per-channel affine layer that follows it.
+        output (Tensor, optional): ``bn``'s output in this forward pass, when
+            known (saves recomputing it).
+            Default: None
+
     Returns:
         LinearOp: ``x -> bn(op(x))`` with fused weight and bias; its ``output``
-        is ``bn`` applied to ``op.output`` (values of the forward pass).
+        is ``output``, or ``bn``'s affine map applied to ``op.output``.
     """
     affine = channel_affine(bn)
     if affine is None:
@@ -163,7 +170,9 @@ def fold_batchnorm(op: LinearOp, bn: nn.Module) -> LinearOp:
     scale, shift = affine
     weight = op.weight * scale.reshape((-1,) + (1,) * (op.weight.dim() - 1))
     bias = shift if op.bias is None else op.bias * scale + shift
-    return LinearOp(op.forward, weight, bias, _channel_affine(op.output, scale, shift))
+    if output is None:
+        output = _channel_affine(op.output, scale, shift)
+    return LinearOp(op.forward, weight, bias, output)
 
 
 def is_squeeze_excitation(module: nn.Module) -> bool:

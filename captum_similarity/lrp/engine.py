@@ -62,7 +62,7 @@ from .._utils.receptive_field import ReceptiveField, disjoint_colouring, recepti
 from .._utils.state import preserved_state
 from .canonizers import BATCHNORM_TYPES, LINEAR_TYPES, fold_batchnorm, linear_op
 from .composites import Composite, resolve_composite
-from .rules import LinearRule, Rule
+from .rules import LinearRule, Rule, divide_or_zero
 
 __all__ = ["LRPEngine", "RelevancePass"]
 
@@ -130,7 +130,7 @@ def _rule_hook(name: str, rule: Optional[Rule], trace: _Trace):
             entry = trace.produced.get(id(x))
             if entry is not None and entry[0] is x:
                 _, conv_input, conv_rule, conv, conv_raw = entry
-                op = fold_batchnorm(linear_op(conv, conv_raw), module)
+                op = fold_batchnorm(linear_op(conv, conv_raw), module, output)
                 out = conv_rule.rewire(op, conv_input, trace)
                 trace.redirect(x, out)
                 if id(x) in trace.pending:
@@ -357,7 +357,7 @@ class RelevancePass:
                 f"{', '.join(map(str, src.shape))}), got {tuple(seed.shape)}"
             )
         a = src.detach()
-        grad_seed = torch.where(a == 0, torch.zeros_like(seed), seed / torch.where(a == 0, 1.0, a))
+        grad_seed = divide_or_zero(seed, a)
         targets = [self.input, *self._companions] if target is None else [self.activation(target)]
         grads = torch.autograd.grad(
             src,

@@ -88,6 +88,18 @@ class Rule(ABC):
         return f"{type(self).__name__}({args})"
 
 
+# Element-wise choices below use masks of the data's dtype and arithmetic that
+# is exact for 0/1 weights: on a CPU, torch.where with a boolean mask costs
+# several times a multiplication, and these run on every activation.
+
+
+def divide_or_zero(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator``, zero where the denominator is zero."""
+    ratio = numerator / denominator
+    ratio[(denominator == 0).expand_as(ratio)] = 0  # a sparse write, cheap where zeros are few
+    return ratio
+
+
 def _share(z: Tensor, denominator: Tensor, epsilon: float, sign: int = 0) -> Tensor:
     """``z / (denominator + epsilon * sign)``, zero where the denominator is zero
     (the sign of a zero denominator counts as positive). ``sign`` = 1 or -1
@@ -96,8 +108,9 @@ def _share(z: Tensor, denominator: Tensor, epsilon: float, sign: int = 0) -> Ten
     if epsilon > 0:  # the stabilised denominator is never zero
         if sign:
             return z / (d + sign * epsilon)
-        return z / torch.where(d >= 0, d + epsilon, d - epsilon)
-    return torch.where(d == 0, torch.zeros_like(z), z / d)
+        signs = 1 - 2 * (d < 0).to(d.dtype)
+        return z / (d + epsilon * signs)
+    return divide_or_zero(z, d)
 
 
 class _Rewired(torch.autograd.Function):
@@ -230,7 +243,8 @@ class Gamma(LinearRule):
             return z
         positive = _signed_part(op, x, True, None if bias is None else bias.clamp(min=0))
         negative = _signed_part(op, x, False, None if bias is None else bias.clamp(max=0))
-        return z + self.gamma * torch.where(z.detach() >= 0, positive, negative)
+        chosen = torch.lerp(negative, positive, (z.detach() >= 0).to(z.dtype))
+        return z + self.gamma * chosen
 
 
 def _signed_part(op: LinearOp, x: Tensor, positive: bool, bias: Optional[Tensor] = None) -> Tensor:
@@ -247,12 +261,12 @@ def _signed_part(op: LinearOp, x: Tensor, positive: bool, bias: Optional[Tensor]
 
 class _SignSplit(torch.autograd.Function):
     """``(x^+, x^-)`` with ``x = x^+ + x^-``; the backward pass picks each
-    element's gradient from the part it belongs to (one ``where`` instead of two
-    clamp backwards and a sum)."""
+    element's gradient from the part it belongs to (one ``lerp`` with 0/1
+    weights, exact, instead of two clamp backwards and a sum)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tuple[Tensor, Tensor]:
-        ctx.save_for_backward(x >= 0)
+        ctx.save_for_backward((x >= 0).to(x.dtype))
         return x.clamp(min=0), x.clamp(max=0)
 
     @staticmethod
@@ -260,9 +274,8 @@ class _SignSplit(torch.autograd.Function):
         (positive,) = ctx.saved_tensors
         if grad_pos is None or grad_neg is None:  # one part unused
             grad = grad_neg if grad_pos is None else grad_pos
-            zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
-            grad_pos, grad_neg = (zero, grad) if grad_pos is None else (grad, zero)
-        return torch.where(positive, grad_pos, grad_neg)
+            return grad * (positive if grad_neg is None else 1 - positive)
+        return torch.lerp(grad_neg, grad_pos, positive)
 
 
 class AlphaBeta(LinearRule):
@@ -390,7 +403,7 @@ class Pass(Rule):
             )
         y = output.detach()
         xd = x.detach()
-        ratio = torch.where(xd == 0, torch.zeros_like(y), y / xd)
+        ratio = divide_or_zero(y, xd)
         return _with_values(y, x, ratio)
 
 
