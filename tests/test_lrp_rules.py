@@ -296,6 +296,8 @@ def test_element_wise_choices_are_exact():
     n = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=g)  # a leading seed dimension
     expected = torch.where(d == 0, torch.zeros_like(n), n / d)
     assert torch.equal(divide_or_zero(n, d), expected)
+    nonzero = d + (d == 0).to(d.dtype)
+    assert torch.equal(divide_or_zero(n, nonzero), n / nonzero)
     x = torch.randn(2, 3, 6, dtype=torch.float64, generator=g, requires_grad=True)
     x_pos, x_neg = _SignSplit.apply(x)
     assert torch.equal(x_pos + x_neg, x.detach())

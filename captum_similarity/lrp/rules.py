@@ -96,7 +96,9 @@ class Rule(ABC):
 def divide_or_zero(numerator: Tensor, denominator: Tensor) -> Tensor:
     """``numerator / denominator``, zero where the denominator is zero."""
     ratio = numerator / denominator
-    ratio[(denominator == 0).expand_as(ratio)] = 0  # a sparse write, cheap where zeros are few
+    # a zero denominator gives an infinite or NaN ratio: a finite sum rules it out
+    if not bool(torch.isfinite(ratio.sum())):
+        ratio[(denominator == 0).expand_as(ratio)] = 0
     return ratio
 
 
