@@ -216,3 +216,15 @@ def test_pairx_maps_from_packed_passes_equal_one_seed_at_a_time(monkeypatch):
                 seed[:, :, row, col] = raw[:, :, row, col]
                 expected = run.propagate(seed, source="layer2")[0]
                 torch.testing.assert_close(maps[j], expected, rtol=1e-9, atol=1e-15)
+
+
+def test_propagate_each_rejects_bad_seeds():
+    model = make_reference_model("resnet")
+    run = LRPEngine(model).forward(torch.rand(2, 3, 32, 32, dtype=torch.float64), record=["layer2"])
+    raw = run.activation("layer2").detach()
+    with pytest.raises(ValueError, match="seeds must have shape"):
+        run.propagate_each(raw, "layer2")  # no seed dimension
+    with pytest.raises(TypeError, match="seeds must be a Tensor"):
+        run.propagate_each([raw], "layer2")
+    with pytest.raises(ValueError, match="not recorded"):
+        run.propagate_each(raw[None], "layer3")

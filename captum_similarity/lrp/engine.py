@@ -377,8 +377,8 @@ class RelevancePass:
     def receptive_field(self, source: LayerSpec) -> Optional[ReceptiveField]:
         """The input positions each cell of the recorded layer ``source``
         ``(N, C, *spatial)`` can pass relevance to, or None when the graph below
-        it holds an operation of unknown or global spatial reach (a squeeze-
-        excitation gate's branch, attention, a reshape, a global pooling)."""
+        it holds an operation of unknown or global spatial reach (attention, a
+        reshape, a global pooling, a gate that was not held constant)."""
         leaves = [self.input, *self._companions]
         return receptive_field(self.activation(source), leaves)
 
@@ -408,6 +408,8 @@ class RelevancePass:
             Tensor: ``(K, *input_shape)`` input relevance per seed.
         """
         src = self.activation(source)
+        if not isinstance(seeds, Tensor):
+            raise TypeError(f"seeds must be a Tensor, got {type(seeds).__name__}")
         if seeds.dim() != src.dim() + 1 or seeds.shape[1:] != src.shape:
             raise ValueError(
                 f"seeds must have shape (K, {', '.join(map(str, src.shape))}), "
