@@ -253,7 +253,9 @@ class PairwiseIntermediateMatching(GradientAttribution):
     5. For each of the top ``k`` matches, each image's cell activation (all
        channels, zero elsewhere) is propagated from the layer down to the
        pixels: one relevance map per match and image. The layers above are not
-       run again; all matches share the one forward pass.
+       run again; all matches share the one forward pass, and matches whose
+       receptive fields do not overlap share a backward pass (exact; see
+       :meth:`~captum_similarity.lrp.engine.RelevancePass.propagate_each`).
 
     :meth:`explain` returns everything per pair (:class:`PairMatches`);
     :meth:`attribute` returns, Captum-style, the sum of the top ``k`` per-match
@@ -381,8 +383,8 @@ class PairwiseIntermediateMatching(GradientAttribution):
                 None for all at once; results do not depend on it. The rule
                 pass keeps every activation of its batch for the backward
                 passes, so large batches are memory-bound: at 224 x 224 on a
-                CPU, chunks of 1 to 4 pairs were measured to cost the same per
-                pair and 16 pairs at once about twice as much
+                CPU, 16 pairs at once cost 1.4x (ResNet-style) to 2.4x
+                (EfficientNet-style) as much per pair as chunks of 2
                 (docs/pairwise-matching.md).
                 Default: 4
 

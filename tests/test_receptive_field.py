@@ -108,6 +108,21 @@ def test_colouring_never_groups_overlapping_boxes():
     assert int(disjoint_colouring(line).max()) + 1 == 2
 
 
+def test_colouring_many_boxes_stays_valid():
+    # beyond the exact search (64 boxes): DSatur's colouring alone, still valid
+    g = torch.Generator().manual_seed(2)
+    first = torch.randint(0, 500, (1, 1200, 1), generator=g)
+    boxes = torch.stack((first, first + 3), -1)
+    colours = disjoint_colouring(boxes)[0]
+    order = first[0, :, 0].argsort()
+    starts, groups = first[0, order, 0], colours[order]
+    for i in range(len(order)):
+        for j in range(i + 1, len(order)):
+            if starts[j] > starts[i] + 3:
+                break
+            assert groups[i] != groups[j]
+
+
 def _chromatic_number(overlap):
     """Fewest groups, by trying every assignment."""
     k = len(overlap)

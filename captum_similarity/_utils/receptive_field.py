@@ -309,8 +309,9 @@ def disjoint_colouring(boxes: Tensor) -> Tensor:
     """Groups ``(..., K)`` for the boxes ``(..., K, d, 2)`` such that boxes of
     one group never overlap (per leading index; empty boxes overlap nothing),
     with few groups: a colouring of the overlap graph, DSatur's greedy one
-    (Brelaz, 1979) improved by a bounded backtracking search for one with
-    fewer colours (the fewest, for the ten or so boxes of PAIR-X)."""
+    (Brelaz, 1979) improved, for up to 64 boxes, by a bounded backtracking
+    search for one with fewer colours (the fewest, for the ten or so boxes of
+    PAIR-X)."""
     first, last = boxes[..., 0], boxes[..., 1]  # (..., K, d)
     overlap = (
         (first[..., :, None, :] <= last[..., None, :, :])
@@ -342,10 +343,15 @@ def _dsatur(adjacency: List[List[bool]]) -> List[int]:
     return colour
 
 
+_SEARCH_LIMIT = 64  # vertices: the backtracking recurses once per vertex
+
+
 def _fewest_colours(adjacency: List[List[bool]], budget: int = 20_000) -> List[int]:
-    """DSatur's colouring, then colourings with one colour fewer while a
-    search within ``budget`` steps finds one."""
+    """DSatur's colouring, then (up to ``_SEARCH_LIMIT`` vertices) colourings
+    with one colour fewer while a search within ``budget`` steps finds one."""
     best = _dsatur(adjacency)
+    if len(adjacency) > _SEARCH_LIMIT:
+        return best
     steps = [budget]
     while best and max(best) > 0:
         fewer = _colour_within(adjacency, max(best), steps)
