@@ -253,8 +253,9 @@ class PairwiseIntermediateMatching(GradientAttribution):
     5. For each of the top ``k`` matches, each image's cell activation (all
        channels, zero elsewhere) is propagated from the layer down to the
        pixels: one relevance map per match and image. The layers above are not
-       run again; all matches share the one forward pass, and matches whose
-       receptive fields do not overlap share a backward pass (exact; see
+       run again; all matches share the one forward pass, and each match's
+       backward pass is computed only on its receptive field, all matches at
+       once (exact; see
        :meth:`~captum_similarity.lrp.engine.RelevancePass.propagate_each`).
 
     :meth:`explain` returns everything per pair (:class:`PairMatches`);
@@ -299,14 +300,15 @@ class PairwiseIntermediateMatching(GradientAttribution):
         distance (str, optional): Descriptor distance, ``"l2"`` (the
             reference's) or ``"cosine"``.
             Default: ``"l2"``
-        batched_backward (bool, optional): Issue the backward passes of the
-            per-match maps as one vmapped pass (``is_grads_batched``) instead
-            of one call after another through the same graph. Either way,
-            matches whose receptive fields do not overlap share a pass (see
-            :meth:`~captum_similarity.lrp.engine.RelevancePass.propagate_each`),
-            and both give the same maps; on a CPU the vmapped pass was
-            measured slower (PyTorch runs the convolution backward once per
-            seed inside it), see docs/pairwise-matching.md.
+        batched_backward (bool, optional): Compute the per-match maps with
+            dense backward passes issued as one vmapped pass
+            (``is_grads_batched``; matches whose receptive fields do not overlap
+            share a pass) instead of the default: one backward pass restricted
+            to each match's receptive field where the graph allows it, dense
+            passes one after another otherwise (see
+            :meth:`~captum_similarity.lrp.engine.RelevancePass.propagate_each`).
+            Both give the same maps; on a CPU the default was measured faster,
+            see docs/pairwise-matching.md.
             Default: False
 
     Example::
@@ -383,7 +385,7 @@ class PairwiseIntermediateMatching(GradientAttribution):
                 None for all at once; results do not depend on it. The rule
                 pass keeps every activation of its batch for the backward
                 passes, so large batches are memory-bound: at 224 x 224 on a
-                CPU, 16 pairs at once cost 1.4x (ResNet-style) to 2.4x
+                CPU, 16 pairs at once cost 1.4x (ResNet-style) to 2.0x
                 (EfficientNet-style) as much per pair as chunks of 2
                 (docs/pairwise-matching.md).
                 Default: 4
@@ -580,7 +582,12 @@ class PairwiseIntermediateMatching(GradientAttribution):
                 maps = pass_.propagate(seeds, source=self.layer)[None]
             else:
                 seeds = self._to_layer(grid.flatten(0, 1), like).reshape(k, *like.shape)
-                maps = pass_.propagate_each(seeds, self.layer, vectorize=self.batched_backward)
+                maps = pass_.propagate_each(
+                    seeds,
+                    self.layer,
+                    vectorize=self.batched_backward,
+                    windowed=not self.batched_backward,
+                )
             for s, part in zip(sides, maps.chunk(len(sides), dim=1)):
                 outputs[s].append(part)
         result = tuple(torch.cat(o, dim=1) for o in outputs)

@@ -45,6 +45,19 @@ def make_reference_model(kind: str, seed: int = 0, dtype: torch.dtype = torch.fl
 REFERENCE_KINDS = ["cnn", "resnet", "efficientnet", "vit"]
 
 
+def local_seeds(activation: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
+    """``count`` relevance seeds ``(count, N, C, h, w)``, each one random cell
+    (all channels of ``activation``) per image."""
+    g = torch.Generator().manual_seed(seed)
+    n, _, h, w = activation.shape
+    seeds = torch.zeros((count, *activation.shape), dtype=activation.dtype)
+    for k in range(count):
+        for r in range(n):
+            i, j = (int(torch.randint(0, s, (1,), generator=g)) for s in (h, w))
+            seeds[k, r, :, i, j] = activation[r, :, i, j]
+    return seeds
+
+
 def zero_additive_constants(model: nn.Module) -> nn.Module:
     """Zeroes biases, BatchNorm means and the ViT's class/position tokens, so
     that nothing but the input can absorb relevance (LRP conserves exactly)."""

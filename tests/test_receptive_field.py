@@ -1,6 +1,6 @@
 """Receptive fields read off the graph, disjoint packing of local seeds, and
-PAIR-X per-match maps from packed backward passes: against brute-force
-supports and one-seed-at-a-time propagation."""
+PAIR-X per-match maps from packed or windowed backward passes: against
+brute-force supports and one-seed-at-a-time propagation."""
 
 import itertools
 
@@ -11,8 +11,9 @@ from torch import nn
 from captum_similarity import PairwiseIntermediateMatching
 from captum_similarity._utils.receptive_field import disjoint_colouring, receptive_field
 from captum_similarity.lrp import LRPEngine
+from captum_similarity.lrp import engine as engine_module
 from captum_similarity.lrp.engine import RelevancePass
-from conftest import make_reference_model
+from conftest import local_seeds, make_reference_model
 
 
 class _Subsample(nn.Module):
@@ -153,18 +154,6 @@ def test_colouring_uses_the_fewest_groups_on_small_sets():
         assert int(colours[b].max()) + 1 == _chromatic_number(overlap)
 
 
-def _local_seeds(activation: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
-    """``count`` seeds, each one random cell per image of ``activation``."""
-    g = torch.Generator().manual_seed(seed)
-    n, _, h, w = activation.shape
-    seeds = torch.zeros((count, *activation.shape), dtype=activation.dtype)
-    for k in range(count):
-        for r in range(n):
-            i, j = (int(torch.randint(0, s, (1,), generator=g)) for s in (h, w))
-            seeds[k, r, :, i, j] = activation[r, :, i, j]
-    return seeds
-
-
 @pytest.mark.parametrize("kind,layer", [("resnet", "layer2"), ("efficientnet", "blocks.2")])
 @pytest.mark.parametrize("vectorize", [False, True])
 def test_packed_seeds_equal_one_at_a_time(kind, layer, vectorize, monkeypatch):
@@ -173,7 +162,7 @@ def test_packed_seeds_equal_one_at_a_time(kind, layer, vectorize, monkeypatch):
     run = LRPEngine(model, "epsilon_plus").forward(x, record=[layer])
     # squeeze-excitation gates are held constant by the rules: the map stays local
     assert run.receptive_field(layer) is not None
-    seeds = _local_seeds(run.activation(layer).detach(), 8)
+    seeds = local_seeds(run.activation(layer).detach(), 8)
     expected = torch.stack([run.propagate(s, source=layer) for s in seeds])
     calls = []
     original = RelevancePass.propagate
@@ -183,7 +172,7 @@ def test_packed_seeds_equal_one_at_a_time(kind, layer, vectorize, monkeypatch):
         return original(self, seed, *args, **kwargs)
 
     monkeypatch.setattr(RelevancePass, "propagate", counting)
-    packed = run.propagate_each(seeds, layer, vectorize=vectorize)
+    packed = run.propagate_each(seeds, layer, vectorize=vectorize, windowed=False)
     assert sum(calls) < len(seeds)  # seeds far apart shared backward passes
     torch.testing.assert_close(packed, expected, rtol=1e-9, atol=1e-15)
 
@@ -201,23 +190,32 @@ def test_global_graph_falls_back_to_one_pass_per_seed():
     torch.testing.assert_close(run.propagate_each(seeds, "blocks.1"), expected)
 
 
-def test_pairx_maps_from_packed_passes_equal_one_seed_at_a_time(monkeypatch):
+@pytest.mark.parametrize("batched_backward", [False, True])
+def test_pairx_maps_from_shared_passes_equal_one_seed_at_a_time(batched_backward, monkeypatch):
     model = make_reference_model("resnet")
     g = torch.Generator().manual_seed(2)
     x1, x2 = (torch.rand(2, 3, 96, 96, dtype=torch.float64, generator=g) for _ in range(2))
-    pairx = PairwiseIntermediateMatching(model, "layer2")
-    sources = []
-    original = RelevancePass.propagate
+    pairx = PairwiseIntermediateMatching(model, "layer2", batched_backward=batched_backward)
+    dense, windowed = [], []
+    original, original_windowed = RelevancePass.propagate, engine_module.windowed_backward
 
     def counting(self, seed, source=None, *args, **kwargs):
-        sources.append(source)
+        if source is not None:  # the other one reaches the layer
+            dense.append(seed.shape[0] if kwargs.get("batched") else 1)
         return original(self, seed, source, *args, **kwargs)
 
+    def counting_windowed(*args, **kwargs):
+        windowed.append(1)
+        return original_windowed(*args, **kwargs)
+
     monkeypatch.setattr(RelevancePass, "propagate", counting)
+    monkeypatch.setattr(engine_module, "windowed_backward", counting_windowed)
     results = pairx.explain(x1, x2, k=6)
     monkeypatch.undo()
-    backward = [s for s in sources if s is not None]  # the other one reaches the layer
-    assert 0 < len(backward) < 6  # fewer backward passes than matches
+    if batched_backward:  # packed dense passes, vmapped
+        assert not windowed and 0 < sum(dense) < 6
+    else:  # one windowed pass per batch of pairs, no dense pass
+        assert windowed and not dense
     engine = LRPEngine(model, "epsilon_plus")
     for p, result in enumerate(results):
         for x, cells, maps in (

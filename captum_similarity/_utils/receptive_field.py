@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["ReceptiveField", "receptive_field", "disjoint_colouring"]
+__all__ = ["ReceptiveField", "cell_bounds", "receptive_field", "disjoint_colouring"]
 
 # autograd nodes of operations that map each position to the same position
 _ELEMENTWISE = {
@@ -108,18 +108,26 @@ class ReceptiveField:
         the cells' bounding box; an empty support gives an empty box."""
         ndim = len(self.stride)
         lead = support.shape[: support.dim() - ndim]
-        first, last = [], []
-        for d in range(ndim):
-            others = tuple(support.dim() - ndim + e for e in range(ndim) if e != d)
-            hit = support.any(dim=others) if others else support  # (..., grid_d)
-            index = torch.arange(hit.shape[-1], device=support.device)
-            first.append(torch.where(hit, index, hit.shape[-1]).amin(-1))
-            last.append(torch.where(hit, index, -1).amax(-1))
-        low = self.boxes(torch.stack(first, -1))[..., 0]
-        high = self.boxes(torch.stack(last, -1))[..., 1]
+        first, last = cell_bounds(support, ndim)
+        low = self.boxes(first)[..., 0]
+        high = self.boxes(last)[..., 1]
         empty = ~support.reshape(*lead, -1).any(-1)
         high = torch.where(empty[..., None], low - 1, high)
         return torch.stack((low, high), dim=-1)
+
+
+def cell_bounds(support: Tensor, ndim: int) -> Tuple[Tensor, Tensor]:
+    """First and last cell ``(..., d)`` per axis of the boolean maps ``support``
+    ``(..., *grid)`` with ``d = ndim`` grid axes; an empty map gives
+    first = grid size and last = -1."""
+    first, last = [], []
+    for d in range(ndim):
+        others = tuple(support.dim() - ndim + e for e in range(ndim) if e != d)
+        hit = support.any(dim=others) if others else support  # (..., grid_d)
+        index = torch.arange(hit.shape[-1], device=support.device)
+        first.append(torch.where(hit, index, hit.shape[-1]).amin(-1))
+        last.append(torch.where(hit, index, -1).amax(-1))
+    return torch.stack(first, -1), torch.stack(last, -1)
 
 
 def receptive_field(output: Tensor, leaves: Sequence[Tensor]) -> Optional[ReceptiveField]:

@@ -23,9 +23,11 @@ recorded layer):
   ``(K, *layer_shape)``: one batched backward (``is_grads_batched``) instead
   of ``K``; layers above ``layer`` are not run again;
 - many *local* seeds (a few cells each, PAIR-X's per-match maps):
-  ``p.propagate_each(seeds, source=layer)``, which gives seeds whose input
-  footprints (the receptive field of their cells, read off the graph) do not
-  overlap one shared backward pass and cuts the result apart afterwards.
+  ``p.propagate_each(seeds, source=layer)``, which computes each seed's
+  backward pass only on its input footprint (the receptive field of its
+  cells, read off the graph), all seeds at once, or else gives seeds whose
+  footprints do not overlap one shared backward pass and cuts the result
+  apart afterwards.
 
 A conv registered right before its BatchNorm (as torchvision, timm and the
 reference models declare them) gets its rule once, from the fold, instead of
@@ -48,6 +50,8 @@ Example::
 
 from __future__ import annotations
 
+import functools
+import math
 import warnings
 from contextlib import ExitStack
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
@@ -58,7 +62,13 @@ from torch import Tensor, nn
 
 from .._utils.hooks import LayerRecorder
 from .._utils.layers import LayerSpec, resolve_layer
-from .._utils.receptive_field import ReceptiveField, disjoint_colouring, receptive_field
+from .._utils.receptive_field import (
+    ReceptiveField,
+    cell_bounds,
+    disjoint_colouring,
+    receptive_field,
+)
+from .._utils.windowed_backward import Windows, add, crop, windowable, windowed_backward
 from .._utils.state import preserved_state
 from .canonizers import BATCHNORM_TYPES, LINEAR_TYPES, fold_batchnorm, linear_op
 from .composites import Composite, resolve_composite
@@ -382,27 +392,44 @@ class RelevancePass:
         leaves = [self.input, *self._companions]
         return receptive_field(self.activation(source), leaves)
 
-    def propagate_each(self, seeds: Tensor, source: LayerSpec, vectorize: bool = False) -> Tensor:
+    def propagate_each(
+        self, seeds: Tensor, source: LayerSpec, vectorize: bool = False, windowed: bool = True
+    ) -> Tensor:
         r"""Propagates ``K`` seeds at the recorded layer ``source`` to the input,
-        one result per seed, in as few backward passes as their footprints allow.
+        one result per seed, computing as little as their footprints allow.
 
         Each seed row (one image of the batch) touches a few cells of the
-        layer; its relevance can only reach the receptive field of those cells.
-        Seeds of one image whose receptive fields do not overlap are summed
-        into one backward pass, and each seed's map is cut out of the result
-        by its receptive field. The result equals propagating the seeds one at
-        a time (the backward pass is linear in its seed); the number of passes
-        is the largest number of groups any image needs (at most ``K``). When
-        the receptive field is not known to be local (see
-        :meth:`receptive_field`), every seed gets its own pass.
+        layer; its relevance can only reach the receptive field of those cells
+        (see :meth:`receptive_field`). Two exact ways use that:
+
+        - *windowed* (the default where it applies): one backward pass of our
+          own through the graph that keeps, for each seed row, only the window
+          of each intermediate tensor the seed can reach
+          (:func:`~captum_similarity._utils.windowed_backward.windowed_backward`);
+          ten seeds whose footprints each cover a fifth of the image cost
+          about two dense passes. It applies when every node of the graph
+          below ``source`` is one it reproduces (convolutions, pooling, slices,
+          concatenation, additions, ReLU and the LRP rules' functions) and the
+          windows cover less input than the packed passes would;
+        - *packed*: seeds of one image whose receptive fields do not overlap
+          are summed into one dense backward pass, and each seed's map is cut
+          out of the result by its receptive field; the number of passes is
+          the largest number of groups any image needs (at most ``K``).
+
+        Either way the result equals propagating the seeds one at a time (the
+        backward pass is linear in its seed). When the receptive field is not
+        known to be local, every seed gets its own dense pass.
 
         Args:
             seeds (Tensor): ``(K, *source_shape)`` relevance at ``source``.
             source (str or nn.Module): A recorded layer with output
                 ``(N, C, *spatial)``.
-            vectorize (bool, optional): Issue the passes as one vmapped
+            vectorize (bool, optional): Issue the dense passes as one vmapped
                 backward (``is_grads_batched``) instead of one after another.
                 Default: False
+            windowed (bool, optional): Use the windowed pass where it applies;
+                False always runs dense passes.
+                Default: True
 
         Returns:
             Tensor: ``(K, *input_shape)`` input relevance per seed.
@@ -418,9 +445,14 @@ class RelevancePass:
         field = self.receptive_field(source) if src.dim() > 2 else None
         if field is None:
             return self._propagate_seeds(seeds, source, vectorize)
-        boxes = field.footprints(seeds.detach().ne(0).any(2))  # (K, N, d, 2)
+        support = seeds.detach().ne(0).any(2)  # (K, N, *grid)
+        boxes = field.footprints(support)  # (K, N, d, 2)
         groups = disjoint_colouring(boxes.transpose(0, 1))  # (N, K)
         passes = int(groups.max()) + 1 if groups.numel() else 0
+        if windowed:
+            maps = self._propagate_windowed(seeds, support, source, field, passes)
+            if maps is not None:
+                return maps
         if passes == seeds.shape[0]:
             return self._propagate_seeds(seeds, source, vectorize)
         chosen = F.one_hot(groups, passes).permute(2, 0, 1).to(seeds.dtype)  # (G, N, K)
@@ -430,10 +462,67 @@ class RelevancePass:
         picked = maps[groups.T, rows]  # (K, *input_shape)
         return picked * _box_mask(boxes, self.input.shape[2:], picked.dtype)[:, :, None]
 
+    def _propagate_windowed(
+        self, seeds: Tensor, support: Tensor, source: LayerSpec, field: ReceptiveField, passes: int
+    ) -> Optional[Tensor]:
+        """``propagate_each`` by a backward pass on receptive-field windows, or None
+        when that would cover more input than ``passes`` dense passes, or the
+        graph holds a node it does not reproduce."""
+        src = self.activation(source)
+        leaves = [self.input, *self._companions]
+        k, n = seeds.shape[:2]
+        spatial = tuple(self.input.shape[2:])
+        units = support.flatten(2).any(2).nonzero()  # (U, 2): seed, row
+        if not len(units):
+            return None
+        cells = support[units[:, 0], units[:, 1]]  # (U, *grid)
+        first, last = cell_bounds(cells, cells.dim() - 1)  # (U, d)
+        size = (last - first + 1).amax(0).tolist()
+        # input positions one window reaches, against those of the dense passes
+        area = math.prod(
+            (m - 1) * st + b - a + 1
+            for m, st, a, b in zip(size, field.stride, field.start, field.stop)
+        )
+        if area * len(units) >= passes * n * math.prod(spatial) or not windowable(src, leaves):
+            return None
+        grad = divide_or_zero(seeds, src.detach()).flatten(0, 1)  # (K * N, C, *grid)
+        out = self.input.new_zeros((k, n) + tuple(self.input.shape[1:]))
+        chunk = max(1, _WINDOW_BUDGET * n * math.prod(spatial) // area)
+        for part_index in torch.arange(len(units)).split(chunk):
+            part = units[part_index]
+            first_part = first[part_index]
+            values = crop(grad, part[:, 0] * n + part[:, 1], first_part, size)
+            reached = windowed_backward(src, leaves, Windows(values, first_part, part[:, 1]))
+            relevance = [
+                w.moved(crop(leaf, w.rows, w.origin, w.size) * w.values, w.origin)
+                for leaf, w in zip(leaves, reached)
+                if w is not None
+            ]
+            if not relevance:
+                return None  # nothing reaches the input: the dense path says why
+            total = functools.reduce(add, relevance)
+            for (seed, row), values, origin in zip(part.tolist(), total.values, total.origin.tolist()):
+                _paste(out[seed, row], values, origin)
+        return out
     def _propagate_seeds(self, seeds: Tensor, source: LayerSpec, vectorize: bool) -> Tensor:
         if vectorize:
             return self.propagate(seeds, source=source, batched=True)
         return torch.stack([self.propagate(seed, source=source) for seed in seeds])
+
+
+# windows of one windowed backward cover at most this many times the input of the pass
+_WINDOW_BUDGET = 4
+
+
+def _paste(target: Tensor, values: Tensor, origin: Sequence[int]) -> None:
+    """Adds ``values`` ``(C, *size)`` into ``target`` ``(C, *spatial)`` at
+    ``origin``, dropping what falls outside."""
+    into, source = [slice(None)], [slice(None)]
+    for extent, start, length in zip(target.shape[1:], origin, values.shape[1:]):
+        lo, hi = max(start, 0), min(start + length, extent)
+        into.append(slice(lo, hi))
+        source.append(slice(lo - start, hi - start))
+    target[tuple(into)] += values[tuple(source)]
 
 
 def _box_mask(boxes: Tensor, size: Sequence[int], dtype: torch.dtype) -> Tensor:

@@ -1,0 +1,156 @@
+"""Backward passes on receptive-field windows: against autograd's dense
+backward, one seed at a time (plain graphs and LRP relevance graphs)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from captum_similarity._utils.receptive_field import receptive_field
+from captum_similarity._utils.windowed_backward import Windows, crop, windowable, windowed_backward
+from captum_similarity.lrp import LRPEngine, ZBox
+from captum_similarity.lrp import engine as engine_module
+from captum_similarity.lrp.composites import epsilon_plus
+from captum_similarity.lrp.engine import RelevancePass
+from conftest import local_seeds, make_reference_model
+
+
+class _EveryNode(nn.Module):
+    """A graph with every node kind the windowed pass reproduces: convolutions
+    (padding, stride, dilation, groups, a non-square kernel, 1-D is covered by
+    the same code), max pooling with padding, average pooling (padded, counting
+    the padding), strided and channel slices, channel concatenation, sums,
+    differences, products with saved tensors (one broadcast over channels),
+    negation, ReLU and aliases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.c2 = nn.Conv2d(6, 6, 3, stride=2, padding=2, dilation=2, groups=3)
+        self.c3 = nn.Conv2d(8, 4, (3, 2), padding=(1, 0))
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.relu(self.c1(x))
+        a = F.max_pool2d(a, 3, stride=2, padding=1)
+        b = self.c2(a)
+        gate = b[:, :1].clone()  # channel slice, a product broadcast over channels
+        b = F.relu(b) * gate - 0.5 * b
+        b = -b[:, :, 1::2, ::2]  # strided slices, negation
+        c = F.avg_pool2d(torch.cat([b, b[:, 2:4] * b[:, :2]], dim=1), 3, 1, 1)
+        return self.c3(c.view_as(c))
+
+
+def _grad_per_seed(out, x, seeds):
+    return torch.stack([torch.autograd.grad(out, x, s, retain_graph=True)[0] for s in seeds])
+
+
+def _windows_of(seeds: torch.Tensor):
+    """Windows holding each (seed, row)'s cells, as the engine builds them."""
+    k, n = seeds.shape[:2]
+    support = seeds.ne(0).any(2)
+    units = support.flatten(2).any(2).nonzero()
+    cells = support[units[:, 0], units[:, 1]]
+    rows_hit = cells.any(2).float().argmax(1)
+    cols_hit = cells.any(1).float().argmax(1)
+    first = torch.stack((rows_hit, cols_hit), 1)
+    size = [3, 2]  # each test seed fits in 3 x 2 cells
+    values = crop(seeds.flatten(0, 1), units[:, 0] * n + units[:, 1], first, size)
+    return units, Windows(values, first, units[:, 1])
+
+
+def _scatter(units, windows, shape):
+    out = torch.zeros(shape, dtype=windows.values.dtype)
+    for (k, row), values, origin in zip(units.tolist(), windows.values, windows.origin.tolist()):
+        engine_module._paste(out[k, row], values, origin)
+    return out
+
+
+def test_windowed_backward_equals_autograd_on_every_node_kind():
+    model = _EveryNode().double()
+    x = torch.rand(2, 3, 45, 38, dtype=torch.float64, requires_grad=True)
+    out = model(x)
+    assert windowable(out, [x]) and receptive_field(out, [x]) is not None
+    g = torch.Generator().manual_seed(0)
+    _, _, h, w = out.shape
+    seeds = torch.zeros((5, *out.shape), dtype=out.dtype)
+    corners = [(0, 0), (h - 1, w - 1), (0, w - 1), (h - 1, 0)]
+    for k in range(5):
+        for r in range(2):
+            i, j = corners[k] if k < 4 else (h // 2, w // 2)
+            seeds[k, r, :, i, j] = torch.rand(out.shape[1], generator=g, dtype=out.dtype)
+    seeds[4, 0, :, 1:4, 2:4] = 1.0  # a 3 x 2 block
+    seeds[3, 1] = 0  # a row without seed
+    units, windows = _windows_of(seeds)
+    (reached,) = windowed_backward(out, [x], windows)
+    got = _scatter(units, reached, (5, *x.shape))
+    torch.testing.assert_close(got, _grad_per_seed(out, x, seeds), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda x, w: torch.sigmoid(F.conv2d(x, w)),  # a node it does not reproduce
+        lambda x, w: F.conv2d(x, w * x.mean()),  # weights computed from the input
+        lambda x, w: F.avg_pool2d(F.conv2d(x, w), 2, ceil_mode=True),  # clipped windows
+        lambda x, w: F.conv2d(x, w) + F.conv2d(x.detach().requires_grad_(True), w),  # a foreign leaf
+    ],
+)
+def test_windowable_rejects_graphs_it_would_get_wrong(build):
+    x = torch.rand(1, 2, 9, 9, requires_grad=True)
+    w = torch.rand(2, 2, 3, 3)
+    assert not windowable(build(x, w), [x])
+
+
+def _local_seeds(activation: torch.Tensor, count: int) -> torch.Tensor:
+    seeds = local_seeds(activation, count)
+    seeds[0, 0] = 0
+    seeds[0, 0, :, 0, 0] = activation[0, :, 0, 0]  # a corner cell
+    seeds[1, -1] = 0  # a row without seed
+    return seeds
+
+
+@pytest.mark.parametrize(
+    "kind,layer,composite",
+    [
+        ("resnet", "layer2", "epsilon_plus"),
+        ("efficientnet", "blocks.2", "epsilon_plus"),  # signed inputs, squeeze-excitation
+        ("cnn", "features.3", "epsilon_plus"),  # max pooling
+        ("resnet", "layer2", epsilon_plus(input_rule=ZBox(0.0, 1.0))),  # bound leaves
+    ],
+)
+def test_windowed_relevance_equals_one_seed_at_a_time(kind, layer, composite, monkeypatch):
+    model = make_reference_model(kind)
+    x = torch.rand(2, 3, 96, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    run = LRPEngine(model, composite).forward(x, record=[layer])
+    seeds = _local_seeds(run.activation(layer).detach(), 6)
+    expected = torch.stack([run.propagate(s, source=layer) for s in seeds])
+    dense = []
+    original = RelevancePass.propagate
+    monkeypatch.setattr(
+        RelevancePass, "propagate", lambda self, *a, **kw: dense.append(1) or original(self, *a, **kw)
+    )
+    got = run.propagate_each(seeds, layer)
+    assert not dense  # all of it on windows
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-15)
+    # windows split into several chunks (memory bound) give the same maps
+    monkeypatch.setattr(engine_module, "_WINDOW_BUDGET", 0)
+    torch.testing.assert_close(run.propagate_each(seeds, layer), got, rtol=1e-12, atol=1e-15)
+
+
+def test_windows_covering_more_than_the_dense_passes_fall_back_to_them(monkeypatch):
+    model = make_reference_model("resnet")
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    run = LRPEngine(model).forward(x, record=["layer3"])
+    raw = run.activation("layer3").detach()  # (1, 64, 8, 8)
+    seeds = torch.zeros((3, *raw.shape), dtype=raw.dtype)
+    for k in range(3):  # cells at opposite corners: each window spans the whole map
+        seeds[k, :, :, 0, k] = raw[:, :, 0, k]
+        seeds[k, :, :, 7, 7 - k] = raw[:, :, 7, 7 - k]
+    called = []
+    monkeypatch.setattr(engine_module, "windowed_backward", lambda *a: called.append(1))
+    expected = torch.stack([run.propagate(s, source="layer3") for s in seeds])
+    torch.testing.assert_close(run.propagate_each(seeds, "layer3"), expected)
+    assert not called
