@@ -6,9 +6,9 @@ walks the autograd graph itself and carries, for each seed, the gradient of
 every intermediate tensor on the window that the seed can reach there, not
 on the whole tensor: per node it crops what the node saved (the rules'
 factors and masks, a ReLU's output, pooling indices) to the windows and
-applies the node's backward on them, batched over the seeds. Ten seeds whose
-input footprints each cover a fifth of the image then cost about two dense
-backward passes instead of ten, whatever their overlap.
+applies the node's backward on them, batched over the seeds. The work then
+follows the area the seeds reach, whatever their overlap, rather than one
+dense pass per group of seeds with disjoint footprints.
 
 Only nodes whose backward it reproduces exactly are accepted (:func:`windowable`):
 convolutions with constant weights, max and average pooling without padding
@@ -228,7 +228,7 @@ def _common(a: Windows, b: Windows) -> Tuple[Windows, Windows]:
     """``a`` and ``b`` on one window covering both (their offset is the same for
     every seed: both descend from the same seed cells by the same maps)."""
     low = torch.minimum(a.origin, b.origin)
-    high = torch.maximum(a.origin + torch.tensor(a.size), b.origin + torch.tensor(b.size))
+    high = torch.maximum(a.origin + a.origin.new_tensor(a.size), b.origin + b.origin.new_tensor(b.size))
     size = (high - low)[0].tolist()
     return _placed(a, low, size), _placed(b, low, size)
 
@@ -273,6 +273,11 @@ def _inside(values: Tensor, origin: Tensor, extents: Sequence[int]) -> Tensor:
     return values * mask
 
 
+def _scaled_origin(g: Windows, stride: Sequence[int], padding: Sequence[int]) -> Tensor:
+    """Where a sliding window's input windows start: ``origin * stride - padding``."""
+    return g.origin * g.origin.new_tensor(stride) - g.origin.new_tensor(padding)
+
+
 def _input_extent(node: object, index: int = 0) -> List[int]:
     nxt, nr = node.next_functions[index]  # type: ignore[attr-defined]
     return list(_shape(nxt, nr)[2:])
@@ -288,7 +293,7 @@ def _convolution(node: object, g: Windows) -> Windows:
     values = _TRANSPOSED[ndim - 1](
         g.values, weight.detach(), None, stride, 0, 0, node._saved_groups, dilation  # type: ignore[attr-defined]
     )
-    origin = g.origin * torch.tensor(stride) - torch.tensor(padding)
+    origin = _scaled_origin(g, stride, padding)
     return g.moved(_inside(values, origin, _input_extent(node)), origin)
 
 
@@ -334,7 +339,7 @@ def _max_pool(node: object, g: Windows) -> Windows:
     dilation = _per_axis(node._saved_dilation, 2)  # type: ignore[attr-defined]
     _, width = _input_extent(node)
     size = [(n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip(g.size, stride, dilation, kernel)]
-    origin = g.origin * torch.tensor(stride) - torch.tensor(padding)
+    origin = _scaled_origin(g, stride, padding)
     flat = _crop(node._saved_result1, g)  # type: ignore[attr-defined]  # argmax: h * width + w
     top, left = (origin[:, d].reshape(-1, 1, 1, 1) for d in (0, 1))
     local = (flat // width - top) * size[1] + flat % width - left
@@ -370,5 +375,5 @@ def _average_pool(node: object, g: Windows) -> Windows:
     channels = g.values.shape[1]
     weight = g.values.new_full((channels, 1) + tuple(kernel), 1.0 / (kernel[0] * kernel[1]))
     values = F.conv_transpose2d(g.values, weight, None, stride, 0, 0, channels)
-    origin = g.origin * torch.tensor(stride) - torch.tensor(padding)
+    origin = _scaled_origin(g, stride, padding)
     return g.moved(_inside(values, origin, _input_extent(node)), origin)
