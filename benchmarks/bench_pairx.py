@@ -19,7 +19,13 @@ and parameter gradients, ``benchmarks/timing.py``), the two timed back to back:
 
 - ``explain(x1, x2, k=10)`` for one pair: matches, ranking and 10 per-match
   maps per image, each map's backward pass computed only on the match's
-  receptive field, all matches at once (the default: the windowed pass);
+  receptive field, all matches at once (the default: the windowed pass; the
+  engine runs the EfficientNet channels-last, for its depthwise
+  convolutions, and the ResNet on the layout given);
+- the same with the model run channels-last and on the layout given
+  (``engine.channels_last`` True and False);
+- one forward+backward of the model on the pair laid out channels-last: what
+  the unit would cost a user who runs the model that way;
 - the same with dense backward passes instead, matches whose receptive
   fields do not overlap sharing one (the number of passes is reported),
   issued one after another or vmapped (``batched_backward=True``);
@@ -136,9 +142,16 @@ def measure(name: str, repeats: int) -> Dict[str, float]:
     unit = forward_backward(SiameseSimilarity(model), x1, x2)
     pairx = PairwiseIntermediateMatching(model, layer)
     vmapped = PairwiseIntermediateMatching(model, layer, batched_backward=True)
+    layouts = {flag: PairwiseIntermediateMatching(model, layer) for flag in (True, False)}
+    for flag, explainer in layouts.items():
+        explainer.engine.channels_last = flag
+    pair = torch.cat([x1, x2]).contiguous(memory_format=torch.channels_last)
     out = {"fwd+bwd (ms)": median_seconds(unit, repeats) * 1e3}
     cases = {
+        "fwd+bwd, channels-last": forward_backward(model, pair),
         "explain k=10": lambda: pairx.explain(x1, x2, k=K),
+        "explain k=10, channels_last=True": lambda: layouts[True].explain(x1, x2, k=K),
+        "explain k=10, channels_last=False": lambda: layouts[False].explain(x1, x2, k=K),
         "explain k=10, packed dense passes": lambda: dense(lambda: pairx.explain(x1, x2, k=K)),
         "explain k=10, one backward per match": lambda: unpacked(
             lambda: pairx.explain(x1, x2, k=K)
@@ -234,7 +247,10 @@ def main(argv: Sequence[str] = None) -> None:
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     columns = [
+        "fwd+bwd, channels-last",
         "explain k=10",
+        "explain k=10, channels_last=True",
+        "explain k=10, channels_last=False",
         "explain k=10, packed dense passes",
         "explain k=10, packed dense passes vmapped",
         "explain k=10, one backward per match",

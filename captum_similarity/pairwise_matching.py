@@ -286,7 +286,10 @@ class PairwiseIntermediateMatching(GradientAttribution):
             whose similarity is used.
             Default: None (``"cosine"``, the reference's)
         composite (str or Composite, optional): LRP rules, as in
-            :class:`~captum_similarity.LRPRelevancePairing`.
+            :class:`~captum_similarity.LRPRelevancePairing`. The passes run
+            on ``self.engine`` (:class:`~captum_similarity.lrp.engine.LRPEngine`),
+            which on a CPU runs the model channels-last (same values, faster;
+            set ``self.engine.channels_last = False`` to keep the layout given).
             Default: ``"epsilon_plus"`` (the reference's EpsilonPlus: z+ for
             convolutions, epsilon for linear layers)
         rules (Mapping, optional): Extra rules by module name or module.
@@ -385,7 +388,7 @@ class PairwiseIntermediateMatching(GradientAttribution):
                 None for all at once; results do not depend on it. The rule
                 pass keeps every activation of its batch for the backward
                 passes, so large batches are memory-bound: at 224 x 224 on a
-                CPU, 16 pairs at once cost 1.4x (ResNet-style) to 2.0x
+                CPU, 16 pairs at once cost 1.5x (ResNet-style) to 1.8x
                 (EfficientNet-style) as much per pair as chunks of 2
                 (docs/pairwise-matching.md).
                 Default: 4

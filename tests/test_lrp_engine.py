@@ -270,3 +270,97 @@ def test_composite_and_engine_arguments_are_checked():
     composite = resolve_composite("epsilon")
     composite.set_rule("head", Pass())
     assert "head" not in resolve_composite("epsilon").rules  # presets are fresh copies
+
+
+class _Block(nn.Module):
+    """A torchvision-style residual block, with in-place operations or without."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.conv1, self.bn1 = nn.Conv2d(3, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3)
+        self.conv2, self.bn2 = nn.Conv2d(3, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3)
+        self.relu = nn.ReLU(inplace=inplace)
+        self.head = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.inplace:
+            out += x
+        else:
+            out = out + x
+        return self.head(self.relu(out).mean((2, 3)))
+
+
+@pytest.mark.parametrize("composite", ["epsilon_plus", "lrp0"])
+def test_in_place_operations_after_rules_give_the_same_relevance(composite, images):
+    torch.manual_seed(0)
+    models = {flag: _Block(flag).to(DT).eval() for flag in (True, False)}
+    for bn in (models[True].bn1, models[True].bn2):  # non-trivial folding
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    models[False].load_state_dict(models[True].state_dict())
+    x = images(2) - 0.5
+    before = snapshot(models[True])
+    maps = {}
+    for flag, model in models.items():
+        p = LRPEngine(model, composite).forward(x.clone(), record=["bn2"])
+        maps[flag] = (p.propagate(p.output.detach()), p.activation("bn2").detach())
+    torch.testing.assert_close(maps[True][0], maps[False][0], rtol=1e-12, atol=1e-14)
+    # the recorded tensor holds what the model's own forward leaves in it (out += x; relu_)
+    torch.testing.assert_close(maps[True][1], (maps[False][1] + x).relu(), rtol=1e-12, atol=1e-14)
+    assert_unchanged(models[True], before)
+
+
+@pytest.mark.parametrize("kind,default", [("cnn", False), ("resnet", False), ("efficientnet", True)])
+def test_channels_last_by_default_only_for_grouped_convolutions(kind, default, images):
+    p = LRPEngine(make_reference_model(kind)).forward(images(2))
+    assert p.input.is_contiguous(memory_format=torch.channels_last) == default
+
+
+@pytest.mark.parametrize("kind", ["cnn", "resnet", "efficientnet", "vit"])
+def test_channels_last_pass_gives_the_same_relevance(kind, images):
+    model = make_reference_model(kind)
+    x = images(2)
+    maps = []
+    for layout in (False, True):
+        p = LRPEngine(model, "epsilon_plus", channels_last=layout).forward(x)
+        assert p.input.is_contiguous(memory_format=torch.channels_last) == layout
+        relevance = p.propagate(p.output.detach())
+        assert relevance.is_contiguous()  # handed back in the usual layout
+        maps.append(relevance)
+    torch.testing.assert_close(maps[1], maps[0], rtol=1e-10, atol=1e-14)
+
+
+class _ViewsItsFeatures(nn.Module):
+    """Flattens a feature map with ``.view``, which a channels-last map refuses;
+    its grouped convolution makes the engine try channels-last by default."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1, groups=3)
+        self.head = nn.Linear(6 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.conv(x).relu()
+        return self.head(f.view(f.shape[0], -1))
+
+
+def test_model_refusing_channels_last_runs_as_given(images):
+    torch.manual_seed(0)
+    model = _ViewsItsFeatures().to(DT).eval()
+    x = images(2, size=8)
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match="view"):
+        LRPEngine(model, channels_last=True).forward(x)
+    engine = LRPEngine(model)  # None: tries channels-last, then the layout given
+    p = engine.forward(x)
+    assert engine._layout_refused and not p.input.is_contiguous(memory_format=torch.channels_last)
+    expected = LRPEngine(model, channels_last=False).forward(x)
+    torch.testing.assert_close(
+        p.propagate(p.output.detach()), expected.propagate(expected.output.detach())
+    )
+    assert_unchanged(model, before)
+    with pytest.raises(TypeError, match="channels_last"):
+        LRPEngine(model, channels_last="yes")

@@ -12,6 +12,7 @@ from captum_similarity.lrp import LRPEngine, ZBox
 from captum_similarity.lrp import engine as engine_module
 from captum_similarity.lrp.composites import epsilon_plus
 from captum_similarity.lrp.engine import RelevancePass
+from captum_similarity.models.dlib_resnet import DlibFaceResNet
 from conftest import local_seeds, make_reference_model
 
 
@@ -21,7 +22,8 @@ class _EveryNode(nn.Module):
     the same code), max pooling with padding, average pooling (padded, counting
     the padding), strided and channel slices, channel concatenation, sums,
     differences, products with saved tensors (one broadcast over channels),
-    negation, ReLU and aliases."""
+    negation, ReLU, aliases and constant padding (channels, rows and columns,
+    one of them cropped)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,10 +37,12 @@ class _EveryNode(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = F.relu(self.c1(x))
         a = F.max_pool2d(a, 3, stride=2, padding=1)
-        b = self.c2(a)
+        b = F.pad(self.c2(a), (1, 0, 0, 1))  # padding next to a convolution
         gate = b[:, :1].clone()  # channel slice, a product broadcast over channels
         b = F.relu(b) * gate - 0.5 * b
         b = -b[:, :, 1::2, ::2]  # strided slices, negation
+        p = F.pad(b, (1, 0, -1, 2, 0, 2))  # constant padding: columns, a cropped row, channels
+        b = p[:, :6] + p[:, 2:]
         c = F.avg_pool2d(torch.cat([b, b[:, 2:4] * b[:, :2]], dim=1), 3, 1, 1)
         return self.c3(c.view_as(c))
 
@@ -68,9 +72,11 @@ def _scatter(units, windows, shape):
     return out
 
 
-def test_windowed_backward_equals_autograd_on_every_node_kind():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_windowed_backward_equals_autograd_on_every_node_kind(layout):
     model = _EveryNode().double()
-    x = torch.rand(2, 3, 45, 38, dtype=torch.float64, requires_grad=True)
+    x = torch.rand(2, 3, 45, 38, dtype=torch.float64).contiguous(memory_format=layout)
+    x.requires_grad_(True)
     out = model(x)
     assert windowable(out, [x]) and receptive_field(out, [x]) is not None
     g = torch.Generator().manual_seed(0)
@@ -122,10 +128,14 @@ def _local_seeds(activation: torch.Tensor, count: int) -> torch.Tensor:
         ("resnet", "layer2", epsilon_plus(input_rule=ZBox(0.0, 1.0))),  # bound leaves
     ],
 )
-def test_windowed_relevance_equals_one_seed_at_a_time(kind, layer, composite, monkeypatch):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_windowed_relevance_equals_one_seed_at_a_time(
+    kind, layer, composite, channels_last, monkeypatch
+):
     model = make_reference_model(kind)
     x = torch.rand(2, 3, 96, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    run = LRPEngine(model, composite).forward(x, record=[layer])
+    run = LRPEngine(model, composite, channels_last=channels_last).forward(x, record=[layer])
+    assert run.input.is_contiguous(memory_format=torch.channels_last) == channels_last
     seeds = _local_seeds(run.activation(layer).detach(), 6)
     expected = torch.stack([run.propagate(s, source=layer) for s in seeds])
     dense = []
@@ -155,3 +165,21 @@ def test_windows_covering_more_than_the_dense_passes_fall_back_to_them(monkeypat
     expected = torch.stack([run.propagate(s, source="layer3") for s in seeds])
     torch.testing.assert_close(run.propagate_each(seeds, "layer3"), expected)
     assert not called
+
+
+def test_dlib_zero_padded_residuals_run_on_windows():
+    """dlib's face ResNet zero-pads the shortcut of its downsampling blocks
+    (``F.pad`` on channels, rows and columns): the windows follow it. (Its
+    receptive fields outgrow the 150 x 150 input, so the engine itself runs
+    dense passes there.)"""
+    torch.manual_seed(0)
+    model = DlibFaceResNet().double().eval()
+    x = torch.rand(2, 3, 150, 150, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    run = LRPEngine(model).forward(x, record=["layer2"])
+    src = run.activation("layer2")
+    assert run.receptive_field("layer2") is not None and windowable(src, [run.input])
+    seeds = _local_seeds(src.detach(), 3)
+    units, windows = _windows_of(seeds)
+    (reached,) = windowed_backward(src, [run.input], windows)
+    got = _scatter(units, reached, (3, *x.shape))
+    torch.testing.assert_close(got, _grad_per_seed(src, run.input, seeds), rtol=1e-12, atol=1e-15)

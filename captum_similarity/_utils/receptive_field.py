@@ -4,10 +4,11 @@
 and returns, per spatial axis, which input positions each feature cell can
 depend on. It accepts only operations whose spatial reach it knows:
 convolutions and pooling (from the kernel, stride, padding and dilation saved
-in the graph), strided slices, shape-preserving element-wise operations,
-channel concatenation and eval-mode BatchNorm. Anything else (a global pooling, a
-reshape, attention, an upsampling, a broadcast over space) makes it return
-``None``: the answer is a guaranteed superset or nothing.
+in the graph), strided slices, constant padding (``F.pad``), shape-preserving
+element-wise operations, channel concatenation and eval-mode BatchNorm.
+Anything else (a global pooling, a reshape, attention, an upsampling, a
+broadcast over space) makes it return ``None``: the answer is a guaranteed
+superset or nothing.
 
 :func:`disjoint_colouring` then sorts seeds into groups whose input
 footprints do not overlap, so that one backward pass serves a whole group
@@ -24,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["ReceptiveField", "cell_bounds", "receptive_field", "disjoint_colouring"]
+__all__ = ["ReceptiveField", "cell_bounds", "disjoint_colouring", "pad_widths", "receptive_field"]
 
 # autograd nodes of operations that map each position to the same position
 _ELEMENTWISE = {
@@ -236,6 +237,8 @@ def _step(
         return [(nxt, axes) for nxt, _ in inputs]
     if name == "SliceBackward0":
         return _slice(node, axes, batch)
+    if name == "ConstantPadNdBackward0":
+        return _pad(node, axes)
     if name == "ConvolutionBackward0":
         if node._saved_transposed:  # type: ignore[attr-defined]
             return None
@@ -302,6 +305,28 @@ def _slice(
     s, a, b = axes[d]
     reached[d] = (s * step, a * step + start, b * step + start)
     return [(data, reached)]
+
+
+def pad_widths(node: object, dims: int) -> Optional[List[Tuple[int, int]]]:
+    """``(before, after)`` per dimension of a ``ConstantPadNd`` node on a
+    ``dims``-dimensional tensor (negative: cropped), or None when it pads the
+    batch dimension."""
+    # last dimension first; negative widths come back as unsigned 64-bit integers
+    pad = [w - (1 << 64) if w >= 1 << 63 else w for w in node._saved_pad]  # type: ignore[attr-defined]
+    widths = [(0, 0)] * dims
+    for j in range(len(pad) // 2):
+        widths[dims - 1 - j] = (pad[2 * j], pad[2 * j + 1])
+    return None if widths[0] != (0, 0) else widths
+
+
+def _pad(node: object, axes: List[_Axis]) -> Optional[List[Tuple[object, List[_Axis]]]]:
+    """``F.pad`` with a constant: output position ``o`` is input position
+    ``o - before`` along each padded axis (padded channels change nothing)."""
+    ((data, _),) = node.next_functions  # type: ignore[attr-defined]
+    widths = pad_widths(node, len(axes) + 2)
+    if data is None or widths is None:
+        return None
+    return [(data, [(s, a - before, b - before) for (s, a, b), (before, _) in zip(axes, widths[2:])])]
 
 
 def _per_axis(value: object, ndim: int) -> Optional[Tuple[int, ...]]:

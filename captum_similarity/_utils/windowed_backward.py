@@ -4,16 +4,22 @@ A seed placed on a few cells of a feature map can only reach the receptive
 field of those cells (see :mod:`.receptive_field`). :func:`windowed_backward`
 walks the autograd graph itself and carries, for each seed, the gradient of
 every intermediate tensor on the window that the seed can reach there, not
-on the whole tensor: per node it crops what the node saved (the rules'
-factors and masks, a ReLU's output, pooling indices) to the windows and
-applies the node's backward on them, batched over the seeds. The work then
-follows the area the seeds reach, whatever their overlap, rather than one
-dense pass per group of seeds with disjoint footprints.
+on the whole tensor: per node it applies the node's backward to all windows
+at once (a transposed convolution, a scatter) or, for a product with what
+the node saved (the rules' factors and masks, a ReLU's output), multiplies
+each window by a view of the saved tensor, without cropped copies.
+Consecutive rule factors (an activation's, then the layer's below it) are
+multiplied once on the whole tensors; the positions a transposed convolution
+spills outside its input are zeroed only before the next sliding-window
+operation. The work follows the area the seeds reach, whatever their
+overlap, rather than one dense pass per group of seeds with disjoint
+footprints. Windows keep the memory layout of the forward pass
+(channels-last or not).
 
 Only nodes whose backward it reproduces exactly are accepted (:func:`windowable`):
 convolutions with constant weights, max and average pooling without padding
-effects, strided slices, channel concatenation, additions, products with a
-saved tensor, ReLU, aliases and the LRP rules' own functions. The results
+effects, strided slices, constant padding, channel concatenation, additions,
+products with a saved tensor, ReLU, aliases and the LRP rules' own functions. The results
 equal the full backward pass's up to floating-point summation order.
 
 Every window of one tensor has the same size and the seeds' windows are
@@ -23,16 +29,16 @@ runs once for all seeds (a batch of windows).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .receptive_field import _per_axis, _shape, _topological
+from .receptive_field import _per_axis, _shape, _topological, pad_widths
 
-__all__ = ["Windows", "add", "crop", "windowable", "windowed_backward"]
+__all__ = ["Windows", "add", "channels_last", "crop", "times_saved", "windowable", "windowed_backward"]
 
 _PASS_THROUGH = {"AliasBackward0", "CloneBackward0", "ViewBackward0"}
 _SUPPORTED = _PASS_THROUGH | {
@@ -45,6 +51,7 @@ _SUPPORTED = _PASS_THROUGH | {
     "NegBackward0",
     "ReluBackward0",
     "SliceBackward0",
+    "ConstantPadNdBackward0",
     "CatBackward0",
     "ConvolutionBackward0",
     "MaxPool2DWithIndicesBackward0",
@@ -61,20 +68,35 @@ class Windows:
     Attributes:
         values (Tensor): ``(U, C, *size)`` the windows' contents.
         origin (Tensor): ``(U, d)`` position of each window's first element in
-            the tensor (may lie outside it; contents outside the tensor are zero).
+            the tensor (may lie outside it).
         rows (Tensor): ``(U,)`` the batch row each window belongs to.
+        clean (bool): Whether the contents outside the tensor are zero. A
+            transposed convolution spills onto positions outside its input;
+            they are zeroed only when the next sliding-window operation or a
+            leaf is reached, and products with a saved tensor zero them on the
+            way. Default: True
     """
 
     values: Tensor
     origin: Tensor
     rows: Tensor
+    clean: bool = True
+    # per-window index plans (see _plan), shared by windows at the same place
+    plans: Dict[object, list] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def size(self) -> Tuple[int, ...]:
         return tuple(self.values.shape[2:])
 
-    def moved(self, values: Tensor, origin: Tensor) -> "Windows":
-        return Windows(values, origin, self.rows)
+    def moved(self, values: Tensor, origin: Optional[Tensor] = None, clean: Optional[bool] = None) -> "Windows":
+        """New contents, on the same windows unless ``origin`` is given."""
+        return Windows(
+            values,
+            self.origin if origin is None else origin,
+            self.rows,
+            self.clean if clean is None else clean,
+            self.plans if origin is None else {},
+        )
 
 
 def windowable(output: Tensor, leaves: Sequence[Tensor]) -> bool:
@@ -100,6 +122,8 @@ def windowable(output: Tensor, leaves: Sequence[Tensor]) -> bool:
             return False
         if name == "MulBackward0" and not _local_factors(node):
             return False
+        if name == "ConstantPadNdBackward0" and pad_widths(node, len(_shape(node, 0))) is None:
+            return False
     return True
 
 
@@ -121,15 +145,30 @@ def windowed_backward(
     """
     pending: Dict[object, Dict[int, Windows]] = {output.grad_fn: {0: grads}}
     found: Dict[int, Windows] = {}
-    for node in _topological(output.grad_fn):
+    order = _topological(output.grad_fn)
+    feeders = _feeders(order)
+    # A chain of rules' factors (an activation's, then the layer's below it) is
+    # multiplied on the whole tensors, once, and applied to the windows at its end.
+    carried: Dict[object, Tensor] = {}
+    for node in order:
         incoming = pending.pop(node, None)
         if incoming is None:
             continue
         name = node.name()
         if name == "torch::autograd::AccumulateGrad":
-            found[id(node.variable)] = incoming[0]
+            found[id(node.variable)] = _cleaned(incoming[0], node.variable.shape[2:])
             continue
-        for (nxt, nr), window in zip(node.next_functions, _node_backward(node, name, incoming)):
+        factor = None
+        if name == "_RewiredBackward" and node.factor is not None:  # type: ignore[attr-defined]
+            factor = node.factor.detach()  # type: ignore[attr-defined]
+            if node in carried:
+                factor = carried.pop(node) * factor
+            nxt, nr = node.next_functions[1]  # type: ignore[attr-defined]
+            if _chained(nxt, factor, feeders):
+                carried[nxt] = factor
+                pending[nxt] = {nr: incoming[0]}
+                continue
+        for (nxt, nr), window in zip(node.next_functions, _node_backward(node, name, incoming, factor)):
             if nxt is None or window is None:
                 continue
             slot = pending.setdefault(nxt, {})
@@ -137,23 +176,47 @@ def windowed_backward(
     return [found.get(id(leaf)) for leaf in leaves]
 
 
-def _node_backward(node: object, name: str, incoming: Dict[int, Windows]) -> List[Optional[Windows]]:
-    """The node's backward on windows: one entry per ``next_functions`` entry."""
+def _feeders(order: Sequence[object]) -> Dict[object, int]:
+    """How many edges of the graph ``order`` lead into each node."""
+    count: Dict[object, int] = {}
+    for node in order:
+        for nxt, _ in node.next_functions:  # type: ignore[attr-defined]
+            if nxt is not None:
+                count[nxt] = count.get(nxt, 0) + 1
+    return count
+
+
+def _chained(node: object, factor: Tensor, feeders: Dict[object, int]) -> bool:
+    """Whether ``node`` is a rule's rewiring with a factor shaped like
+    ``factor`` and whose gradient comes from one edge only."""
+    return (
+        node is not None
+        and node.name() == "_RewiredBackward"  # type: ignore[attr-defined]
+        and node.factor is not None  # type: ignore[attr-defined]
+        and node.factor.shape == factor.shape  # type: ignore[attr-defined]
+        and feeders.get(node) == 1
+    )
+
+
+def _node_backward(
+    node: object, name: str, incoming: Dict[int, Windows], factor: Optional[Tensor] = None
+) -> List[Optional[Windows]]:
+    """The node's backward on windows: one entry per ``next_functions`` entry
+    (``factor``: a rewiring's factor with those carried down to it)."""
     if name == "_SignSplitBackward":
-        (positive,) = node.saved_tensors  # type: ignore[attr-defined]
+        (positive,) = node.saved_tensors  # type: ignore[attr-defined]  # 0/1: x >= 0
         pos, neg = incoming.get(0), incoming.get(1)
         if pos is not None and neg is not None:
             pos, neg = _common(pos, neg)
-            return [pos.moved(torch.lerp(neg.values, pos.values, _crop(positive, pos)), pos.origin)]
-        part = pos if pos is not None else neg
-        mask = _crop(positive, part)
-        return [part.moved(part.values * (mask if neg is None else 1 - mask), part.origin)]
+            return [_with_saved(_pick, positive, pos, neg.values)]
+        if pos is not None:
+            return [_with_saved(torch.mul, positive, pos)]
+        return [_with_saved(_mul_not, positive, neg)]
     g = incoming[0]
     if name in _PASS_THROUGH:
         return [g]
     if name == "_RewiredBackward":
-        factor = node.factor  # type: ignore[attr-defined]
-        return [None, g if factor is None else g.moved(g.values * _crop(factor, g), g.origin), None]
+        return [None, g if factor is None else _with_saved(torch.mul, factor, g), None]
     if name == "AddBackward0":
         alpha = getattr(node, "_saved_alpha", 1)
         return [_to_input(node, 0, g), _to_input(node, 1, _scaled(g, alpha))]
@@ -167,14 +230,15 @@ def _node_backward(node: object, name: str, incoming: Dict[int, Windows]) -> Lis
     if name == "MulBackward0":
         other, own = node._saved_other, node._saved_self  # type: ignore[attr-defined]
         return [
-            None if other is None else _to_input(node, 0, g.moved(g.values * _crop(other, g), g.origin)),
-            None if own is None else _to_input(node, 1, g.moved(g.values * _crop(own, g), g.origin)),
+            None if other is None else _to_input(node, 0, _with_saved(torch.mul, other, g)),
+            None if own is None else _to_input(node, 1, _with_saved(torch.mul, own, g)),
         ]
     if name == "ReluBackward0":
-        result = _crop(node._saved_result, g)  # type: ignore[attr-defined]
-        return [g.moved(g.values * (result > 0).to(g.values.dtype), g.origin)]
+        return [_with_saved(_mul_positive, node._saved_result, g)]  # type: ignore[attr-defined]
     if name == "SliceBackward0":
         return [_slice(node, g)]
+    if name == "ConstantPadNdBackward0":
+        return [_pad(node, g)]
     if name == "CatBackward0":
         return _cat(node, g)
     if name == "ConvolutionBackward0":
@@ -187,7 +251,84 @@ def _node_backward(node: object, name: str, incoming: Dict[int, Windows]) -> Lis
 
 
 def _scaled(g: Windows, factor: object) -> Windows:
-    return g if factor == 1 else g.moved(g.values * factor, g.origin)
+    return g if factor == 1 else g.moved(g.values * factor)
+
+
+# Element-wise steps with a saved tensor, in the form _with_saved calls them.
+# Masks stay in floating point: boolean masks are several times slower on CPU.
+
+
+def _pick(saved: Tensor, pos: Tensor, neg: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """``pos`` where the 0/1 mask ``saved`` is 1, else ``neg`` (exact)."""
+    return torch.lerp(neg, pos, saved, out=out)
+
+
+def _mul_not(saved: Tensor, g: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    return torch.mul(g, 1 - saved, out=out)
+
+
+def _mul_positive(saved: Tensor, g: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """``g`` where the ReLU output ``saved`` is positive (its sign is the 0/1 mask)."""
+    return torch.mul(g, saved.sign(), out=out)
+
+
+def _with_saved(op: Callable[..., Tensor], full: Tensor, g: Windows, *others: Tensor) -> Windows:
+    """``op(saved, g.values, *others, out=...)`` where ``saved`` is ``full``
+    cropped to ``g``'s windows; zero outside ``full``. Each window's part
+    inside ``full`` is computed from a view of ``full``, with no cropped copy;
+    axes of size 1 broadcast as in :func:`crop`."""
+    full = full.detach()
+    values = g.values
+    spatial = full.shape[2:]
+    if full.dim() != values.dim() or 1 in spatial or full.shape[1] not in (1, values.shape[1]):
+        # a scalar, or broadcast over space: nothing to crop along those axes
+        saved = full if full.dim() == 0 else _crop(full, g)
+        return g.moved(op(saved, values, *others), clean=g.clean and not others)
+    out = torch.empty_like(values, dtype=torch.result_type(values, full))
+    for source, window, outside in _plan(g, tuple(spatial), full.shape[0] == 1):
+        if source is not None:
+            op(full[source], values[window], *(o[window] for o in others), out=out[window])
+        for strip in outside:
+            out[strip].zero_()
+    return g.moved(out, clean=True)
+
+
+def _plan(g: Windows, spatial: Tuple[int, ...], one_row: bool) -> list:
+    """Per window of ``g`` on a tensor of extents ``spatial``: the index of
+    its part inside the tensor (in the tensor; None if empty), the index of
+    that part in ``values``, and the indices of the strips of ``values``
+    outside the tensor. Computed once per place and tensor extents."""
+    key = (spatial, g.size, one_row)
+    if key in g.plans:
+        return g.plans[key]
+    plan = []
+    every = slice(None)
+    rows = [0] * len(g.rows) if one_row else g.rows.tolist()
+    for u, (row, start_at) in enumerate(zip(rows, g.origin.tolist())):
+        inner, outer = [], []
+        for extent, start, length in zip(spatial, start_at, g.size):
+            lo = max(start, 0)
+            hi = max(min(start + length, extent), lo)
+            inner.append(slice(lo - start, hi - start))
+            outer.append(slice(lo, hi))
+        if any(part.start == part.stop for part in inner):
+            plan.append((None, None, [(u,)]))
+            continue
+        outside = [
+            (u, every) + (every,) * d + (strip,)
+            for d, (part, length) in enumerate(zip(inner, g.size))
+            for strip in (slice(0, part.start), slice(part.stop, length))
+            if strip.start < strip.stop
+        ]
+        plan.append(((row, every, *outer), (u, every, *inner), outside))
+    g.plans[key] = plan
+    return plan
+
+
+def times_saved(full: Tensor, g: Windows) -> Windows:
+    """``g``'s values times ``full`` ``(N or 1, C or 1, *spatial)`` on the same
+    windows (zero outside ``full``), without cropping ``full`` first."""
+    return _with_saved(torch.mul, full, g)
 
 
 def crop(full: Tensor, rows: Tensor, origin: Tensor, size: Sequence[int]) -> Tensor:
@@ -246,14 +387,14 @@ def _placed(w: Windows, origin: Tensor, size: Sequence[int]) -> Windows:
 def add(a: Windows, b: Windows) -> Windows:
     """The sum of two window sets of one tensor (same seeds), on windows covering both."""
     a, b = _common(a, b)
-    return a.moved(a.values + b.values, a.origin)
+    return a.moved(a.values + b.values, clean=a.clean and b.clean)
 
 
 def _to_input(node: object, index: int, g: Windows) -> Windows:
     """``g`` summed over the channels that input ``index`` broadcast along."""
     nxt, nr = node.next_functions[index]  # type: ignore[attr-defined]
     if nxt is not None and _shape(nxt, nr)[1] == 1 and g.values.shape[1] != 1:
-        return g.moved(g.values.sum(1, keepdim=True), g.origin)
+        return g.moved(g.values.sum(1, keepdim=True))
     return g
 
 
@@ -273,6 +414,11 @@ def _inside(values: Tensor, origin: Tensor, extents: Sequence[int]) -> Tensor:
     return values * mask
 
 
+def _cleaned(g: Windows, extents: Sequence[int]) -> Windows:
+    """``g`` with the positions outside ``[0, extent)`` zeroed, if they may not be."""
+    return g if g.clean else g.moved(_inside(g.values, g.origin, extents), clean=True)
+
+
 def _scaled_origin(g: Windows, stride: Sequence[int], padding: Sequence[int]) -> Tensor:
     """Where a sliding window's input windows start: ``origin * stride - padding``."""
     return g.origin * g.origin.new_tensor(stride) - g.origin.new_tensor(padding)
@@ -287,14 +433,28 @@ def _convolution(node: object, g: Windows) -> Windows:
     """Gradient of a convolution's input on the windows that the output's reach."""
     weight = node._saved_weight  # type: ignore[attr-defined]
     ndim = weight.dim() - 2
+    g = _cleaned(g, _shape(node, 0)[2:])
     stride = _per_axis(node._saved_stride, ndim)  # type: ignore[attr-defined]
     padding = _per_axis(node._saved_padding, ndim)  # type: ignore[attr-defined]
     dilation = _per_axis(node._saved_dilation, ndim)  # type: ignore[attr-defined]
     values = _TRANSPOSED[ndim - 1](
         g.values, weight.detach(), None, stride, 0, 0, node._saved_groups, dilation  # type: ignore[attr-defined]
     )
-    origin = _scaled_origin(g, stride, padding)
-    return g.moved(_inside(values, origin, _input_extent(node)), origin)
+    if channels_last(node._saved_input):  # type: ignore[attr-defined]
+        # keep the layout of the forward pass (lost where windows are 1x1)
+        values = values.contiguous(memory_format=torch.channels_last)
+    return g.moved(values, _scaled_origin(g, stride, padding), clean=False)
+
+
+def channels_last(t: Tensor) -> bool:
+    """Whether ``t`` is a 4-D tensor laid out channels-last (and not also plain contiguous)."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _zeros_like(like: Tensor, shape: Sequence[int]) -> Tensor:
+    """Zeros of ``shape`` in ``like``'s dtype, device and memory layout."""
+    layout = torch.channels_last if channels_last(like) else torch.contiguous_format
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout).zero_()
 
 
 def _slice(node: object, g: Windows) -> Windows:
@@ -305,13 +465,13 @@ def _slice(node: object, g: Windows) -> Windows:
     start, step = node._saved_start, node._saved_step  # type: ignore[attr-defined]
     start = start + in_shape[dim] if start < 0 else start
     if dim == 1:  # channels: the slice's channels go back to their places
-        values = g.values.new_zeros((g.values.shape[0], in_shape[1]) + g.size)
+        values = _zeros_like(g.values, (g.values.shape[0], in_shape[1]) + g.size)
         values[:, start : start + step * g.values.shape[1] : step] = g.values
-        return g.moved(values, g.origin)
+        return g.moved(values)
     d = dim - 2
     size = list(g.size)
     size[d] = (size[d] - 1) * step + 1
-    values = g.values.new_zeros(g.values.shape[:2] + tuple(size))
+    values = _zeros_like(g.values, g.values.shape[:2] + tuple(size))
     index = [slice(None)] * values.dim()
     index[dim] = slice(None, None, step)
     values[tuple(index)] = g.values
@@ -320,13 +480,29 @@ def _slice(node: object, g: Windows) -> Windows:
     return g.moved(values, origin)
 
 
+def _pad(node: object, g: Windows) -> Windows:
+    """``F.pad`` with a constant, backwards: the padded channels are dropped
+    (cropped ones come back as zeros) and the windows move by the padding;
+    the positions they hold outside the input (the padding's) are zeroed later."""
+    widths = pad_widths(node, g.values.dim())
+    if any(w < 0 for pair in widths for w in pair):  # a crop brings outer positions inside
+        g = _cleaned(g, _shape(node, 0)[2:])
+    values = g.values
+    if widths[1] != (0, 0):  # channels: the inverse padding
+        before, after = widths[1]
+        values = F.pad(values, [0, 0] * (values.dim() - 2) + [-before, -after])
+    shift = g.origin.new_tensor([before for before, _ in widths[2:]])
+    spatial = any(pair != (0, 0) for pair in widths[2:])
+    return g.moved(values, g.origin - shift, clean=g.clean and not spatial)
+
+
 def _cat(node: object, g: Windows) -> List[Optional[Windows]]:
     """Concatenation along channels, backwards: each input gets its channels."""
     out: List[Optional[Windows]] = []
     first = 0
     for nxt, nr in node.next_functions:  # type: ignore[attr-defined]
         width = _shape(nxt, nr)[1]  # windowable() rules out constant inputs
-        out.append(g.moved(g.values[:, first : first + width], g.origin))
+        out.append(g.moved(g.values[:, first : first + width]))
         first += width
     return out
 
@@ -338,6 +514,7 @@ def _max_pool(node: object, g: Windows) -> Windows:
     padding = _per_axis(node._saved_padding, 2)  # type: ignore[attr-defined]
     dilation = _per_axis(node._saved_dilation, 2)  # type: ignore[attr-defined]
     _, width = _input_extent(node)
+    g = _cleaned(g, _shape(node, 0)[2:])
     size = [(n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip(g.size, stride, dilation, kernel)]
     origin = _scaled_origin(g, stride, padding)
     flat = _crop(node._saved_result1, g)  # type: ignore[attr-defined]  # argmax: h * width + w
@@ -346,6 +523,7 @@ def _max_pool(node: object, g: Windows) -> Windows:
     local = local.clamp(0, size[0] * size[1] - 1)  # cells outside the input carry a zero gradient
     values = g.values.new_zeros(g.values.shape[:2] + (size[0] * size[1],))
     values.scatter_add_(2, local.flatten(2), g.values.flatten(2))
+    # clean: every gradient lands on an argmax inside the input (cells outside carry zero)
     return g.moved(values.reshape(g.values.shape[:2] + tuple(size)), origin)
 
 
@@ -372,8 +550,8 @@ def _average_pool(node: object, g: Windows) -> Windows:
     kernel = _per_axis(node._saved_kernel_size, 2)  # type: ignore[attr-defined]
     stride = _per_axis(node._saved_stride or kernel, 2)  # type: ignore[attr-defined]
     padding = _per_axis(node._saved_padding, 2)  # type: ignore[attr-defined]
+    g = _cleaned(g, _shape(node, 0)[2:])
     channels = g.values.shape[1]
     weight = g.values.new_full((channels, 1) + tuple(kernel), 1.0 / (kernel[0] * kernel[1]))
     values = F.conv_transpose2d(g.values, weight, None, stride, 0, 0, channels)
-    origin = _scaled_origin(g, stride, padding)
-    return g.moved(_inside(values, origin, _input_extent(node)), origin)
+    return g.moved(values, _scaled_origin(g, stride, padding), clean=False)

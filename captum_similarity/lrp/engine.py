@@ -68,7 +68,15 @@ from .._utils.receptive_field import (
     disjoint_colouring,
     receptive_field,
 )
-from .._utils.windowed_backward import Windows, add, crop, windowable, windowed_backward
+from .._utils.windowed_backward import (
+    Windows,
+    add,
+    channels_last,
+    crop,
+    times_saved,
+    windowable,
+    windowed_backward,
+)
 from .._utils.state import preserved_state
 from .canonizers import BATCHNORM_TYPES, LINEAR_TYPES, fold_batchnorm, linear_op
 from .composites import Composite, resolve_composite
@@ -117,6 +125,11 @@ def _unsupported_hook(name: str):
         raise _unsupported(name, module)
 
     return hook
+
+
+def _grouped(model: nn.Module) -> bool:
+    """Whether ``model`` holds a grouped (e.g. depthwise) 2-D convolution."""
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
 
 
 def _foldable(module: nn.Module) -> bool:
@@ -182,16 +195,34 @@ class LRPEngine:
             :class:`~captum_similarity.lrp.composites.Composite`. The engine
             keeps its own copy; change rules with :meth:`set_rule`.
             Default: ``"epsilon_plus"``
+        channels_last (bool, optional): Whether to run the model on image
+            batches ``(N, C, H, W)`` laid out channels-last (the values are the
+            same). None: on a CPU, for models with grouped (e.g. depthwise)
+            2-D convolutions, whose forward and backward passes run several
+            times faster channels-last there, and as long as the model accepts
+            it (one that cannot, e.g. one calling ``.view`` on a feature map, is
+            then run on the layout it is given); other models keep the layout
+            given (docs/lrp.md, "Memory layout").
+            Default: None
     """
 
-    def __init__(self, model: nn.Module, composite: Union[str, Composite] = "epsilon_plus") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        composite: Union[str, Composite] = "epsilon_plus",
+        channels_last: Optional[bool] = None,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 f"LRP needs the model as an nn.Module (its layers carry the rules), got "
                 f"{type(model).__name__}"
             )
+        if channels_last not in (None, True, False):
+            raise TypeError(f"channels_last must be None, True or False, got {channels_last!r}")
         self.model = model
         self.composite = resolve_composite(composite)
+        self.channels_last = channels_last
+        self._layout_refused = False  # the model failed on a channels-last batch
         # ids of linear layers found not to feed the BatchNorm registered after them
         self._eager: Set[int] = set()
 
@@ -218,8 +249,22 @@ class LRPEngine:
         """
         if not isinstance(inputs, Tensor) or not inputs.is_floating_point():
             raise TypeError("inputs must be a floating-point tensor")
-        x = inputs.detach().requires_grad_(True)
         layers = [resolve_layer(self.model, spec) for spec in record]
+        x = inputs.detach()
+        wanted = self.channels_last
+        if wanted is None:
+            wanted = x.device.type == "cpu" and not self._layout_refused and _grouped(self.model)
+        if x.dim() == 4 and wanted:
+            try:
+                return self._forward(x.contiguous(memory_format=torch.channels_last), layers)
+            except RuntimeError:
+                if self.channels_last:
+                    raise
+                self._layout_refused = True  # and run on the layout as given
+        return self._forward(x, layers)
+
+    def _forward(self, x: Tensor, layers: List[nn.Module]) -> "RelevancePass":
+        x = x.requires_grad_(True)
         while True:
             trace = _Trace(x, self.composite)
             trace.deferred = self._deferrable()
@@ -382,7 +427,8 @@ class RelevancePass:
                 f"no relevance flows from {source or 'the output'!r} to "
                 f"{target or 'the input'!r}: the target must lie below the source"
             )
-        return sum(t.detach() * g for t, g in zip(targets, grads) if g is not None)
+        relevance = sum(t.detach() * g for t, g in zip(targets, grads) if g is not None)
+        return relevance.contiguous()  # whatever layout the pass ran in
 
     def receptive_field(self, source: LayerSpec) -> Optional[ReceptiveField]:
         """The input positions each cell of the recorded layer ``source``
@@ -407,11 +453,12 @@ class RelevancePass:
           of each intermediate tensor the seed can reach
           (:func:`~captum_similarity._utils.windowed_backward.windowed_backward`);
           for PAIR-X's ten matches on the ResNet-style benchmark model it
-          took 1.5x one forward+backward pass against 2.7x for five packed
-          dense passes (docs/pairwise-matching.md). It applies when every node of the graph
-          below ``source`` is one it reproduces (convolutions, pooling, slices,
-          concatenation, additions, ReLU and the LRP rules' functions) and the
-          windows cover less input than the packed passes would;
+          took 1.3x one forward+backward pass against 3.0x for five packed
+          dense passes (docs/pairwise-matching.md). It applies when every
+          node of the graph below ``source`` is one it reproduces
+          (convolutions, pooling, slices, constant padding, concatenation,
+          additions, ReLU and the LRP rules' functions) and the windows
+          cover less input than the packed passes would;
         - *packed*: seeds of one image whose receptive fields do not overlap
           are summed into one dense backward pass, and each seed's map is cut
           out of the result by its receptive field; the number of passes is
@@ -493,12 +540,10 @@ class RelevancePass:
             part = units[part_index]
             first_part = first[part_index]
             values = crop(grad, part[:, 0] * n + part[:, 1], first_part, size)
+            if channels_last(src):
+                values = values.contiguous(memory_format=torch.channels_last)
             reached = windowed_backward(src, leaves, Windows(values, first_part, part[:, 1]))
-            relevance = [
-                w.moved(crop(leaf, w.rows, w.origin, w.size) * w.values, w.origin)
-                for leaf, w in zip(leaves, reached)
-                if w is not None
-            ]
+            relevance = [times_saved(leaf, w) for leaf, w in zip(leaves, reached) if w is not None]
             if not relevance:
                 return None  # nothing reaches the input: the dense path says why
             total = functools.reduce(add, relevance)

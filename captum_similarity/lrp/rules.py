@@ -110,19 +110,21 @@ def _share(z: Tensor, denominator: Tensor, epsilon: float, sign: int = 0) -> Ten
     if epsilon > 0:  # the stabilised denominator is never zero
         if sign:
             return z / (d + sign * epsilon)
-        signs = 1 - 2 * (d < 0).to(d.dtype)
-        return z / (d + epsilon * signs)
+        stabiliser = _nonnegative(d).mul_(2 * epsilon).sub_(epsilon)  # +-epsilon
+        return z / stabiliser.add_(d)
     return divide_or_zero(z, d)
 
 
 class _Rewired(torch.autograd.Function):
-    """``values`` (a copy) in the forward pass; in the backward pass the gradient
-    goes to ``t`` only, scaled by ``factor`` when one is given."""
+    """``values`` in the forward pass; in the backward pass the gradient goes to
+    ``t`` only, scaled by ``factor`` when one is given."""
 
     @staticmethod
     def forward(values: Tensor, t: Tensor, factor: Optional[Tensor]) -> Tensor:
-        # a copy, so that in-place operations downstream (ReLU(inplace=True)) are allowed
-        return values.clone()
+        # A new tensor on the module output's own storage, not a copy: an in-place
+        # operation downstream (ReLU(inplace=True), ``out += shortcut``) writes to
+        # that output as it does without the rule; the rules read it before this.
+        return values.detach()
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
@@ -245,8 +247,14 @@ class Gamma(LinearRule):
             return z
         positive = _signed_part(op, x, True, None if bias is None else bias.clamp(min=0))
         negative = _signed_part(op, x, False, None if bias is None else bias.clamp(max=0))
-        chosen = torch.lerp(negative, positive, (z.detach() >= 0).to(z.dtype))
+        chosen = torch.lerp(negative, positive, _nonnegative(z.detach()))
         return z + self.gamma * chosen
+
+
+def _nonnegative(x: Tensor) -> Tensor:
+    """The 0/1 mask of ``x >= 0`` in ``x``'s dtype, written directly: on CPU a
+    boolean mask and its conversion cost several times more."""
+    return torch.ge(x, 0, out=torch.empty_like(x))
 
 
 def _signed_part(op: LinearOp, x: Tensor, positive: bool, bias: Optional[Tensor] = None) -> Tensor:
@@ -268,7 +276,7 @@ class _SignSplit(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tuple[Tensor, Tensor]:
-        ctx.save_for_backward((x >= 0).to(x.dtype))
+        ctx.save_for_backward(_nonnegative(x))
         return x.clamp(min=0), x.clamp(max=0)
 
     @staticmethod
