@@ -119,16 +119,15 @@ class _Rewired(torch.autograd.Function):
     """``values`` in the forward pass; in the backward pass the gradient goes to
     ``t`` only, scaled by ``factor`` when one is given."""
 
+    # forward(ctx, ...) rather than a separate setup_context: apply() then skips
+    # binding the arguments to the signature, a cost paid per rule per pass
     @staticmethod
-    def forward(values: Tensor, t: Tensor, factor: Optional[Tensor]) -> Tensor:
+    def forward(ctx: Any, values: Tensor, t: Tensor, factor: Optional[Tensor]) -> Tensor:
+        ctx.factor = factor
         # A new tensor on the module output's own storage, not a copy: an in-place
         # operation downstream (ReLU(inplace=True), ``out += shortcut``) writes to
         # that output as it does without the rule; the rules read it before this.
         return values.detach()
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
-        ctx.factor = inputs[2]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[None, Tensor, None]:
