@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -73,7 +72,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import forward_backward, machine, median_ratio, median_seconds  # noqa: E402
+from timing import (  # noqa: E402
+    command_line,
+    forward_backward,
+    machine,
+    median_ratio,
+    median_seconds,
+)
 
 from captum_similarity import PairwiseIntermediateMatching, SiameseSimilarity  # noqa: E402
 from captum_similarity._utils.hooks import recording  # noqa: E402
@@ -243,9 +248,7 @@ def main(argv: Sequence[str] = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {name: measure(name, args.repeats) for name in MODELS}
-    command = "python benchmarks/bench_pairx.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line("bench_pairx.py", argv)
     columns = [
         "fwd+bwd, channels-last",
         "explain k=10",

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import machine  # noqa: E402
+from timing import command_line, machine  # noqa: E402
 
 from captum_similarity.lrp import LRPEngine, canonizers  # noqa: E402
 from captum_similarity.models import ResNetEmbedder  # noqa: E402
@@ -111,9 +110,7 @@ def main(argv: Sequence[str] = None) -> None:
     torch.set_num_threads(1)
     conv = shortcut(args.repeats)
     lrp = lrp_backward(args.repeats)
-    command = "python benchmarks/bench_strided_shortcut.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line("bench_strided_shortcut.py", argv)
     fwd = conv["forward"]
     lines = [
         f"Command: `{command}`  ",

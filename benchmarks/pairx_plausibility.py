@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import machine  # noqa: E402
+from timing import command_line, machine  # noqa: E402
 
 from captum_similarity import PairwiseIntermediateMatching, SiameseSimilarity  # noqa: E402
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
@@ -199,9 +198,7 @@ def main(argv: Sequence[str] = None) -> None:
             f"dlib: {len(keep)} pairs ({int(same.sum())} same person, {len(chosen)} random "
             "different-person pairs), chips by edge padding + resize to 150x150."
         )
-    command = "python benchmarks/pairx_plausibility.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line("pairx_plausibility.py", argv)
     lines = [
         f"Command: `{command}`  ",
         f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end.",

@@ -6,9 +6,11 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -35,6 +37,13 @@ def forward_backward(model: Callable, *inputs: torch.Tensor) -> Callable[[], Non
         torch.autograd.grad(out.sum(), leaves)
 
     return run
+
+
+def command_line(script: str, argv: Optional[Sequence[str]] = None) -> str:
+    """The command that reproduces a run: ``python benchmarks/<script>`` and its
+    arguments (``argv``, or the process's own when None), shell-quoted."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join([f"python benchmarks/{script}"] + [shlex.quote(a) for a in args])
 
 
 def machine() -> str:
