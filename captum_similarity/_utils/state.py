@@ -27,18 +27,23 @@ def preserved_state(model: object, eval_mode: bool = False, freeze: bool = False
     flags = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
     try:
-        if eval_mode:
+        if eval_mode and any(mode for _, mode in modes):
             model.eval()
         if freeze:
             for p in params:
                 p.requires_grad_(False)
         yield
     finally:
+        # only what changed is written back (Module.__setattr__ is slow, and the
+        # engine passes through here once per forward pass)
         for m, mode in modes:
-            m.training = mode
+            if m.training != mode:
+                m.training = mode
         for p, flag, grad in zip(params, flags, grads):
-            p.requires_grad_(flag)
-            p.grad = grad
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+            if p.grad is not grad:
+                p.grad = grad
 
 
 @contextmanager
