@@ -167,7 +167,9 @@ def measure(name: str, repeats: int) -> Dict[str, float]:
         "naive loop k=10": lambda: naive_loop(model, layer, x1, x2, K),
     }
     cases["one plain backward layer -> pixels"] = plain_backward(model, layer, x1, x2)
-    out["dense passes for k=10"] = backward_passes(lambda: dense(lambda: pairx.explain(x1, x2, k=K)))
+    out["dense passes for k=10"] = backward_passes(
+        lambda: dense(lambda: pairx.explain(x1, x2, k=K))
+    )
     print(f"{name}: {out['dense passes for k=10']} packed dense passes for k={K}", flush=True)
     for case, fn in cases.items():
         out[case] = median_ratio(fn, unit, repeats=repeats)
@@ -178,7 +180,9 @@ def measure(name: str, repeats: int) -> Dict[str, float]:
         start = time.perf_counter()
         unit_seconds = median_seconds(unit, repeats)
         batch_seconds = median_seconds(
-            lambda chunk=chunk: pairx.explain(b1, b2, k=K, internal_batch_size=chunk), repeats=1, warmup=0
+            lambda chunk=chunk: pairx.explain(b1, b2, k=K, internal_batch_size=chunk),
+            repeats=1,
+            warmup=0,
         )
         unit_seconds = (unit_seconds + median_seconds(unit, repeats)) / 2  # before and after
         out[f"{key}, per pair"] = batch_seconds / 16 / unit_seconds
@@ -273,7 +277,8 @@ def main(argv: Sequence[str] = None) -> None:
         f"k = {K} per-match maps per image. Reference implementation: about 13x (11.6 s vs "
         "0.9 s on EfficientNetV2-rw-m, DESIGN.md; not runnable here).",
         "",
-        "| model (layer) | fwd+bwd | packed dense passes (k=10) | " + " | ".join(columns)
+        "| model (layer) | fwd+bwd | packed dense passes (k=10) | "
+        + " | ".join(columns)
         + " | pairs/s (batch of 16, internal_batch_size=2) |",
         "|---" * (len(columns) + 4) + "|",
     ]

@@ -288,8 +288,9 @@ class PairwiseIntermediateMatching(GradientAttribution):
         composite (str or Composite, optional): LRP rules, as in
             :class:`~captum_similarity.LRPRelevancePairing`. The passes run
             on ``self.engine`` (:class:`~captum_similarity.lrp.engine.LRPEngine`),
-            which on a CPU runs the model channels-last (same values, faster;
-            set ``self.engine.channels_last = False`` to keep the layout given).
+            which on a CPU runs models with grouped (e.g. depthwise)
+            convolutions channels-last (same values, faster; set
+            ``self.engine.channels_last`` to choose).
             Default: ``"epsilon_plus"`` (the reference's EpsilonPlus: z+ for
             convolutions, epsilon for linear layers)
         rules (Mapping, optional): Extra rules by module name or module.
@@ -595,7 +596,6 @@ class PairwiseIntermediateMatching(GradientAttribution):
                 outputs[s].append(part)
         result = tuple(torch.cat(o, dim=1) for o in outputs)
         return (result[0][0], result[1][0]) if summed else (result[0], result[1])
-
 
 
 @dataclass

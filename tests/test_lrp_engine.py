@@ -313,7 +313,9 @@ def test_in_place_operations_after_rules_give_the_same_relevance(composite, imag
     assert_unchanged(models[True], before)
 
 
-@pytest.mark.parametrize("kind,default", [("cnn", False), ("resnet", False), ("efficientnet", True)])
+@pytest.mark.parametrize(
+    "kind,default", [("cnn", False), ("resnet", False), ("efficientnet", True)]
+)
 def test_channels_last_by_default_only_for_grouped_convolutions(kind, default, images):
     p = LRPEngine(make_reference_model(kind)).forward(images(2))
     assert p.input.is_contiguous(memory_format=torch.channels_last) == default

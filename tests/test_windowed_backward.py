@@ -7,7 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from captum_similarity._utils.receptive_field import receptive_field
-from captum_similarity._utils.windowed_backward import Windows, crop, windowable, windowed_backward
+from captum_similarity._utils.windowed_backward import (
+    Windows,
+    crop,
+    paste,
+    windowable,
+    windowed_backward,
+)
 from captum_similarity.lrp import LRPEngine, ZBox
 from captum_similarity.lrp import engine as engine_module
 from captum_similarity.lrp.composites import epsilon_plus
@@ -68,7 +74,7 @@ def _windows_of(seeds: torch.Tensor):
 def _scatter(units, windows, shape):
     out = torch.zeros(shape, dtype=windows.values.dtype)
     for (k, row), values, origin in zip(units.tolist(), windows.values, windows.origin.tolist()):
-        engine_module._paste(out[k, row], values, origin)
+        paste(out[k, row], values, origin)
     return out
 
 
@@ -102,7 +108,9 @@ def test_windowed_backward_equals_autograd_on_every_node_kind(layout):
         # weights computed from the input (through nodes it accepts)
         lambda x, w: F.conv2d(x, torch.cat([x[:, :, :3, :3], x[:, :, 3:6, :3]])),
         lambda x, w: F.avg_pool2d(F.conv2d(x, w), 2, ceil_mode=True),  # clipped windows
-        lambda x, w: F.conv2d(x, w) + F.conv2d(x.detach().requires_grad_(True), w),  # a foreign leaf
+        lambda x, w: (
+            F.conv2d(x, w) + F.conv2d(x.detach().requires_grad_(True), w)
+        ),  # a foreign leaf
     ],
 )
 def test_windowable_rejects_graphs_it_would_get_wrong(build):
@@ -141,7 +149,9 @@ def test_windowed_relevance_equals_one_seed_at_a_time(
     dense = []
     original = RelevancePass.propagate
     monkeypatch.setattr(
-        RelevancePass, "propagate", lambda self, *a, **kw: dense.append(1) or original(self, *a, **kw)
+        RelevancePass,
+        "propagate",
+        lambda self, *a, **kw: dense.append(1) or original(self, *a, **kw),
     )
     got = run.propagate_each(seeds, layer)
     assert not dense  # all of it on windows
@@ -183,3 +193,41 @@ def test_dlib_zero_padded_residuals_run_on_windows():
     (reached,) = windowed_backward(src, [run.input], windows)
     got = _scatter(units, reached, (3, *x.shape))
     torch.testing.assert_close(got, _grad_per_seed(src, run.input, seeds), rtol=1e-12, atol=1e-15)
+
+
+def test_crop_and_paste_against_padded_slicing():
+    """``crop`` equals slicing a zero-padded copy (broadcast axes kept at size
+    1, one-row tensors shared by every window); ``paste`` adds a window back."""
+    g = torch.Generator().manual_seed(3)
+    full = torch.rand(2, 3, 7, 5, generator=g, dtype=torch.float64)
+    rows = torch.tensor([0, 1, 1, 0])
+    origin = torch.tensor([[-2, -1], [3, 2], [6, 4], [-9, 0]])  # the last one misses the tensor
+    size = (4, 3)
+    margin = 10
+    padded = F.pad(full, (margin,) * 4)
+    expected = torch.stack(
+        [
+            padded[r, :, y + margin : y + margin + size[0], x + margin : x + margin + size[1]]
+            for r, (y, x) in zip(rows.tolist(), origin.tolist())
+        ]
+    )
+    got = crop(full, rows, origin, size)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # an axis of size 1 broadcasts (is not cropped); a single row serves every window
+    column = full[:1, :, :, :1]
+    padded_column = F.pad(column, (0, 0, margin, margin))
+    expected_column = torch.stack(
+        [padded_column[0, :, y + margin : y + margin + size[0]] for y in origin[:, 0].tolist()]
+    )
+    torch.testing.assert_close(crop(column, rows, origin, size), expected_column, rtol=0, atol=0)
+    target = torch.zeros_like(full[0])
+    for u in (0, 1):
+        paste(target, got[u], origin[u].tolist())
+    back = torch.zeros_like(full[0])
+    for u in (0, 1):
+        part = padded[rows[u]].clone()
+        inside = torch.zeros_like(part)
+        y, x = (origin[u] + margin).tolist()
+        inside[:, y : y + size[0], x : x + size[1]] = 1
+        back += (part * inside)[:, margin:-margin, margin:-margin]
+    torch.testing.assert_close(target, back, rtol=0, atol=0)

@@ -97,7 +97,8 @@ class ReceptiveField:
         """``(..., d, 2)`` first and last input position (inclusive) per axis of
         the cells ``(..., d)``; an empty box has first > last."""
         stride, start, stop, size = (
-            torch.tensor(v, device=cells.device) for v in (self.stride, self.start, self.stop, self.size)
+            torch.tensor(v, device=cells.device)
+            for v in (self.stride, self.start, self.stop, self.size)
         )
         first = (cells * stride + start).clamp(min=0)
         last = torch.minimum(cells * stride + stop, size - 1)
@@ -280,7 +281,11 @@ def _window(
         if expected != out_shape[2 + d] and not (ceil and expected - 1 == out_shape[2 + d]):
             return None
     reached = [
-        (s * stride[d], a * stride[d] - padding[d], b * stride[d] - padding[d] + dilation[d] * (kernel[d] - 1))
+        (
+            s * stride[d],
+            a * stride[d] - padding[d],
+            b * stride[d] - padding[d] + dilation[d] * (kernel[d] - 1),
+        )
         for d, (s, a, b) in enumerate(axes)
     ]
     return [(data[0], reached)]
@@ -312,7 +317,8 @@ def pad_widths(node: object, dims: int) -> Optional[List[Tuple[int, int]]]:
     ``dims``-dimensional tensor (negative: cropped), or None when it pads the
     batch dimension."""
     # last dimension first; negative widths come back as unsigned 64-bit integers
-    pad = [w - (1 << 64) if w >= 1 << 63 else w for w in node._saved_pad]  # type: ignore[attr-defined]
+    saved = node._saved_pad  # type: ignore[attr-defined]
+    pad = [w - (1 << 64) if w >= 1 << 63 else w for w in saved]
     widths = [(0, 0)] * dims
     for j in range(len(pad) // 2):
         widths[dims - 1 - j] = (pad[2 * j], pad[2 * j + 1])
@@ -326,7 +332,9 @@ def _pad(node: object, axes: List[_Axis]) -> Optional[List[Tuple[object, List[_A
     widths = pad_widths(node, len(axes) + 2)
     if data is None or widths is None:
         return None
-    return [(data, [(s, a - before, b - before) for (s, a, b), (before, _) in zip(axes, widths[2:])])]
+    return [
+        (data, [(s, a - before, b - before) for (s, a, b), (before, _) in zip(axes, widths[2:])])
+    ]
 
 
 def _per_axis(value: object, ndim: int) -> Optional[Tuple[int, ...]]:
@@ -394,7 +402,9 @@ def _fewest_colours(adjacency: List[List[bool]], budget: int = 20_000) -> List[i
     return best
 
 
-def _colour_within(adjacency: List[List[bool]], colours: int, steps: List[int]) -> Optional[List[int]]:
+def _colour_within(
+    adjacency: List[List[bool]], colours: int, steps: List[int]
+) -> Optional[List[int]]:
     """A colouring with at most ``colours`` colours by backtracking (vertices
     by decreasing degree, a new colour only after all used ones), or None
     when there is none or ``steps[0]`` runs out."""

@@ -19,8 +19,9 @@ footprints. Windows keep the memory layout of the forward pass
 Only nodes whose backward it reproduces exactly are accepted (:func:`windowable`):
 convolutions with constant weights, max and average pooling without padding
 effects, strided slices, constant padding, channel concatenation, additions,
-products with a saved tensor, ReLU, aliases and the LRP rules' own functions. The results
-equal the full backward pass's up to floating-point summation order.
+products with a saved tensor, ReLU, aliases and the LRP rules' own functions.
+The results equal the full backward pass's up to floating-point summation
+order.
 
 Every window of one tensor has the same size and the seeds' windows are
 offset from one another the same way at every node, so a node's backward
@@ -38,7 +39,16 @@ from torch import Tensor
 
 from .receptive_field import _per_axis, _shape, _topological, pad_widths
 
-__all__ = ["Windows", "add", "channels_last", "crop", "times_saved", "windowable", "windowed_backward"]
+__all__ = [
+    "Windows",
+    "add",
+    "channels_last",
+    "crop",
+    "paste",
+    "times_saved",
+    "windowable",
+    "windowed_backward",
+]
 
 _PASS_THROUGH = {"AliasBackward0", "CloneBackward0", "ViewBackward0"}
 _SUPPORTED = _PASS_THROUGH | {
@@ -88,7 +98,9 @@ class Windows:
     def size(self) -> Tuple[int, ...]:
         return tuple(self.values.shape[2:])
 
-    def moved(self, values: Tensor, origin: Optional[Tensor] = None, clean: Optional[bool] = None) -> "Windows":
+    def moved(
+        self, values: Tensor, origin: Optional[Tensor] = None, clean: Optional[bool] = None
+    ) -> "Windows":
         """New contents, on the same windows unless ``origin`` is given."""
         return Windows(
             values,
@@ -168,7 +180,9 @@ def windowed_backward(
                 carried[nxt] = factor
                 pending[nxt] = {nr: incoming[0]}
                 continue
-        for (nxt, nr), window in zip(node.next_functions, _node_backward(node, name, incoming, factor)):
+        for (nxt, nr), window in zip(
+            node.next_functions, _node_backward(node, name, incoming, factor)
+        ):
             if nxt is None or window is None:
                 continue
             slot = pending.setdefault(nxt, {})
@@ -294,35 +308,53 @@ def _with_saved(op: Callable[..., Tensor], full: Tensor, g: Windows, *others: Te
 
 
 def _plan(g: Windows, spatial: Tuple[int, ...], one_row: bool) -> list:
-    """Per window of ``g`` on a tensor of extents ``spatial``: the index of
-    its part inside the tensor (in the tensor; None if empty), the index of
-    that part in ``values``, and the indices of the strips of ``values``
-    outside the tensor. Computed once per place and tensor extents."""
+    """:func:`_window_plan` for ``g``'s windows, computed once per place and
+    tensor extents."""
     key = (spatial, g.size, one_row)
-    if key in g.plans:
-        return g.plans[key]
+    if key not in g.plans:
+        g.plans[key] = _window_plan(g.rows, g.origin, g.size, spatial, one_row)
+    return g.plans[key]
+
+
+def _window_plan(
+    rows: Tensor, origin: Tensor, size: Sequence[int], spatial: Sequence[int], one_row: bool
+) -> list:
+    """Per window (``rows``, ``origin``, ``size``) on a tensor of extents
+    ``spatial``: the index of its part inside the tensor (in the tensor; None
+    if empty), the index of that part in the windows ``(U, C, *size)``, and
+    the indices of the windows' strips outside the tensor. With ``one_row``
+    every window reads the tensor's only row."""
     plan = []
     every = slice(None)
-    rows = [0] * len(g.rows) if one_row else g.rows.tolist()
-    for u, (row, start_at) in enumerate(zip(rows, g.origin.tolist())):
-        inner, outer = [], []
-        for extent, start, length in zip(spatial, start_at, g.size):
-            lo = max(start, 0)
-            hi = max(min(start + length, extent), lo)
-            inner.append(slice(lo - start, hi - start))
-            outer.append(slice(lo, hi))
+    row_list = [0] * len(rows) if one_row else rows.tolist()
+    for u, (row, start_at) in enumerate(zip(row_list, origin.tolist())):
+        inner, outer = _overlap(start_at, size, spatial)
         if any(part.start == part.stop for part in inner):
             plan.append((None, None, [(u,)]))
             continue
         outside = [
             (u, every) + (every,) * d + (strip,)
-            for d, (part, length) in enumerate(zip(inner, g.size))
+            for d, (part, length) in enumerate(zip(inner, size))
             for strip in (slice(0, part.start), slice(part.stop, length))
             if strip.start < strip.stop
         ]
         plan.append(((row, every, *outer), (u, every, *inner), outside))
-    g.plans[key] = plan
     return plan
+
+
+def _overlap(
+    start_at: Sequence[int], size: Sequence[int], spatial: Sequence[int]
+) -> Tuple[List[slice], List[slice]]:
+    """Per axis, the part of a window (from ``start_at``, ``size`` long) that
+    lies inside ``[0, extent)``: as slices of the window and of the tensor
+    (empty slices when they do not meet)."""
+    inner, outer = [], []
+    for extent, start, length in zip(spatial, start_at, size):
+        lo = max(start, 0)
+        hi = max(min(start + length, extent), lo)
+        inner.append(slice(lo - start, hi - start))
+        outer.append(slice(lo, hi))
+    return inner, outer
 
 
 def times_saved(full: Tensor, g: Windows) -> Windows:
@@ -340,23 +372,26 @@ def crop(full: Tensor, rows: Tensor, origin: Tensor, size: Sequence[int]) -> Ten
         Tensor: ``(U, C or 1, *size or 1)``.
     """
     full = full.detach()
-    spatial = full.shape[2:]
-    row_list = rows.tolist() if full.shape[0] > 1 else [0] * len(rows)
-    pieces = []
-    for row, start_at in zip(row_list, origin.tolist()):
-        index: List[object] = [row, slice(None)]
-        pad: List[int] = []
-        for extent, start, length in zip(spatial, start_at, size):
-            if extent == 1:
-                index.append(slice(None))
-                pad[:0] = [0, 0]
-                continue
-            lo, hi = max(start, 0), min(start + length, extent)
-            index.append(slice(lo, max(hi, lo)))
-            pad[:0] = [lo - start, start + length - max(hi, lo)]
-        piece = full[tuple(index)]
-        pieces.append(F.pad(piece, pad) if any(pad) else piece)
-    return torch.stack(pieces)
+    spatial = tuple(full.shape[2:])
+    broadcast = [d for d, extent in enumerate(spatial) if extent == 1]
+    size = [1 if extent == 1 else length for extent, length in zip(spatial, size)]
+    if broadcast:
+        origin = origin.clone()
+        origin[:, broadcast] = 0
+    out = full.new_empty((len(rows), full.shape[1], *size))
+    for source, window, outside in _window_plan(rows, origin, size, spatial, full.shape[0] == 1):
+        if source is not None:
+            out[window] = full[source]
+        for strip in outside:
+            out[strip].zero_()
+    return out
+
+
+def paste(target: Tensor, values: Tensor, origin: Sequence[int]) -> None:
+    """Adds one window ``values`` ``(C, *size)`` into ``target`` ``(C, *spatial)``
+    at ``origin``, dropping what falls outside (the inverse of :func:`crop`)."""
+    inner, outer = _overlap(origin, values.shape[1:], target.shape[1:])
+    target[(slice(None), *outer)] += values[(slice(None), *inner)]
 
 
 def _crop(full: Tensor, like: Windows) -> Tensor:
@@ -369,7 +404,9 @@ def _common(a: Windows, b: Windows) -> Tuple[Windows, Windows]:
     """``a`` and ``b`` on one window covering both (their offset is the same for
     every seed: both descend from the same seed cells by the same maps)."""
     low = torch.minimum(a.origin, b.origin)
-    high = torch.maximum(a.origin + a.origin.new_tensor(a.size), b.origin + b.origin.new_tensor(b.size))
+    high = torch.maximum(
+        a.origin + a.origin.new_tensor(a.size), b.origin + b.origin.new_tensor(b.size)
+    )
     size = (high - low)[0].tolist()
     return _placed(a, low, size), _placed(b, low, size)
 
@@ -438,7 +475,14 @@ def _convolution(node: object, g: Windows) -> Windows:
     padding = _per_axis(node._saved_padding, ndim)  # type: ignore[attr-defined]
     dilation = _per_axis(node._saved_dilation, ndim)  # type: ignore[attr-defined]
     values = _TRANSPOSED[ndim - 1](
-        g.values, weight.detach(), None, stride, 0, 0, node._saved_groups, dilation  # type: ignore[attr-defined]
+        g.values,
+        weight.detach(),
+        None,
+        stride,
+        0,
+        0,
+        node._saved_groups,
+        dilation,  # type: ignore[attr-defined]
     )
     if channels_last(node._saved_input):  # type: ignore[attr-defined]
         # keep the layout of the forward pass (lost where windows are 1x1)
@@ -448,7 +492,11 @@ def _convolution(node: object, g: Windows) -> Windows:
 
 def channels_last(t: Tensor) -> bool:
     """Whether ``t`` is a 4-D tensor laid out channels-last (and not also plain contiguous)."""
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return (
+        t.dim() == 4
+        and t.is_contiguous(memory_format=torch.channels_last)
+        and not t.is_contiguous()
+    )
 
 
 def _zeros_like(like: Tensor, shape: Sequence[int]) -> Tensor:

@@ -73,6 +73,7 @@ from .._utils.windowed_backward import (
     add,
     channels_last,
     crop,
+    paste,
     times_saved,
     windowable,
     windowed_backward,
@@ -547,8 +548,10 @@ class RelevancePass:
             if not relevance:
                 return None  # nothing reaches the input: the dense path says why
             total = functools.reduce(add, relevance)
-            for (seed, row), values, origin in zip(part.tolist(), total.values, total.origin.tolist()):
-                _paste(out[seed, row], values, origin)
+            for (seed, row), values, origin in zip(
+                part.tolist(), total.values, total.origin.tolist()
+            ):
+                paste(out[seed, row], values, origin)
         return out
 
     def _propagate_seeds(self, seeds: Tensor, source: LayerSpec, vectorize: bool) -> Tensor:
@@ -559,17 +562,6 @@ class RelevancePass:
 
 # windows of one windowed backward cover at most this many times the input of the pass
 _WINDOW_BUDGET = 4
-
-
-def _paste(target: Tensor, values: Tensor, origin: Sequence[int]) -> None:
-    """Adds ``values`` ``(C, *size)`` into ``target`` ``(C, *spatial)`` at
-    ``origin``, dropping what falls outside."""
-    into, source = [slice(None)], [slice(None)]
-    for extent, start, length in zip(target.shape[1:], origin, values.shape[1:]):
-        lo, hi = max(start, 0), min(start + length, extent)
-        into.append(slice(lo, hi))
-        source.append(slice(lo - start, hi - start))
-    target[tuple(into)] += values[tuple(source)]
 
 
 def _box_mask(boxes: Tensor, size: Sequence[int], dtype: torch.dtype) -> Tensor:
