@@ -56,6 +56,9 @@ def _oracle(rule: str, m: torch.Tensor, b: torch.Tensor, x: torch.Tensor, r_out:
         zg_ij = z_ij + 0.5 * torch.where(positive, z_ij.clamp(min=0), z_ij.clamp(max=0))
         zg = zg_ij.sum(2) + b + 0.5 * torch.where(positive[..., 0], b.clamp(min=0), b.clamp(max=0))
         return (zg_ij / zg[..., None] * r_out[..., None]).sum(1)
+    if rule == "zplus":
+        pos = z_ij.clamp(min=0)
+        return (pos / pos.sum(2, keepdim=True) * r_out[..., None]).sum(1)
     if rule == "alphabeta":
         pos, neg = z_ij.clamp(min=0), z_ij.clamp(max=0)
         share = 2 * pos / pos.sum(2, keepdim=True) - neg / neg.sum(2, keepdim=True)
@@ -70,6 +73,7 @@ def _oracle(rule: str, m: torch.Tensor, b: torch.Tensor, x: torch.Tensor, r_out:
 RULES = {
     "lrp0": dict(layer_rules={LINEAR_TYPES: Epsilon(0.0)}),
     "gamma": dict(layer_rules={LINEAR_TYPES: Gamma(0.5, epsilon=0.0)}),
+    "zplus": dict(layer_rules={LINEAR_TYPES: ZPlus(epsilon=0.0)}),
     "alphabeta": dict(layer_rules={LINEAR_TYPES: AlphaBeta(2.0, 1.0, epsilon=0.0)}),
     "zbox": dict(layer_rules={LINEAR_TYPES: Epsilon(0.0)}, input_rule=ZBox(0.0, 1.0, epsilon=0.0)),
 }
@@ -78,6 +82,10 @@ LAYERS = {
     "linear": (lambda: nn.Linear(16, 4), (3, 16)),
     "conv1d": (lambda: nn.Conv1d(6, 3, 3, padding=1), (3, 6, 5)),
     "conv2d": (lambda: nn.Conv2d(4, 3, 3, stride=2, padding=1), (3, 4, 5, 5)),
+    "conv2d_grouped": (
+        lambda: nn.Conv2d(8, 6, 3, padding="same", dilation=2, groups=2),
+        (3, 8, 7, 6),
+    ),
 }
 
 
@@ -88,7 +96,7 @@ def test_linear_rules_match_their_formula(rule, layer_kind):
     make, shape = LAYERS[layer_kind]
     layer = make().to(DT)
     x = torch.rand(shape, dtype=DT)
-    if rule in ("alphabeta", "gamma"):
+    if rule in ("zplus", "alphabeta", "gamma"):
         x = x - 0.5  # inputs of both signs
     out = layer(x)
     seed = torch.randn_like(out)
@@ -96,7 +104,7 @@ def test_linear_rules_match_their_formula(rule, layer_kind):
     m = _matrix(layer, shape)
     b = layer.bias.detach()
     b = b.repeat_interleave(out[0].numel() // b.numel()) if out.dim() > 2 else b
-    if rule in ("alphabeta", "zbox"):
+    if rule in ("zplus", "alphabeta", "zbox"):
         b = torch.zeros_like(b)  # these rules leave the bias out
     want = _oracle(rule, m, b, x.reshape(shape[0], -1), seed.reshape(shape[0], -1))
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
@@ -306,3 +314,26 @@ def test_element_wise_choices_are_exact():
     assert torch.equal(grad, torch.where(x.detach() >= 0, g_pos, g_neg))
     (only_negative,) = torch.autograd.grad(x_neg, x, g_neg)
     assert torch.equal(only_negative, torch.where(x.detach() >= 0, 0.0, g_neg))
+
+
+# a convolution without a known adjoint: the rules split its input through autograd
+_REFLECT = (lambda: nn.Conv2d(4, 3, 3, padding=1, padding_mode="reflect"), (3, 4, 5, 5))
+
+
+@pytest.mark.parametrize("layer_kind", ["conv2d", "conv2d_grouped", "conv2d_reflect", "linear"])
+def test_signed_inputs_are_split_in_one_node_keeping_only_their_sign(layer_kind):
+    from captum_similarity._utils.receptive_field import _topological
+
+    torch.manual_seed(0)
+    make, shape = LAYERS.get(layer_kind, _REFLECT)
+    layer = make().to(DT)
+    x = torch.rand(shape, dtype=DT) - 0.5
+    out = LRPEngine(layer, Composite(layer_rules={LINEAR_TYPES: ZPlus()})).forward(x).output
+    nodes = {node.name(): node for node in _topological(out.grad_fn)}
+    if layer_kind == "conv2d_reflect":  # x^+ and x^- through the layer's own forward
+        assert "_SignSplitBackward" in nodes and "_SignedLinearBackward" not in nodes
+        return
+    node = nodes["_SignedLinearBackward"]
+    (mask,) = node.saved_tensors  # neither x^+ nor x^- is kept
+    assert torch.equal(mask, (x >= 0).to(DT))
+    assert not any(name.startswith(("Convolution", "Mm", "Addmm")) for name in nodes)

@@ -50,6 +50,7 @@ class _EveryNode(nn.Module):
         p = F.pad(b, (1, 0, -1, 2, 0, 2))  # constant padding: columns, a cropped row, channels
         b = p[:, :6] + p[:, 2:]
         c = F.avg_pool2d(torch.cat([b, b[:, 2:4] * b[:, :2]], dim=1), 3, 1, 1)
+        c = F.relu(-c) + c  # a sum whose summands both read c
         return self.c3(c.view_as(c))
 
 
@@ -57,7 +58,7 @@ def _grad_per_seed(out, x, seeds):
     return torch.stack([torch.autograd.grad(out, x, s, retain_graph=True)[0] for s in seeds])
 
 
-def _windows_of(seeds: torch.Tensor):
+def _windows_of(seeds: torch.Tensor, owned: bool = False):
     """Windows holding each (seed, row)'s cells, as the engine builds them."""
     k, n = seeds.shape[:2]
     support = seeds.ne(0).any(2)
@@ -68,7 +69,7 @@ def _windows_of(seeds: torch.Tensor):
     first = torch.stack((rows_hit, cols_hit), 1)
     size = [3, 2]  # each test seed fits in 3 x 2 cells
     values = crop(seeds.flatten(0, 1), units[:, 0] * n + units[:, 1], first, size)
-    return units, Windows(values, first, units[:, 1])
+    return units, Windows(values, first, units[:, 1], owned=owned)
 
 
 def _scatter(units, windows, shape):
@@ -78,8 +79,12 @@ def _scatter(units, windows, shape):
     return out
 
 
+@pytest.mark.parametrize("owned", [False, True])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_windowed_backward_equals_autograd_on_every_node_kind(layout):
+def test_windowed_backward_equals_autograd_on_every_node_kind(layout, owned):
+    # owned: the pass may overwrite the seeds' windows; every node then writes in
+    # place where nothing else reads its windows (a sum hands both summands the
+    # same windows, a product of two inputs reads them twice)
     model = _EveryNode().double()
     x = torch.rand(2, 3, 45, 38, dtype=torch.float64).contiguous(memory_format=layout)
     x.requires_grad_(True)
@@ -95,10 +100,13 @@ def test_windowed_backward_equals_autograd_on_every_node_kind(layout):
             seeds[k, r, :, i, j] = torch.rand(out.shape[1], generator=g, dtype=out.dtype)
     seeds[4, 0, :, 1:4, 2:4] = 1.0  # a 3 x 2 block
     seeds[3, 1] = 0  # a row without seed
-    units, windows = _windows_of(seeds)
+    units, windows = _windows_of(seeds, owned)
+    given = windows.values.clone()
     (reached,) = windowed_backward(out, [x], windows)
     got = _scatter(units, reached, (5, *x.shape))
     torch.testing.assert_close(got, _grad_per_seed(out, x, seeds), rtol=1e-12, atol=1e-15)
+    if not owned:  # the caller's windows are left as they were
+        assert torch.equal(windows.values, given)
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,8 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import Tensor
 
+from ..lrp.canonizers import ConvAdjoint
+
 __all__ = ["ReceptiveField", "cell_bounds", "disjoint_colouring", "pad_widths", "receptive_field"]
 
 # autograd nodes of operations that map each position to the same position
@@ -247,31 +249,44 @@ def _step(
         if data[0] is None or weight[0] is not None or bias[0] is not None:
             return None  # weights computed from the input
         kernel = tuple(node._saved_weight.shape[2:])  # type: ignore[attr-defined]
-        return _window(node, data, axes, kernel, out_shapes[0], ceil=False)
+        geometry = (node._saved_stride, node._saved_padding, node._saved_dilation)  # type: ignore[attr-defined]
+        return _window(data, axes, kernel, geometry, out_shapes[0], ceil=False)
+    if name == "_SignedLinearBackward":  # the rules' sign-split convolution
+        adjoint = node.adjoint  # type: ignore[attr-defined]
+        data = node.next_functions[0]  # type: ignore[attr-defined]
+        if not isinstance(adjoint, ConvAdjoint) or data[0] is None:
+            return None  # a Linear layer: not local
+        kernel = tuple(node.weights[0].shape[2:])  # type: ignore[attr-defined]
+        geometry = (adjoint.stride, adjoint.padding, adjoint.dilation)
+        return _window(data, axes, kernel, geometry, out_shapes[0], ceil=False)
     if name in _POOLS:
         (data,) = [(nxt, nr) for nxt, nr in node.next_functions[:1]]  # type: ignore[attr-defined]
         if data[0] is None:
             return None
         kernel = tuple(node._saved_kernel_size)  # type: ignore[attr-defined]
         ceil = bool(getattr(node, "_saved_ceil_mode", False))
-        return _window(node, data, axes, kernel, out_shapes[0], ceil=ceil)
+        geometry = (
+            getattr(node, "_saved_stride", None) or kernel,
+            getattr(node, "_saved_padding", 0),
+            getattr(node, "_saved_dilation", 1),
+        )
+        return _window(data, axes, kernel, geometry, out_shapes[0], ceil=ceil)
     return None
 
 
 def _window(
-    node: object,
     data: Tuple[object, int],
     axes: List[_Axis],
     kernel: Tuple[int, ...],
+    geometry: Tuple[object, object, object],
     out_shape: Tuple[int, ...],
     ceil: bool,
 ) -> Optional[List[Tuple[object, List[_Axis]]]]:
-    """A sliding window (convolution, pooling): cell ``o`` reads
+    """A sliding window (convolution, pooling) of ``geometry`` = ``(stride,
+    padding, dilation)``: cell ``o`` reads
     ``o * stride - padding + dilation * [0, kernel - 1]``."""
     ndim = len(axes)
-    stride = _per_axis(getattr(node, "_saved_stride", None) or kernel, ndim)
-    padding = _per_axis(getattr(node, "_saved_padding", 0), ndim)
-    dilation = _per_axis(getattr(node, "_saved_dilation", 1), ndim)
+    stride, padding, dilation = (_per_axis(v, ndim) for v in geometry)
     in_shape = _shape(data[0], data[1])
     if None in (stride, padding, dilation) or len(kernel) != ndim or len(in_shape) != ndim + 2:
         return None

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..lrp.canonizers import ConvAdjoint
 from .receptive_field import _per_axis, _shape, _topological, pad_widths
 
 __all__ = [
@@ -54,6 +55,7 @@ _PASS_THROUGH = {"AliasBackward0", "CloneBackward0", "ViewBackward0"}
 _SUPPORTED = _PASS_THROUGH | {
     "_RewiredBackward",
     "_SignSplitBackward",
+    "_SignedLinearBackward",
     "AddBackward0",
     "SubBackward0",
     "MulBackward0",
@@ -85,12 +87,16 @@ class Windows:
             they are zeroed only when the next sliding-window operation or a
             leaf is reached, and products with a saved tensor zero them on the
             way. Default: True
+        owned (bool): Whether ``values`` may be overwritten: nothing else reads
+            it. Products with a saved tensor then write in place, which spares
+            the allocation of a fresh window set per node. Default: False
     """
 
     values: Tensor
     origin: Tensor
     rows: Tensor
     clean: bool = True
+    owned: bool = False
     # per-window index plans (see _plan), shared by windows at the same place
     plans: Dict[object, list] = field(default_factory=dict, repr=False, compare=False)
 
@@ -99,14 +105,20 @@ class Windows:
         return tuple(self.values.shape[2:])
 
     def moved(
-        self, values: Tensor, origin: Optional[Tensor] = None, clean: Optional[bool] = None
+        self,
+        values: Tensor,
+        origin: Optional[Tensor] = None,
+        clean: Optional[bool] = None,
+        owned: bool = True,
     ) -> "Windows":
-        """New contents, on the same windows unless ``origin`` is given."""
+        """New contents, on the same windows unless ``origin`` is given;
+        ``owned``: ``values`` is a new tensor, or a view of this one's owned values."""
         return Windows(
             values,
             self.origin if origin is None else origin,
             self.rows,
             self.clean if clean is None else clean,
+            owned,
             self.plans if origin is None else {},
         )
 
@@ -127,6 +139,8 @@ def windowable(output: Tensor, leaves: Sequence[Tensor]) -> bool:
         if name == "ConvolutionBackward0" and (
             node._saved_transposed or any(f is not None for f, _ in node.next_functions[1:])
         ):
+            return False
+        if name == "_SignedLinearBackward" and not isinstance(node.adjoint, ConvAdjoint):
             return False
         if name == "AvgPool2DBackward0" and not _plain_average(node):
             return False
@@ -229,20 +243,34 @@ def _node_backward(
     g = incoming[0]
     if name in _PASS_THROUGH:
         return [g]
+    if name == "_SignedLinearBackward":
+        (positive,) = node.saved_tensors  # type: ignore[attr-defined]  # 0/1: x >= 0
+        adjoint = node.adjoint  # type: ignore[attr-defined]
+        g = _cleaned(g, _shape(node, 0)[2:])
+        keep = channels_last(positive)
+        through_a, through_b = (
+            _transposed(
+                g, w, adjoint.stride, adjoint.padding, adjoint.dilation, adjoint.groups, keep
+            )
+            for w in node.weights  # type: ignore[attr-defined]
+        )
+        return [_with_saved(_pick, positive, through_a, through_b.values), None, None, None]
     if name == "_RewiredBackward":
         return [None, g if factor is None else _with_saved(torch.mul, factor, g), None]
-    if name == "AddBackward0":
-        alpha = getattr(node, "_saved_alpha", 1)
-        return [_to_input(node, 0, g), _to_input(node, 1, _scaled(g, alpha))]
-    if name == "SubBackward0":
-        alpha = getattr(node, "_saved_alpha", 1)
-        return [_to_input(node, 0, g), _to_input(node, 1, _scaled(g, -alpha))]
+    if name in ("AddBackward0", "SubBackward0"):
+        alpha = getattr(node, "_saved_alpha", 1) * (1 if name == "AddBackward0" else -1)
+        first, second = _to_input(node, 0, g), _to_input(node, 1, _scaled(g, alpha))
+        if first.values is second.values:  # both summands read the same windows
+            first = second = g.moved(g.values, owned=False)
+        return [first, second]
     if name == "NegBackward0":
         return [_scaled(g, -1)]
     if name == "MulBackward1":
         return [_scaled(g, node._saved_other)]  # type: ignore[attr-defined]
     if name == "MulBackward0":
         other, own = node._saved_other, node._saved_self  # type: ignore[attr-defined]
+        if other is not None and own is not None:  # both products read g
+            g = g.moved(g.values, owned=False)
         return [
             None if other is None else _to_input(node, 0, _with_saved(torch.mul, other, g)),
             None if own is None else _to_input(node, 1, _with_saved(torch.mul, own, g)),
@@ -298,7 +326,8 @@ def _with_saved(op: Callable[..., Tensor], full: Tensor, g: Windows, *others: Te
         # a scalar, or broadcast over space: nothing to crop along those axes
         saved = full if full.dim() == 0 else _crop(full, g)
         return g.moved(op(saved, values, *others), clean=g.clean and not others)
-    out = torch.empty_like(values, dtype=torch.result_type(values, full))
+    dtype = torch.result_type(values, full)
+    out = values if g.owned and values.dtype == dtype else torch.empty_like(values, dtype=dtype)
     for source, window, outside in _plan(g, tuple(spatial), full.shape[0] == 1):
         if source is not None:
             op(full[source], values[window], *(o[window] for o in others), out=out[window])
@@ -424,7 +453,10 @@ def _placed(w: Windows, origin: Tensor, size: Sequence[int]) -> Windows:
 def add(a: Windows, b: Windows) -> Windows:
     """The sum of two window sets of one tensor (same seeds), on windows covering both."""
     a, b = _common(a, b)
-    return a.moved(a.values + b.values, clean=a.clean and b.clean)
+    if not a.owned and b.owned:
+        a, b = b, a
+    total = a.values.add_(b.values) if a.owned else a.values + b.values
+    return a.moved(total, clean=a.clean and b.clean)
 
 
 def _to_input(node: object, index: int, g: Windows) -> Windows:
@@ -435,8 +467,11 @@ def _to_input(node: object, index: int, g: Windows) -> Windows:
     return g
 
 
-def _inside(values: Tensor, origin: Tensor, extents: Sequence[int]) -> Tensor:
-    """``values`` with the positions outside ``[0, extent)`` zeroed."""
+def _inside(
+    values: Tensor, origin: Tensor, extents: Sequence[int], in_place: bool = False
+) -> Tensor:
+    """``values`` with the positions outside ``[0, extent)`` zeroed (in place
+    with ``in_place``)."""
     size = values.shape[2:]
     if bool((origin >= 0).all()) and all(
         int(origin[:, d].max()) + size[d] <= extents[d] for d in range(len(size))
@@ -448,12 +483,15 @@ def _inside(values: Tensor, origin: Tensor, extents: Sequence[int]) -> Tensor:
         hit = ((position >= 0) & (position < extent)).to(values.dtype)
         shape = (len(origin), 1) + tuple(length if e == d else 1 for e in range(len(size)))
         mask = hit.reshape(shape) if mask is None else mask * hit.reshape(shape)
-    return values * mask
+    return values.mul_(mask) if in_place else values * mask
 
 
 def _cleaned(g: Windows, extents: Sequence[int]) -> Windows:
     """``g`` with the positions outside ``[0, extent)`` zeroed, if they may not be."""
-    return g if g.clean else g.moved(_inside(g.values, g.origin, extents), clean=True)
+    if g.clean:
+        return g
+    values = _inside(g.values, g.origin, extents, in_place=g.owned)
+    return g.moved(values, clean=True, owned=g.owned or values is not g.values)
 
 
 def _scaled_origin(g: Windows, stride: Sequence[int], padding: Sequence[int]) -> Tensor:
@@ -471,20 +509,31 @@ def _convolution(node: object, g: Windows) -> Windows:
     weight = node._saved_weight  # type: ignore[attr-defined]
     ndim = weight.dim() - 2
     g = _cleaned(g, _shape(node, 0)[2:])
-    stride = _per_axis(node._saved_stride, ndim)  # type: ignore[attr-defined]
-    padding = _per_axis(node._saved_padding, ndim)  # type: ignore[attr-defined]
-    dilation = _per_axis(node._saved_dilation, ndim)  # type: ignore[attr-defined]
-    values = _TRANSPOSED[ndim - 1](
-        g.values,
-        weight.detach(),
-        None,
-        stride,
-        0,
-        0,
-        node._saved_groups,
-        dilation,  # type: ignore[attr-defined]
+    return _transposed(
+        g,
+        weight,
+        _per_axis(node._saved_stride, ndim),  # type: ignore[attr-defined]
+        _per_axis(node._saved_padding, ndim),  # type: ignore[attr-defined]
+        _per_axis(node._saved_dilation, ndim),  # type: ignore[attr-defined]
+        node._saved_groups,  # type: ignore[attr-defined]
+        channels_last(node._saved_input),  # type: ignore[attr-defined]
     )
-    if channels_last(node._saved_input):  # type: ignore[attr-defined]
+
+
+def _transposed(
+    g: Windows,
+    weight: Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    keep_channels_last: bool,
+) -> Windows:
+    """The transposed convolution of clean windows ``g``: the input windows
+    (the positions spilled outside the input are not zeroed yet)."""
+    ndim = weight.dim() - 2
+    values = _TRANSPOSED[ndim - 1](g.values, weight.detach(), None, stride, 0, 0, groups, dilation)
+    if keep_channels_last:
         # keep the layout of the forward pass (lost where windows are 1x1)
         values = values.contiguous(memory_format=torch.channels_last)
     return g.moved(values, _scaled_origin(g, stride, padding), clean=False)
@@ -541,7 +590,7 @@ def _pad(node: object, g: Windows) -> Windows:
         values = F.pad(values, [0, 0] * (values.dim() - 2) + [-before, -after])
     shift = g.origin.new_tensor([before for before, _ in widths[2:]])
     spatial = any(pair != (0, 0) for pair in widths[2:])
-    return g.moved(values, g.origin - shift, clean=g.clean and not spatial)
+    return g.moved(values, g.origin - shift, clean=g.clean and not spatial, owned=g.owned)
 
 
 def _cat(node: object, g: Windows) -> List[Optional[Windows]]:
@@ -550,7 +599,7 @@ def _cat(node: object, g: Windows) -> List[Optional[Windows]]:
     first = 0
     for nxt, nr in node.next_functions:  # type: ignore[attr-defined]
         width = _shape(nxt, nr)[1]  # windowable() rules out constant inputs
-        out.append(g.moved(g.values[:, first : first + width]))
+        out.append(g.moved(g.values[:, first : first + width], owned=g.owned))
         first += width
     return out
 

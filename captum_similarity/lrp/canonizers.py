@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "LinearOp",
+    "ConvAdjoint",
     "LINEAR_TYPES",
     "BATCHNORM_TYPES",
     "linear_op",
@@ -76,12 +77,56 @@ class LinearOp:
         bias (Tensor or None): The layer's (possibly fused) bias.
         output (Tensor): ``forward(x, weight, bias)`` as computed in the
             forward pass, differentiable with respect to ``x``.
+        adjoint (Callable, optional): ``(grad, weight, like) -> grad_x``, the
+            gradient of ``forward(x, weight, None)`` with respect to an ``x``
+            shaped (and laid out) like ``like``, given the output's gradient
+            ``grad``; None when not known (rules then use autograd's).
+            Default: None
     """
 
     forward: LinearForward
     weight: Tensor
     bias: Optional[Tensor]
     output: Tensor
+    adjoint: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None
+
+
+@dataclass(frozen=True)
+class ConvAdjoint:
+    r"""The adjoint of a zero-padded convolution (its transposed convolution),
+    with the geometry that windowed backward passes and receptive fields read.
+
+    Args:
+        stride (tuple of int): Per spatial axis.
+        padding (tuple of int): Per spatial axis, on both sides.
+        dilation (tuple of int): Per spatial axis.
+        groups (int): Channel groups.
+    """
+
+    stride: Tuple[int, ...]
+    padding: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    groups: int
+
+    def __call__(self, grad: Tensor, weight: Tensor, like: Tensor) -> Tensor:
+        zeros = [0] * len(self.stride)
+        return torch.ops.aten.convolution_backward(
+            grad,
+            like,
+            weight,
+            None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            False,
+            zeros,
+            self.groups,
+            [True, False, False],
+        )[0]
+
+
+def _linear_adjoint(grad: Tensor, weight: Tensor, like: Tensor) -> Tensor:
+    return grad @ weight
 
 
 def _channel_affine(x: Tensor, scale: Tensor, shift: Optional[Tensor]) -> Tensor:
@@ -118,10 +163,17 @@ def linear_op(module: nn.Module, output: Tensor) -> LinearOp:
         TypeError: ``module`` is not one of these layers.
     """
     if isinstance(module, nn.Linear):
-        return LinearOp(F.linear, module.weight.detach(), _detached(module.bias), output)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return LinearOp(
-            _conv_forward(module), module.weight.detach(), _detached(module.bias), output
+            F.linear, module.weight.detach(), _detached(module.bias), output, _linear_adjoint
+        )
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        forward = _conv_forward(module)
+        return LinearOp(
+            forward,
+            module.weight.detach(),
+            _detached(module.bias),
+            output,
+            _conv_adjoint(module) if forward == module._conv_forward else None,
         )
     if isinstance(module, BATCHNORM_TYPES):
         scale, shift = _batchnorm_affine(module)
@@ -172,7 +224,7 @@ def fold_batchnorm(op: LinearOp, bn: nn.Module, output: Optional[Tensor] = None)
     bias = shift if op.bias is None else op.bias * scale + shift
     if output is None:
         output = _channel_affine(op.output, scale, shift)
-    return LinearOp(op.forward, weight, bias, output)
+    return LinearOp(op.forward, weight, bias, output, op.adjoint)
 
 
 def is_squeeze_excitation(module: nn.Module) -> bool:
@@ -200,6 +252,21 @@ def _conv_forward(module: nn.Module) -> LinearForward:
         return conv(x[index], weight, bias, groups=groups)
 
     return forward
+
+
+def _conv_adjoint(module: nn.Module) -> Optional[ConvAdjoint]:
+    """The adjoint of ``module``'s convolution, if it pads with zeros symmetrically."""
+    if module.padding_mode != "zeros":
+        return None
+    padding = module.padding
+    if padding == "valid":
+        padding = (0,) * len(module.kernel_size)
+    elif padding == "same":
+        spans = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+        if any(span % 2 for span in spans):
+            return None  # padded more on one side
+        padding = tuple(span // 2 for span in spans)
+    return ConvAdjoint(tuple(module.stride), tuple(padding), tuple(module.dilation), module.groups)
 
 
 def _detached(t: Optional[Tensor]) -> Optional[Tensor]:

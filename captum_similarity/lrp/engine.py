@@ -536,14 +536,16 @@ class RelevancePass:
             return None
         grad = divide_or_zero(seeds, src.detach()).flatten(0, 1)  # (K * N, C, *grid)
         out = self.input.new_zeros((k, n) + tuple(self.input.shape[1:]))
-        chunk = max(1, _WINDOW_BUDGET * n * math.prod(spatial) // area)
+        chunk = max(1, int(_WINDOW_BUDGET * n * math.prod(spatial) // area))
         for part_index in torch.arange(len(units)).split(chunk):
             part = units[part_index]
             first_part = first[part_index]
             values = crop(grad, part[:, 0] * n + part[:, 1], first_part, size)
             if channels_last(src):
                 values = values.contiguous(memory_format=torch.channels_last)
-            reached = windowed_backward(src, leaves, Windows(values, first_part, part[:, 1]))
+            reached = windowed_backward(
+                src, leaves, Windows(values, first_part, part[:, 1], owned=True)
+            )
             relevance = [times_saved(leaf, w) for leaf, w in zip(leaves, reached) if w is not None]
             if not relevance:
                 return None  # nothing reaches the input: the dense path says why

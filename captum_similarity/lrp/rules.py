@@ -264,8 +264,37 @@ def _signed_part(op: LinearOp, x: Tensor, positive: bool, bias: Optional[Tensor]
     if not bool(x.detach().amin() < 0):
         # after a ReLU: nothing to split, and no split for every backward pass to cross
         return op.forward(x, w_pos, bias)
+    if op.adjoint is not None:
+        return _SignedLinear.apply(x, op, w_pos, w_neg, bias)
     x_pos, x_neg = _SignSplit.apply(x)
     return op.forward(x_pos, w_pos, bias) + op.forward(x_neg, w_neg, None)
+
+
+class _SignedLinear(torch.autograd.Function):
+    """``op(x^+, w_a) + op(x^-, w_b) + bias`` as one node, for a layer whose
+    adjoint is known (convolutions, Linear). It keeps only the 0/1 mask of
+    ``x >= 0`` (the two parts are temporaries; as inputs of two layers they
+    would be kept until the backward pass) and its backward picks each input
+    element's gradient through ``w_a`` or ``w_b`` by that mask."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, op: LinearOp, w_a: Tensor, w_b: Tensor, bias: Optional[Tensor]
+    ) -> Tensor:
+        positive = _nonnegative(x)
+        part = x.clamp(min=0)
+        out = op.forward(part, w_a, bias)
+        out = out.add_(op.forward(torch.clamp(x, max=0, out=part), w_b, None))
+        ctx.save_for_backward(positive)
+        ctx.adjoint, ctx.weights = op.adjoint, (w_a, w_b)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None, None, None, None]:
+        (positive,) = ctx.saved_tensors
+        w_a, w_b = ctx.weights
+        through_b = ctx.adjoint(grad, w_b, positive)
+        return through_b.lerp_(ctx.adjoint(grad, w_a, positive), positive), None, None, None, None
 
 
 class _SignSplit(torch.autograd.Function):
