@@ -366,3 +366,45 @@ def test_model_refusing_channels_last_runs_as_given(images):
     assert_unchanged(model, before)
     with pytest.raises(TypeError, match="channels_last"):
         LRPEngine(model, channels_last="yes")
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        "blocks.0.expand.1",  # a BatchNorm output: between the SiLU's factor and the fold's
+        "blocks.0.depthwise.2",  # a SiLU output: a chain's first node
+        "blocks.0.se",  # the squeeze-excitation output, read by the projection
+    ],
+)
+def test_merged_rule_factors_keep_every_recorded_layer_right(layer, images, monkeypatch):
+    from captum_similarity.lrp import engine as engine_module
+
+    model = make_reference_model("efficientnet")
+    x = images(2)
+
+    def relevance(run):
+        seed = torch.randn(run.activation(layer).shape, dtype=x.dtype)
+        seed = seed * run.activation(layer).detach()  # relevance-shaped
+        return (
+            run.propagate(torch.ones_like(run.output), target=layer),
+            run.propagate(seed, source=layer),
+        )
+
+    torch.manual_seed(0)
+    merged = relevance(LRPEngine(model).forward(x, record=[layer]))
+    monkeypatch.setattr(engine_module, "fuse_factors", lambda roots: None)
+    torch.manual_seed(0)
+    separate = relevance(LRPEngine(model).forward(x, record=[layer]))
+    for got, want in zip(merged, separate):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+
+
+def test_rule_factors_of_an_activation_and_the_layer_below_are_kept_as_one(images):
+    from captum_similarity._utils.receptive_field import _topological
+
+    model = make_reference_model("efficientnet")
+    run = LRPEngine(model).forward(images(2))
+    nodes = [n for n in _topological(run.output.grad_fn) if n.name() == "_RewiredBackward"]
+    # per MBConv block: expand (SiLU merged), depthwise (SiLU and the gate merged), project
+    kept = [n for n in nodes if n.factor is not None]
+    assert len(nodes) - len(kept) == 3 * len(model.blocks) + 2  # + the stem's and head's SiLU

@@ -7,11 +7,10 @@ every intermediate tensor on the window that the seed can reach there, not
 on the whole tensor: per node it applies the node's backward to all windows
 at once (a transposed convolution, a scatter) or, for a product with what
 the node saved (the rules' factors and masks, a ReLU's output), multiplies
-each window by a view of the saved tensor, without cropped copies.
-Consecutive rule factors (an activation's, then the layer's below it) are
-multiplied once on the whole tensors; the positions a transposed convolution
-spills outside its input are zeroed only before the next sliding-window
-operation. The work follows the area the seeds reach, whatever their
+each window by a view of the saved tensor, without cropped copies, in place
+where nothing else reads the windows. The positions a transposed
+convolution spills outside its input are zeroed only before the next
+sliding-window operation. The work follows the area the seeds reach, whatever their
 overlap, rather than one dense pass per group of seeds with disjoint
 footprints. Windows keep the memory layout of the forward pass
 (channels-last or not).
@@ -171,12 +170,7 @@ def windowed_backward(
     """
     pending: Dict[object, Dict[int, Windows]] = {output.grad_fn: {0: grads}}
     found: Dict[int, Windows] = {}
-    order = _topological(output.grad_fn)
-    feeders = _feeders(order)
-    # A chain of rules' factors (an activation's, then the layer's below it) is
-    # multiplied on the whole tensors, once, and applied to the windows at its end.
-    carried: Dict[object, Tensor] = {}
-    for node in order:
+    for node in _topological(output.grad_fn):
         incoming = pending.pop(node, None)
         if incoming is None:
             continue
@@ -184,19 +178,7 @@ def windowed_backward(
         if name == "torch::autograd::AccumulateGrad":
             found[id(node.variable)] = _cleaned(incoming[0], node.variable.shape[2:])
             continue
-        factor = None
-        if name == "_RewiredBackward" and node.factor is not None:  # type: ignore[attr-defined]
-            factor = node.factor.detach()  # type: ignore[attr-defined]
-            if node in carried:
-                factor = carried.pop(node) * factor
-            nxt, nr = node.next_functions[1]  # type: ignore[attr-defined]
-            if _chained(nxt, factor, feeders):
-                carried[nxt] = factor
-                pending[nxt] = {nr: incoming[0]}
-                continue
-        for (nxt, nr), window in zip(
-            node.next_functions, _node_backward(node, name, incoming, factor)
-        ):
+        for (nxt, nr), window in zip(node.next_functions, _node_backward(node, name, incoming)):
             if nxt is None or window is None:
                 continue
             slot = pending.setdefault(nxt, {})
@@ -204,33 +186,10 @@ def windowed_backward(
     return [found.get(id(leaf)) for leaf in leaves]
 
 
-def _feeders(order: Sequence[object]) -> Dict[object, int]:
-    """How many edges of the graph ``order`` lead into each node."""
-    count: Dict[object, int] = {}
-    for node in order:
-        for nxt, _ in node.next_functions:  # type: ignore[attr-defined]
-            if nxt is not None:
-                count[nxt] = count.get(nxt, 0) + 1
-    return count
-
-
-def _chained(node: object, factor: Tensor, feeders: Dict[object, int]) -> bool:
-    """Whether ``node`` is a rule's rewiring with a factor shaped like
-    ``factor`` and whose gradient comes from one edge only."""
-    return (
-        node is not None
-        and node.name() == "_RewiredBackward"  # type: ignore[attr-defined]
-        and node.factor is not None  # type: ignore[attr-defined]
-        and node.factor.shape == factor.shape  # type: ignore[attr-defined]
-        and feeders.get(node) == 1
-    )
-
-
 def _node_backward(
-    node: object, name: str, incoming: Dict[int, Windows], factor: Optional[Tensor] = None
+    node: object, name: str, incoming: Dict[int, Windows]
 ) -> List[Optional[Windows]]:
-    """The node's backward on windows: one entry per ``next_functions`` entry
-    (``factor``: a rewiring's factor with those carried down to it)."""
+    """The node's backward on windows: one entry per ``next_functions`` entry."""
     if name == "_SignSplitBackward":
         (positive,) = node.saved_tensors  # type: ignore[attr-defined]  # 0/1: x >= 0
         pos, neg = incoming.get(0), incoming.get(1)
@@ -256,6 +215,7 @@ def _node_backward(
         )
         return [_with_saved(_pick, positive, through_a, through_b.values), None, None, None]
     if name == "_RewiredBackward":
+        factor = node.factor  # type: ignore[attr-defined]
         return [None, g if factor is None else _with_saved(torch.mul, factor, g), None]
     if name in ("AddBackward0", "SubBackward0"):
         alpha = getattr(node, "_saved_alpha", 1) * (1 if name == "AddBackward0" else -1)

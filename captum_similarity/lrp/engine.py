@@ -81,7 +81,7 @@ from .._utils.windowed_backward import (
 from .._utils.state import preserved_state
 from .canonizers import BATCHNORM_TYPES, LINEAR_TYPES, fold_batchnorm, linear_op
 from .composites import Composite, resolve_composite
-from .rules import LinearRule, Rule, divide_or_zero
+from .rules import LinearRule, Rule, divide_or_zero, fuse_factors
 
 __all__ = ["LRPEngine", "RelevancePass"]
 
@@ -289,6 +289,7 @@ class LRPEngine:
                 "layer reads the model input directly (is the input transformed first?)",
                 stacklevel=2,
             )
+        fuse_factors([output, *recorded.values()])
         return RelevancePass(self.model, x, output, trace.companions, recorded)
 
     def _deferrable(self) -> Set[int]:

@@ -34,7 +34,7 @@ batched).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from captum.attr._utils.lrp_rules import (
@@ -132,6 +132,56 @@ class _Rewired(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[None, Tensor, None]:
         return None, grad if ctx.factor is None else grad * ctx.factor, None
+
+
+def fuse_factors(roots: Sequence[Tensor]) -> None:
+    r"""Merges chains of rule factors in the graph below ``roots``, in place.
+
+    Where a rule's node ``A`` (factor ``f_A``) hands its gradient to another
+    rule's node ``B`` (factor ``f_B`` of the same shape) and nothing else feeds
+    ``B``, every backward pass computes ``grad * f_A * f_B``: ``B`` takes the
+    product as its factor and ``A`` passes its gradient through. An activation's
+    factor and the factor of the layer below it (``silu(x) / x`` and
+    ``x / z^+``) are kept as one tensor, for the graph's lifetime. Only the
+    gradient of the tensor between ``A`` and ``B`` changes, so ``roots`` must
+    hold every tensor whose gradient is seeded or read (the output, the
+    recorded layers').
+    """
+    entries = {t.grad_fn for t in roots if t.grad_fn is not None}
+    feeders: Dict[object, int] = {node: 1 for node in entries}
+    order, stack = [], list(entries)
+    seen = set(entries)
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        for nxt, _ in node.next_functions:  # type: ignore[attr-defined]
+            if nxt is None:
+                continue
+            feeders[nxt] = feeders.get(nxt, 0) + 1
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    for node in order:
+        if not _factored(node):
+            continue
+        below, _ = node.next_functions[1]  # type: ignore[attr-defined]
+        if (
+            _factored(below)
+            and feeders[below] == 1
+            and below.factor.shape == node.factor.shape  # type: ignore[attr-defined]
+            and below.factor.dtype == node.factor.dtype  # type: ignore[attr-defined]
+        ):
+            below.factor = below.factor.mul_(node.factor)  # type: ignore[attr-defined]
+            node.factor = None  # type: ignore[attr-defined]
+
+
+def _factored(node: object) -> bool:
+    """Whether ``node`` is a rule's rewiring with a factor."""
+    return (
+        node is not None
+        and node.name() == "_RewiredBackward"  # type: ignore[attr-defined]
+        and node.factor is not None  # type: ignore[attr-defined]
+    )
 
 
 def _with_values(values: Tensor, t: Tensor, factor: Optional[Tensor] = None) -> Tensor:
