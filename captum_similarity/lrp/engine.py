@@ -455,7 +455,7 @@ class RelevancePass:
           of each intermediate tensor the seed can reach
           (:func:`~captum_similarity._utils.windowed_backward.windowed_backward`);
           for PAIR-X's ten matches on the ResNet-style benchmark model it
-          took 1.2x one forward+backward pass against 2.7x for five packed
+          took 1.1x one forward+backward pass against 2.7x for five packed
           dense passes (docs/pairwise-matching.md). It applies when every
           node of the graph below ``source`` is one it reproduces
           (convolutions, pooling, slices, constant padding, concatenation,
