@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
@@ -44,6 +43,7 @@ from captum_similarity import (  # noqa: E402
     PairwiseIntermediateMatching,
     SiameseSimilarity,
 )
+from captum_similarity.lrp.engine import _grouped  # noqa: E402  # the engine's own test
 
 SIZE = 64
 LAYERS: Dict[str, Optional[str]] = {
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] = None) -> None:
     ]
     for kind, r in results.items():
         model = MODELS[kind](SIZE)
-        grouped = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
+        grouped = _grouped(model)
         cells = " | ".join("-" if r[c] is None else f"{r[c]:.2f}" for c in COLUMNS)
         lines.append(f"| {kind} | {'yes' if grouped else 'no'} | {cells} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

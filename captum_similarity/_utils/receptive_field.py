@@ -180,11 +180,11 @@ def receptive_field(output: Tensor, leaves: Sequence[Tensor]) -> Optional[Recept
     )
 
 
-def _topological(root: object) -> List[object]:
-    """Nodes reachable from ``root``, each after every node that feeds it a gradient."""
+def _topological(*roots: object) -> List[object]:
+    """Nodes reachable from ``roots``, each after every node that feeds it a gradient."""
     consumers: Dict[object, int] = defaultdict(int)
-    seen: Set[object] = {root}
-    stack = [root]
+    seen: Set[object] = set(roots)
+    stack = list(seen)
     while stack:
         node = stack.pop()
         for nxt, _ in node.next_functions:
@@ -194,7 +194,7 @@ def _topological(root: object) -> List[object]:
             if nxt not in seen:
                 seen.add(nxt)
                 stack.append(nxt)
-    order, ready = [], [root]
+    order, ready = [], [r for r in seen if r in roots and not consumers[r]]
     while ready:
         node = ready.pop()
         order.append(node)

@@ -537,7 +537,7 @@ class RelevancePass:
             return None
         grad = divide_or_zero(seeds, src.detach()).flatten(0, 1)  # (K * N, C, *grid)
         out = self.input.new_zeros((k, n) + tuple(self.input.shape[1:]))
-        chunk = max(1, int(_WINDOW_BUDGET * n * math.prod(spatial) // area))
+        chunk = max(1, _WINDOW_BUDGET * n * math.prod(spatial) // area)
         for part_index in torch.arange(len(units)).split(chunk):
             part = units[part_index]
             first_part = first[part_index]

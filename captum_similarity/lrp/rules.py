@@ -46,6 +46,7 @@ from captum.attr._utils.lrp_rules import (
 )
 from torch import Tensor, nn
 
+from .._utils.receptive_field import _topological
 from .canonizers import BATCHNORM_TYPES, LINEAR_TYPES, LinearOp, linear_op
 
 __all__ = [
@@ -148,19 +149,13 @@ def fuse_factors(roots: Sequence[Tensor]) -> None:
     recorded layers').
     """
     entries = {t.grad_fn for t in roots if t.grad_fn is not None}
+    order = _topological(*entries)
     feeders: Dict[object, int] = {node: 1 for node in entries}
-    order, stack = [], list(entries)
-    seen = set(entries)
-    while stack:
-        node = stack.pop()
-        order.append(node)
+    for node in order:
         for nxt, _ in node.next_functions:  # type: ignore[attr-defined]
-            if nxt is None:
-                continue
-            feeders[nxt] = feeders.get(nxt, 0) + 1
-            if nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
+            if nxt is not None:
+                feeders[nxt] = feeders.get(nxt, 0) + 1
+    # in topological order a chain's first factor reaches its last
     for node in order:
         if not _factored(node):
             continue
