@@ -1,6 +1,6 @@
 """Training with and without the similarity-attention constraint on ORL faces.
 
-Trains the small ORL embedder (``captum_similarity.models.trained``: ResNet,
+Trains the small ORL embedder (``captum_similarity.training.demo_models``: ResNet,
 56x46 grey faces, subjects s1..s30, batch-hard triplet loss) from the
 same initialisation, with the same seed, batches and number of steps: once
 with the triplet loss alone, and once per weight with ``triplet + weight * L_sm``
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from captum_similarity import EmbeddingGradCAM, SiameseSimilarity  # noqa: E402
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
 from captum_similarity.metrics import insertion_deletion, retrieval_metrics  # noqa: E402
-from captum_similarity.models.trained import ORL_CONFIG, fit_orl, orl_model  # noqa: E402
+from captum_similarity.training.demo_models import ORL_CONFIG, fit_orl, orl_model  # noqa: E402
 from captum_similarity.training import SimilarityAttentionLoss, batch_hard_triplets  # noqa: E402
 from timing import machine  # noqa: E402
 

@@ -36,7 +36,7 @@ from conftest import REFERENCE_KINDS, make_reference_model, zero_additive_consta
 from captum_similarity import LRPRelevancePairing  # noqa: E402
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
 from captum_similarity.models import dlib_face_resnet, face_chips  # noqa: E402
-from captum_similarity.models.trained import ORL_CONFIG, orl_embedder  # noqa: E402
+from captum_similarity.training.demo_models import ORL_CONFIG, orl_embedder  # noqa: E402
 
 COMPOSITES = ["lrp0", "epsilon", "epsilon_plus", "gamma"]
 

@@ -16,7 +16,7 @@ a different-person pair of the same bin). A control row scores the pairs by
 the similarity itself: its value at equal similarity is the confounding the
 bins leave.
 
-Models: the small ORL ResNet (:func:`captum_similarity.models.trained.orl_embedder`,
+Models: the small ORL ResNet (:func:`captum_similarity.training.demo_models.orl_embedder`,
 trained on s1..s30, cosine similarity) and, with ``--dlib``, dlib's
 pretrained face ResNet (:func:`captum_similarity.models.dlib_face_resnet`,
 never trained on ORL; chips by edge padding and resizing to 150x150;
@@ -56,7 +56,7 @@ from captum_similarity.metrics import (  # noqa: E402
     auroc_at_equal_similarity,
     match_plausibility,
 )
-from captum_similarity.models.trained import ORL_CONFIG, orl_embedder  # noqa: E402
+from captum_similarity.training.demo_models import ORL_CONFIG, orl_embedder  # noqa: E402
 
 #: The scores compared, each oriented so that larger means "more plausible".
 SCORES = {

@@ -29,7 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from bench_pairx import LAYERS, MODELS  # noqa: E402
 from timing import command_line, machine  # noqa: E402
 
-from captum_similarity._utils.receptive_field import _topological  # noqa: E402
+from captum_similarity.lrp.graph import topological  # noqa: E402
 from captum_similarity.lrp import LRPEngine  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def kept_by_graph(output: torch.Tensor) -> Dict[str, int]:
     """Bytes of the storages the graph below ``output`` keeps, by node kind."""
     seen = set()
     by_kind: Counter = Counter()
-    for node in _topological(output.grad_fn):
+    for node in topological(output.grad_fn):
         tensors = [getattr(node, a) for a in dir(node) if a.startswith("_saved_")]
         if node.name().startswith("_"):  # the rules' own autograd functions
             tensors += list(node.saved_tensors) + [getattr(node, "factor", None)]

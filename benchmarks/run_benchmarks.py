@@ -8,7 +8,7 @@
      when dlib is installed), scored by the negative Euclidean distance it
      verifies with; the main real model;
    - ``orl`` (default): the small ORL embedder trained here (or loaded from
-     the cache; :func:`captum_similarity.models.trained.orl_embedder`: 30
+     the cache; :func:`captum_similarity.training.demo_models.orl_embedder`: 30
      identities, fixed seed), scored by cosine similarity.
 
    Both report held-out Recall@1 and mAP on identities s31..s40.
@@ -57,7 +57,7 @@ from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
 from captum_similarity.explainers import explain_pair, explainers  # noqa: E402
 from captum_similarity.metrics import insertion_deletion, retrieval_metrics  # noqa: E402
 from captum_similarity.models import dlib_face_resnet, face_chips  # noqa: E402
-from captum_similarity.models.trained import orl_embedder  # noqa: E402
+from captum_similarity.training.demo_models import orl_embedder  # noqa: E402
 
 #: Configuration changes of the tiny smoke-mode embedder (see ``ORL_CONFIG``).
 SMOKE_MODEL = {"size": [28, 23], "widths": [4, 8, 16], "embedding_dim": 16}

@@ -179,7 +179,7 @@ def test_per_match_maps_equal_one_seed_at_a_time(kind, images):
 @pytest.mark.parametrize("kind", ["resnet", "vit"])
 def test_batched_equals_unbatched(kind, images):
     _, pairx = _pairx(kind)
-    _, vmapped = _pairx(kind, batched_backward=True)
+    _, vmapped = _pairx(kind, batching="vmap")
     x1, x2 = images(3), images(3, seed=1)
     batch = pairx.explain(x1, x2, k=4, internal_batch_size=None)
     assert len({len(r) for r in batch}) > 1  # different match counts, none truncated
