@@ -57,9 +57,9 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
       features of the explained layer: there the gradient of the cosine is
       orthogonal to ``f`` and the un-ReLU'd ``"similarity"`` map sums to
       zero, while the pair map sums to ``<w, f>``.
-    - ``"similarity"`` (the default for pairs, references and galleries: it
-      measured most faithful on the benchmark runner, see
-      ``docs/embedding-gradcam.md``): ``S_1 = s(f1, f2)`` with ``f2`` held fixed and
+    - ``"similarity"`` (the default for pairs, references and galleries, the
+      most faithful weighting on the benchmark runner:
+      ``benchmarks/results/gradcam_weighting.md``): ``S_1 = s(f1, f2)`` with ``f2`` held fixed and
       ``S_2 = s(f1, f2)`` with ``f1`` held fixed: plain Grad-CAM of the
       similarity for each image, equal to Captum's ``LayerGradCam`` run on
       each branch with the other embedding fixed. On a GAP + linear + dot

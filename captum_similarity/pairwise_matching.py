@@ -331,10 +331,9 @@ class PairwiseIntermediateMatching(GradientAttribution):
             internal_batch_size (int, optional): Pairs processed at once, or
                 None for all at once; results do not depend on it. The rule
                 pass keeps every activation of its batch for the backward
-                passes, so large batches are memory-bound: at 224 x 224 on a
-                CPU, 16 pairs at once cost 1.6x (ResNet-style) to 1.7x
-                (EfficientNet-style) as much per pair as chunks of 2
-                (docs/pairwise-matching.md).
+                passes, so large batches are memory-bound and cost more per
+                pair than small chunks (measured in
+                ``benchmarks/results/pairx_speed.md``).
                 Default: 4
 
         Returns:

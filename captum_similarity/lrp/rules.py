@@ -17,7 +17,8 @@ returns a tensor with the layer's exact output values whose gradient
 implements the rule: for a linear layer ``z = W x + b`` and a modified layer
 ``z' = W' x + b'`` (built from ``x`` with the graph kept), it returns
 the values ``z`` with the gradient of ``t = z' * (z / z').detach()`` (a small
-autograd function: one copy in the forward pass, one product in each
+autograd function, :class:`~captum_similarity.lrp.functions.Rewired`: the
+module output's own storage in the forward pass, one product in each
 backward pass), so that ``c_in = W'^T (z c_out / z')`` and
 ``R_in = x * c_in = x * W'^T (R_out / z')``, the rule's formula. Everything
 the rule divides by is detached, so one forward pass serves any number of
