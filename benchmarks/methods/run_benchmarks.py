@@ -24,9 +24,9 @@
    (between its ``benchmark`` markers).
 
 Usage:
-    python benchmarks/run_benchmarks.py --orl ../shared/data/orl_faces --model dlib  # pretrained
-    python benchmarks/run_benchmarks.py --orl ../shared/data/orl_faces           # small ORL model
-    python benchmarks/run_benchmarks.py --orl ../shared/data/orl_faces --smoke   # tiny model, CI
+    python benchmarks/methods/run_benchmarks.py --orl ../shared/data/orl_faces --model dlib  # dlib
+    python benchmarks/methods/run_benchmarks.py --orl ../shared/data/orl_faces          # ORL model
+    python benchmarks/methods/run_benchmarks.py --orl ../shared/data/orl_faces --smoke  # tiny, CI
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import shlex
 import sys
 import time
 import warnings
@@ -45,11 +44,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from timing import forward_backward, machine, median_seconds  # noqa: E402
+from timing import command_line, forward_backward, machine, median_seconds  # noqa: E402
 
 from captum_similarity import SiameseSimilarity  # noqa: E402
 from captum_similarity._utils.layers import resolve_layer  # noqa: E402
@@ -327,7 +325,7 @@ def describe_orl(info: Dict[str, object]) -> str:
 
 def report(args, argv, embedder: str, same: Tensor, scores: Tensor, results, aucs, seconds: float) -> str:
     """The Markdown text: command, machine, embedder, protocol, a table per fill and pair kind."""
-    command = " ".join(["python benchmarks/run_benchmarks.py"] + [shlex.quote(a) for a in argv])
+    command = command_line(__file__, argv)
     lines = [
         f"Command: `{command}`. Machine: {machine()}. Total {seconds:.0f} s.",
         "",

@@ -51,7 +51,7 @@ EfficientNetV2-rw-m at 224x224, about 13x.
 
 Usage::
 
-    python benchmarks/bench_pairx.py [--repeats 3] [--threads 1]
+    python benchmarks/methods/bench_pairx.py [--repeats 3] [--threads 1]
         [--out benchmarks/results/pairx_speed.md]
 """
 
@@ -68,10 +68,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from shared_models import PAIRX_LAYERS as LAYERS  # noqa: E402
+from shared_models import PAIRX_MODELS as MODELS  # noqa: E402
 from timing import (  # noqa: E402
     command_line,
     forward_backward,
@@ -85,26 +86,10 @@ from captum_similarity._utils.hooks import recording  # noqa: E402
 from captum_similarity.lrp import LRPEngine  # noqa: E402
 from captum_similarity.lrp import engine as engine_module  # noqa: E402
 from captum_similarity.lrp.engine import RelevancePass  # noqa: E402
-from captum_similarity.models import EfficientNetEmbedder, ResNetEmbedder  # noqa: E402
 from captum_similarity.pairwise_matching import mutual_nearest_neighbours  # noqa: E402
 
 SIZE = 224
 K = 10
-
-MODELS: Dict[str, Callable[[], nn.Module]] = {
-    "EfficientNet-style (B0 stages, SE)": lambda: EfficientNetEmbedder(
-        stages=((16, 1, 1), (24, 2, 2), (40, 2, 2), (80, 2, 3), (112, 1, 3), (192, 2, 4)),
-        head_channels=512,
-        embedding_dim=128,
-    ),
-    "ResNet-style (5 stages, stride-1 stem)": lambda: ResNetEmbedder(
-        widths=(16, 32, 64, 128, 256), embedding_dim=128
-    ),
-}
-LAYERS = {
-    "EfficientNet-style (B0 stages, SE)": "blocks.7",
-    "ResNet-style (5 stages, stride-1 stem)": "layer5",
-}
 
 
 def naive_loop(model: nn.Module, layer: str, x1: Tensor, x2: Tensor, k: int) -> List[Tensor]:
@@ -252,7 +237,7 @@ def main(argv: Sequence[str] = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {name: measure(name, args.repeats) for name in MODELS}
-    command = command_line("bench_pairx.py", argv)
+    command = command_line(__file__, argv)
     columns = [
         "fwd+bwd, channels-last",
         "explain k=10",

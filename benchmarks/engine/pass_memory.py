@@ -10,7 +10,7 @@ space (docs/lrp.md, "How the engine works").
 
 Usage::
 
-    python benchmarks/pass_memory.py [--out benchmarks/results/pass_memory.md]
+    python benchmarks/engine/pass_memory.py [--out benchmarks/results/pass_memory.md]
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ from typing import Dict, Tuple
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from bench_pairx import LAYERS, MODELS  # noqa: E402
+from shared_models import PAIRX_LAYERS as LAYERS  # noqa: E402
+from shared_models import PAIRX_MODELS as MODELS  # noqa: E402
 from timing import command_line, machine  # noqa: E402
 
 from captum_similarity.lrp.graph import topological  # noqa: E402
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pass_memory.md")
     args = parser.parse_args()
     lines = [
-        f"Command: `{command_line('pass_memory.py')}`  ",
+        f"Command: `{command_line(__file__)}`  ",
         f"Machine: {machine()}",
         "",
         "| model (layer) | kept by the graph | largest parts |",

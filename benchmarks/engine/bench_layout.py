@@ -19,7 +19,7 @@ with grouped convolutions) comes from. PAIR-X at 224x224 is in
 
 Usage::
 
-    python benchmarks/bench_layout.py [--repeats 5] [--threads 1]
+    python benchmarks/engine/bench_layout.py [--repeats 5] [--threads 1]
         [--out benchmarks/results/layout.md]
 """
 
@@ -32,10 +32,10 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from bench_lrp import MODELS  # noqa: E402  # the reference models, by name
+from shared_models import LRP_MODELS as MODELS  # noqa: E402  # the reference models, by kind
 from timing import command_line, machine, median_ratio  # noqa: E402
 
 from captum_similarity import (  # noqa: E402
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {kind: measure(kind, args.repeats) for kind in MODELS}
-    command = command_line("bench_layout.py", argv)
+    command = command_line(__file__, argv)
     lines = [
         f"Command: `{command}`  ",
         f"Machine: {machine()}.",

@@ -15,7 +15,7 @@ back in every round.
 
 Usage::
 
-    python benchmarks/bench_strided_shortcut.py [--repeats 15]
+    python benchmarks/engine/bench_strided_shortcut.py [--repeats 15]
         [--out benchmarks/results/strided_shortcut.md]
 """
 
@@ -32,9 +32,8 @@ from typing import Callable, Dict, Sequence
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from timing import command_line, machine  # noqa: E402
 
@@ -110,7 +109,7 @@ def main(argv: Sequence[str] = None) -> None:
     torch.set_num_threads(1)
     conv = shortcut(args.repeats)
     lrp = lrp_backward(args.repeats)
-    command = command_line("bench_strided_shortcut.py", argv)
+    command = command_line(__file__, argv)
     fwd = conv["forward"]
     lines = [
         f"Command: `{command}`  ",

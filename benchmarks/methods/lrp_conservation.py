@@ -14,7 +14,7 @@ found.
 
 Run from the repository root::
 
-    python benchmarks/lrp_conservation.py [--orl ../shared/data/orl_faces]
+    python benchmarks/methods/lrp_conservation.py [--orl ../shared/data/orl_faces]
     # writes benchmarks/results/lrp_conservation.md
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import REFERENCE_KINDS, make_reference_model, zero_additive_constants  # noqa: E402
@@ -120,8 +120,8 @@ def main() -> None:
     lines = [
         "# LRPRelevancePairing conservation: mean |s - sum R|",
         "",
-        "Command: `python benchmarks/lrp_conservation.py` (reference models: 8 random 32x32 "
-        "pairs, float64).",
+        "Command: `python benchmarks/methods/lrp_conservation.py` (reference models: 8 random "
+        "32x32 pairs, float64).",
         "",
         "## Reference models as built by the tests (random weights, biases present)",
         "",
