@@ -5,7 +5,8 @@ each entry builds a fresh model).
   (``methods/bench_lrp.py``, ``engine/bench_layout.py``);
 - :data:`PAIRX_MODELS` and :data:`PAIRX_LAYERS`: the two 224x224 models of
   the PAIR-X speed benchmark and the layer each is explained at
-  (``methods/bench_pairx.py``, ``engine/pass_memory.py``).
+  (``methods/bench_pairx.py``, ``engine/pass_memory.py``; the ResNet-style one
+  in ``engine/bench_strided_shortcut.py``).
 """
 
 from __future__ import annotations

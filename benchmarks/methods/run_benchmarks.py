@@ -50,7 +50,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from timing import command_line, forward_backward, machine, median_seconds  # noqa: E402
 
 from captum_similarity import SiameseSimilarity  # noqa: E402
-from captum_similarity._utils.layers import resolve_layer  # noqa: E402
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
 from captum_similarity.explainers import explain_pair, explainers  # noqa: E402
 from captum_similarity.metrics import insertion_deletion, retrieval_metrics  # noqa: E402
@@ -395,7 +394,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     idx1, idx2, same = select_pairs(test_set.labels, args.pairs, args.impostor_pairs, args.seed)
     x1, x2 = test_set.images[idx1], test_set.images[idx2]
 
-    results = explain_and_time(sim, x1, x2, resolve_layer(model, args.layer), names, args.batch)
+    layer = model.get_submodule(args.layer)  # a dotted name, as model.named_modules() lists it
+    results = explain_and_time(sim, x1, x2, layer, names, args.batch)
     done = [n for n in names if "error" not in results[n]]
     fills = fill_values(args.fill, train_images, args.blur_sigma)
     aucs: Dict[str, Dict[str, Dict[str, Tensor]]] = {label: {} for label in fills}
