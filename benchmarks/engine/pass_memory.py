@@ -30,7 +30,7 @@ from shared_models import PAIRX_LAYERS as LAYERS  # noqa: E402
 from shared_models import PAIRX_MODELS as MODELS  # noqa: E402
 from timing import command_line, machine  # noqa: E402
 
-from captum_similarity.lrp.graph import topological  # noqa: E402
+from captum_similarity.lrp.graph import function_class, topological  # noqa: E402
 from captum_similarity.lrp import LRPEngine  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def kept_by_graph(output: torch.Tensor) -> Dict[str, int]:
     by_kind: Counter = Counter()
     for node in topological(output.grad_fn):
         tensors = [getattr(node, a) for a in dir(node) if a.startswith("_saved_")]
-        if node.name().startswith("_"):  # the rules' own autograd functions
+        if function_class(node) is not None:  # the rules' own autograd functions
             tensors += list(node.saved_tensors) + [getattr(node, "factor", None)]
         for t in tensors:
             if not isinstance(t, torch.Tensor):
@@ -80,6 +80,7 @@ def main() -> None:
         largest = ", ".join(f"{kind} {size / 1e6:.1f} MB" for kind, size in parts)
         lines.append(f"| {name} (`{LAYERS[name]}`) | {total:.1f} MB | {largest} |")
         print(lines[-1], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
 
 

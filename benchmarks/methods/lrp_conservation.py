@@ -15,7 +15,7 @@ found.
 Run from the repository root::
 
     python benchmarks/methods/lrp_conservation.py [--orl ../shared/data/orl_faces]
-    # writes benchmarks/results/lrp_conservation.md
+        [--out benchmarks/results/lrp_conservation.md]
 """
 
 from __future__ import annotations
@@ -113,6 +113,9 @@ def main() -> None:
         "CAPTUM_SIMILARITY_ORL", ROOT.parent / "shared" / "data" / "orl_faces"
     )
     parser.add_argument("--orl", type=Path, default=default_orl)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "lrp_conservation.md"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     header = "| model | similarity | mean abs(s) | " + " | ".join(COMPOSITES) + " |"
@@ -154,9 +157,9 @@ def main() -> None:
                 rule,
                 *dlib,
             ]
-    out = ROOT / "benchmarks" / "results" / "lrp_conservation.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
