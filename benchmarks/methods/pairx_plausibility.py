@@ -26,7 +26,7 @@ kept) to bound the time.
 
 Usage::
 
-    python benchmarks/pairx_plausibility.py --orl PATH/TO/orl_faces [--dlib]
+    python benchmarks/methods/pairx_plausibility.py --orl PATH/TO/orl_faces [--dlib]
         [--layers layer2 layer3] [--top 10] [--bins 50]
         [--out benchmarks/results/pairx_plausibility.md]
 """
@@ -43,9 +43,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from timing import command_line, machine  # noqa: E402
 
@@ -198,7 +197,7 @@ def main(argv: Sequence[str] = None) -> None:
             f"dlib: {len(keep)} pairs ({int(same.sum())} same person, {len(chosen)} random "
             "different-person pairs), chips by edge padding + resize to 150x150."
         )
-    command = command_line("pairx_plausibility.py", argv)
+    command = command_line(__file__, argv)
     lines = [
         f"Command: `{command}`  ",
         f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end.",

@@ -24,9 +24,9 @@
    (between its ``benchmark`` markers).
 
 Usage:
-    python benchmarks/run_benchmarks.py --orl ../shared/data/orl_faces --model dlib  # pretrained
-    python benchmarks/run_benchmarks.py --orl ../shared/data/orl_faces           # small ORL model
-    python benchmarks/run_benchmarks.py --orl ../shared/data/orl_faces --smoke   # tiny model, CI
+    python benchmarks/methods/run_benchmarks.py --orl ../shared/data/orl_faces --model dlib  # dlib
+    python benchmarks/methods/run_benchmarks.py --orl ../shared/data/orl_faces          # ORL model
+    python benchmarks/methods/run_benchmarks.py --orl ../shared/data/orl_faces --smoke  # tiny, CI
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import shlex
 import sys
 import time
 import warnings
@@ -45,14 +44,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from timing import forward_backward, machine, median_seconds  # noqa: E402
+from timing import command_line, forward_backward, machine, median_seconds  # noqa: E402
 
 from captum_similarity import SiameseSimilarity  # noqa: E402
-from captum_similarity._utils.layers import resolve_layer  # noqa: E402
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
 from captum_similarity.explainers import explain_pair, explainers  # noqa: E402
 from captum_similarity.metrics import insertion_deletion, retrieval_metrics  # noqa: E402
@@ -327,7 +324,7 @@ def describe_orl(info: Dict[str, object]) -> str:
 
 def report(args, argv, embedder: str, same: Tensor, scores: Tensor, results, aucs, seconds: float) -> str:
     """The Markdown text: command, machine, embedder, protocol, a table per fill and pair kind."""
-    command = " ".join(["python benchmarks/run_benchmarks.py"] + [shlex.quote(a) for a in argv])
+    command = command_line(__file__, argv)
     lines = [
         f"Command: `{command}`. Machine: {machine()}. Total {seconds:.0f} s.",
         "",
@@ -397,7 +394,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     idx1, idx2, same = select_pairs(test_set.labels, args.pairs, args.impostor_pairs, args.seed)
     x1, x2 = test_set.images[idx1], test_set.images[idx2]
 
-    results = explain_and_time(sim, x1, x2, resolve_layer(model, args.layer), names, args.batch)
+    layer = model.get_submodule(args.layer)  # a dotted name, as model.named_modules() lists it
+    results = explain_and_time(sim, x1, x2, layer, names, args.batch)
     done = [n for n in names if "error" not in results[n]]
     fills = fill_values(args.fill, train_images, args.blur_sigma)
     aucs: Dict[str, Dict[str, Dict[str, Tensor]]] = {label: {} for label in fills}
