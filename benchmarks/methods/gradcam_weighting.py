@@ -20,6 +20,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(Path(__file__).resolve(
 from captum_similarity import EmbeddingGradCAM  # noqa: E402
 from captum_similarity.explainers import register  # noqa: E402
 from run_benchmarks import main  # noqa: E402
+from timing import command_line  # noqa: E402
 
 VARIANTS = {
     f"EmbeddingGradCAM ({weighting}{', ReLU' if relu else ''})": (weighting, relu)
@@ -46,4 +47,4 @@ if __name__ == "__main__":
         "--out", str(ROOT / "benchmarks" / "results" / "gradcam_weighting.md"),
         "--docs", str(ROOT / "docs" / "embedding-gradcam.md"),
     ]
-    main(argv)
+    main(argv, command=command_line(__file__))  # the command that reproduces the table

@@ -322,9 +322,8 @@ def describe_orl(info: Dict[str, object]) -> str:
     )
 
 
-def report(args, argv, embedder: str, same: Tensor, scores: Tensor, results, aucs, seconds: float) -> str:
+def report(args, command: str, embedder: str, same: Tensor, scores: Tensor, results, aucs, seconds: float) -> str:
     """The Markdown text: command, machine, embedder, protocol, a table per fill and pair kind."""
-    command = command_line(__file__, argv)
     lines = [
         f"Command: `{command}`. Machine: {machine()}. Total {seconds:.0f} s.",
         "",
@@ -370,7 +369,7 @@ def dlib_setup(root: Path):
     return sim, mean_image, test_set, dict(metrics, description=description)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
+def main(argv: Optional[Sequence[str]] = None, command: Optional[str] = None) -> Dict[str, object]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -409,7 +408,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     with torch.no_grad():
         scores = sim(x1, x2)
 
-    text = report(args, argv, info["description"], same, scores, results, aucs, time.perf_counter() - start)
+    command = command or command_line(__file__, argv)
+    text = report(args, command, info["description"], same, scores, results, aucs, time.perf_counter() - start)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("# Faithfulness benchmark\n\n" + text)
     print(text)
