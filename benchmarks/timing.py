@@ -1,5 +1,6 @@
 """Timing helpers shared by the benchmark scripts: medians of repeated calls,
-the forward+backward reference cost, and a description of the machine."""
+the forward+backward reference cost, a description of the machine and the
+command that reproduces a run."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
 
 import torch
+
+#: The repository root: commands are run from there.
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -39,11 +44,24 @@ def forward_backward(model: Callable, *inputs: torch.Tensor) -> Callable[[], Non
     return run
 
 
-def command_line(script: str, argv: Optional[Sequence[str]] = None) -> str:
-    """The command that reproduces a run: ``python benchmarks/<script>`` and its
-    arguments (``argv``, or the process's own when None), shell-quoted."""
+def command_line(script: Union[str, Path], argv: Optional[Sequence[str]] = None) -> str:
+    """The command that reproduces a run from the repository root: ``python
+    <script>`` (the script's file, e.g. ``__file__``, shown relative to the
+    root) and its arguments (``argv``, or the process's own when None),
+    shell-quoted, absolute paths inside the repository shown relative to it."""
     args = sys.argv[1:] if argv is None else argv
-    return " ".join([f"python benchmarks/{script}"] + [shlex.quote(a) for a in args])
+    return " ".join(["python", _shown(script)] + [shlex.quote(_shown(a)) for a in args])
+
+
+def _shown(path: Union[str, Path]) -> str:
+    """``path`` relative to the repository root if it is an absolute path inside it."""
+    text = str(path)
+    if not Path(text).is_absolute():
+        return text
+    try:
+        return Path(text).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return text
 
 
 def machine() -> str:

@@ -6,15 +6,15 @@ any Captum method; use the library's own methods for what Captum lacks.
 
 from ._version import __version__
 from .branches import BranchLayerAttribution, split_branches
+from .candidates import CandidateLayer, candidate_layers
 from .decomposition import SimilarityDecomposition
 from .embedding_gradcam import EmbeddingGradCAM
-from .pairwise_figure import visualize_matches
-from .pairwise_matching import PairMatches, PairwiseIntermediateMatching, candidate_layers
+from .figures import to_visualizer_arrays, visualize_matches, visualize_pair
+from .pairwise_matching import PairMatches, PairwiseIntermediateMatching
 from .relevance_pairing import LRPRelevancePairing
 from .rise import SimilarityRISE
 from .siamese import SiameseSimilarity
 from .similarity import SIMILARITIES, Similarity, resolve_similarity
-from .visualization import to_visualizer_arrays, visualize_pair
 
 __all__ = [
     "__version__",
@@ -33,5 +33,6 @@ __all__ = [
     "PairwiseIntermediateMatching",
     "PairMatches",
     "candidate_layers",
+    "CandidateLayer",
     "visualize_matches",
 ]

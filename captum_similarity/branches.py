@@ -17,7 +17,8 @@ from typing import Any, Optional, Tuple, Type, Union
 import torch
 from torch import Tensor, nn
 
-from .siamese import SiameseSimilarity, broadcast_pair
+from ._utils.inputs import broadcast_pair
+from .siamese import SiameseSimilarity
 
 __all__ = ["split_branches", "BranchLayerAttribution"]
 

@@ -6,17 +6,18 @@ from __future__ import annotations
 from typing import List, Optional, Tuple, Union
 
 import torch
-from captum.attr._utils.attribution import LayerAttribution
+from captum.attr import LayerAttribution
 from torch import Tensor, nn
 
-from ._utils.checks import check_float_tensor
 from ._utils.hooks import recording
+from ._utils import inputs as contract
 from ._utils.layers import LayerSpec, resolve_layer
-from .embedding_gradcam import as_siamese
-from .siamese import Embedder, SiameseSimilarity, broadcast_pair
+from .siamese import Embedder, SiameseSimilarity, as_siamese
 from .similarity import COSINE_EPS, SimilarityLike
 
 __all__ = ["SimilarityDecomposition"]
+
+_METHOD = "SimilarityDecomposition"
 
 POOLINGS = ("avg", "max")
 
@@ -99,8 +100,7 @@ class SimilarityDecomposition(LayerAttribution):
         pooling: Optional[str] = None,
         projection: Union[None, str, nn.Module] = None,
     ) -> None:
-        default = None if isinstance(embedder, SiameseSimilarity) else "dot"
-        model = as_siamese(embedder, similarity if similarity is not None else default)
+        model = as_siamese(embedder, similarity, _METHOD)
         if model.similarity.name not in ("dot", "cosine"):
             raise ValueError(
                 f"the decomposition needs the 'dot' or 'cosine' similarity, got "
@@ -207,10 +207,11 @@ class SimilarityDecomposition(LayerAttribution):
         """The matrix, both embeddings and both grid sizes."""
         if not isinstance(inputs, tuple) or len(inputs) != 2:
             raise TypeError("inputs must be a tuple (x1, x2) of image batches")
-        x1, x2 = (check_float_tensor(x, f"inputs[{i}]") for i, x in enumerate(inputs))
-        if self.model.is_embedding(x1) or self.model.is_embedding(x2):
-            raise ValueError("both sides must be images: the decomposition needs both feature maps")
-        x1, x2 = broadcast_pair(x1, x2)
+        x1, x2 = (
+            contract.check_images(x, f"inputs[{i}]", _METHOD, self.model, reference_ok=False)
+            for i, x in enumerate(inputs)
+        )
+        x1, x2 = contract.broadcast_pair(x1, x2)
         with torch.no_grad(), recording(self.layer, to_input) as rec:
             f1, f2 = self.model.embed_pair(x1, x2)
         maps = rec.tensors

@@ -12,7 +12,7 @@ correct match and the most confident wrong match of that set.
 
 Stereo (no extra): a small CNN trained self-supervised on scikit-image's
 bundled images at first use (cached; see
-:func:`captum_similarity.models.trained.demo_embedder`) compares crops of the
+:func:`captum_similarity.training.demo_models.demo_embedder`) compares crops of the
 stereo motorcycle views it never saw in training: corresponding crops of the
 left and right camera (a match) and two different parts of the scene, and
 ranks a gallery of right-view crops for a left-view query.
@@ -45,11 +45,10 @@ from .explainers import explain_pair
 from .metrics.match_plausibility import match_plausibility
 from .models.dlib_resnet import dlib_face_resnet
 from .models.face_preprocess import face_chips
-from .models.trained import DEMO_CONFIG, demo_embedder
-from .pairwise_figure import visualize_matches
+from .figures import to_visualizer_arrays, visualize_matches, visualize_pair
 from .pairwise_matching import PairwiseIntermediateMatching
 from .siamese import SiameseSimilarity
-from .visualization import to_visualizer_arrays, visualize_pair
+from .training.demo_models import DEMO_CONFIG, demo_embedder
 
 #: The registered name of PAIR-X: with it selected (or all methods), the demo
 #: also draws each pair's matches.

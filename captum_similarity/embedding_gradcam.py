@@ -6,18 +6,20 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
-from torch import Tensor, nn
+from captum.attr import GradientAttribution, LayerAttribution
+from torch import Tensor
 
 from ._utils.batching import batch_slices
 from ._utils.checks import check_float_tensor
 from ._utils.hooks import recording
+from ._utils import inputs as contract
 from ._utils.layers import LayerSpec, feature_grid, resolve_layer
-from .explainers import register
-from .siamese import Embedder, SiameseSimilarity, broadcast_pair
+from .siamese import Embedder, SiameseSimilarity, as_siamese
 from .similarity import Similarity, SimilarityLike
 
 __all__ = ["EmbeddingGradCAM", "WEIGHTINGS"]
+
+_METHOD = "EmbeddingGradCAM"
 
 #: The weightings :meth:`EmbeddingGradCAM.attribute` accepts.
 WEIGHTINGS = ("pair", "similarity", "triplet")
@@ -55,9 +57,9 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
       features of the explained layer: there the gradient of the cosine is
       orthogonal to ``f`` and the un-ReLU'd ``"similarity"`` map sums to
       zero, while the pair map sums to ``<w, f>``.
-    - ``"similarity"`` (the default for pairs, references and galleries: it
-      measured most faithful on the benchmark runner, see
-      ``docs/embedding-gradcam.md``): ``S_1 = s(f1, f2)`` with ``f2`` held fixed and
+    - ``"similarity"`` (the default for pairs, references and galleries, the
+      most faithful weighting on the benchmark runner:
+      ``benchmarks/results/gradcam_weighting.md``): ``S_1 = s(f1, f2)`` with ``f2`` held fixed and
       ``S_2 = s(f1, f2)`` with ``f1`` held fixed: plain Grad-CAM of the
       similarity for each image, equal to Captum's ``LayerGradCam`` run on
       each branch with the other embedding fixed. On a GAP + linear + dot
@@ -122,7 +124,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
         reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
         device_ids: Optional[List[int]] = None,
     ) -> None:
-        model = as_siamese(embedder, similarity)
+        model = as_siamese(embedder, similarity, "EmbeddingGradCAM")
         resolved = resolve_layer(model.embedder, layer)
         if reshape_transform is not None and not callable(reshape_transform):
             raise TypeError(
@@ -164,10 +166,12 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
                   no reference (single-image mode) the image is its own
                   reference: ``"pair"`` weighting with ``w = c(f, f)``
                   explains the embedding itself.
+                - ``(x,)``: as ``x``; returns ``(M,)``.
             additional_forward_args (Tensor or tuple, optional): Only with a
-                single tensor ``inputs``: the reference, an image batch or a
-                precomputed embedding ``(N, D)``, of batch ``N`` or 1, as a
-                tensor or a 1-tuple.
+                single image batch: the reference, an image batch or a
+                precomputed embedding ``(N, D)``, as a tensor or a 1-tuple.
+                Its batch is ``N``, 1 or ``N`` identical rows (broadcast), or
+                ``R`` references for a batch-1 query (one map per reference).
                 Default: None
             weighting (str, optional): ``"pair"``, ``"similarity"`` or
                 ``"triplet"`` (see the class docstring for the formulas).
@@ -194,25 +198,27 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
             a tensor for a tensor input, a tuple for a tuple input. Upsample
             with ``LayerAttribution.interpolate(m, x.shape[-2:], "bilinear")``.
         """
-        single_image = not isinstance(inputs, tuple) and additional_forward_args is None
+        images, reference, is_tuple = contract.format_inputs(
+            inputs, additional_forward_args, _METHOD, sizes=(2, 3), needs_reference=False
+        )
+        single_image = len(images) == 1 and reference is None
         if weighting is None:
             weighting = "pair" if single_image else "similarity"
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
         grad_kwargs = dict(grad_kwargs or {})
-        if isinstance(inputs, tuple):
-            if additional_forward_args is not None:
-                raise ValueError(
-                    "additional_forward_args takes the reference of a single image batch; "
-                    "with tuple inputs every image is explained"
-                )
-            return self._attribute_group(
-                inputs, weighting, attribute_to_layer_input, relu_attributions, grad_kwargs
+        if len(images) > 1:
+            maps = self._attribute_group(
+                images, weighting, attribute_to_layer_input, relu_attributions, grad_kwargs
             )
-        x = _check_images(inputs, "inputs", self.model)
-        reference = _single_reference(additional_forward_args)
+            return contract.format_output(maps, is_tuple)
+        x = contract.check_images(images[0], "inputs", _METHOD, self.model)
         if weighting == "triplet":
             raise ValueError("weighting='triplet' explains a tuple (anchors, positives, negatives)")
+        if reference is not None:
+            # a reference of batch 1 (or of identical rows, as Captum's wrappers
+            # expand it) is broadcast; one query is explained against each reference
+            x, reference = contract.broadcast_pair(x, reference)
         with recording(self.layer, attribute_to_layer_input) as rec:
             f = self.model.embed(_grad_leaf(x))
         if reference is None:
@@ -224,18 +230,11 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
             f_ref = f.detach()
         else:
             with torch.no_grad():
-                f_ref = self.model.embed(check_float_tensor(reference, "the reference"))
-            if f_ref.shape[0] == 1:
-                f_ref = f_ref.expand(f.shape[0], -1)
-            elif f_ref.shape[0] != f.shape[0]:
-                raise ValueError(
-                    f"the reference has batch {f_ref.shape[0]}; it must have the inputs' batch "
-                    f"({f.shape[0]}) or 1 (for one query against many references use "
-                    "attribute_gallery)"
-                )
+                f_ref = self.model.embed(reference)
         create_graph = bool(grad_kwargs.get("create_graph", False))
         g = self._weights(weighting, (f, f_ref), create_graph)[0]
-        return self._cams([f], [g], rec.tensors, 1, relu_attributions, grad_kwargs)[0]
+        maps = self._cams([f], [g], rec.tensors, 1, relu_attributions, grad_kwargs)
+        return contract.format_output(maps, is_tuple)
 
     @torch.enable_grad()
     def attribute_gallery(
@@ -285,7 +284,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
             raise ValueError(
                 f"gallery mode takes weighting 'pair' or 'similarity', got {weighting!r}"
             )
-        query = _check_images(query, "query", self.model)
+        query = contract.check_images(query, "query", _METHOD, self.model)
         if query.shape[0] != 1:
             raise ValueError(f"the query must be one image (1, ...), got batch {query.shape[0]}")
         references = check_float_tensor(references, "references")
@@ -331,10 +330,10 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
                 f"got {len(inputs)}"
                 + ("; pass (anchors, positives, negatives)" if expected == 3 else "; pass (x1, x2)")
             )
-        xs = [_check_images(x, f"inputs[{i}]", self.model) for i, x in enumerate(inputs)]
+        xs = [contract.check_images(x, f"inputs[{i}]", _METHOD, self.model) for i, x in enumerate(inputs)]
         with recording(self.layer, attribute_to_layer_input) as rec:
             if expected == 2:
-                x1, x2 = broadcast_pair(*xs)
+                x1, x2 = contract.broadcast_pair(*xs)
                 fs = list(self.model.embed_pair(_grad_leaf(x1), _grad_leaf(x2)))
             else:
                 if len({x.shape for x in xs}) != 1:
@@ -399,48 +398,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
         return feature_grid(t, self.reshape_transform, "EmbeddingGradCAM")
 
 
-def as_siamese(
-    embedder: Union[Embedder, SiameseSimilarity], similarity: Optional[SimilarityLike]
-) -> SiameseSimilarity:
-    """Wraps an embedder in a SiameseSimilarity, or checks and returns one."""
-    if isinstance(embedder, SiameseSimilarity):
-        if similarity is not None:
-            raise ValueError(
-                "the model is a SiameseSimilarity, whose similarity is used; do not pass similarity"
-            )
-        return embedder
-    return SiameseSimilarity(embedder, "cosine" if similarity is None else similarity)
-
-
-def _check_images(x: Any, name: str, model: SiameseSimilarity) -> Tensor:
-    x = check_float_tensor(x, name)
-    if model.is_embedding(x):
-        raise ValueError(
-            f"{name} has shape {tuple(x.shape)}, a precomputed embedding; only images can be "
-            "explained (pass a reference embedding as additional_forward_args)"
-        )
-    return x
-
-
-def _single_reference(additional_forward_args: Any) -> Optional[Tensor]:
-    if additional_forward_args is None:
-        return None
-    if isinstance(additional_forward_args, tuple):
-        if len(additional_forward_args) != 1:
-            raise ValueError(
-                "additional_forward_args takes one reference (a tensor or a 1-tuple), "
-                f"got {len(additional_forward_args)} items"
-            )
-        additional_forward_args = additional_forward_args[0]
-    return additional_forward_args
-
-
 def _grad_leaf(x: Tensor) -> Tensor:
     """``x`` itself if it requires grad, else a detached copy that does, so the
     layer's activations are part of the graph even for a frozen model."""
     return x if x.requires_grad else x.detach().requires_grad_()
-
-
-@register("EmbeddingGradCAM", needs_layer=True)
-def _embedding_gradcam(model: SiameseSimilarity, x1: Tensor, x2: Tensor, layer: nn.Module):
-    return EmbeddingGradCAM(model, layer).attribute((x1, x2))

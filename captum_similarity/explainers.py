@@ -2,9 +2,13 @@
 
 An explainer maps a :class:`~captum_similarity.SiameseSimilarity`, a batch of
 pairs ``(x1, x2)`` and the explained layer to one map per image. Every method
-of the library, and the Captum baselines run through the wrapper, register
-here once with :func:`register`; the demo draws all of them and the
-benchmark runner measures all of them.
+of the library, and the Captum baselines run through the wrapper, are
+registered here, in this one module (the methods themselves know nothing of
+the registry); the demo draws all of them and the benchmark runner measures
+all of them. Other code adds explainers with :func:`register`.
+
+:data:`EXCLUDED` names the library's attribution classes that are not
+registered, and why.
 """
 
 from __future__ import annotations
@@ -17,11 +21,30 @@ from captum.attr import LRP, IntegratedGradients, LayerGradCam, NoiseTunnel, Occ
 from torch import Tensor, nn
 
 from .branches import split_branches
+from .embedding_gradcam import EmbeddingGradCAM
+from .pairwise_matching import PairwiseIntermediateMatching
 from .relevance_pairing import LRPRelevancePairing
 from .rise import SimilarityRISE
 from .siamese import SiameseSimilarity
 
-__all__ = ["PairExplainer", "register", "explainers", "explain_pair", "RISE_MASKS"]
+__all__ = [
+    "PairExplainer",
+    "register",
+    "explainers",
+    "explain_pair",
+    "RISE_MASKS",
+    "EXCLUDED",
+]
+
+#: Attribution classes of the library that are not registered, with the reason.
+EXCLUDED = {
+    "SimilarityDecomposition": (
+        "exact only for embedders that end in global pooling of the explained layer and a "
+        "linear map, with a dot or cosine similarity; it raises on other models, so it "
+        "cannot run on every model the registry serves (its marginals equal "
+        "EmbeddingGradCAM's 'similarity' maps where it applies)"
+    ),
+}
 
 #: Masks of the registered SimilarityRISE: SANE's 2000. Lower it for quick checks.
 RISE_MASKS = 2000
@@ -178,3 +201,13 @@ def _random_map(model, x1, x2, layer):
         torch.rand(x.shape[0], 1, *x.shape[2:], generator=generator, dtype=x.dtype).to(x.device)
         for x in (x1, x2)
     )
+
+
+@register("EmbeddingGradCAM", needs_layer=True)
+def _embedding_gradcam(model, x1, x2, layer):
+    return EmbeddingGradCAM(model, layer).attribute((x1, x2))
+
+
+@register("PairwiseIntermediateMatching (PAIR-X)", needs_layer=True)
+def _pairx(model, x1, x2, layer):
+    return PairwiseIntermediateMatching(model, layer).attribute((x1, x2))

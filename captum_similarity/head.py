@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .lrp.default_rule import DefaultRule
-from .lrp.rules import SimilarityHeadRule
+from .captum_lrp import DefaultRule, SimilarityHeadRule
 from .similarity import Similarity
 
 

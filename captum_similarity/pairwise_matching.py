@@ -3,25 +3,23 @@ ranked by LRP relevance, each explained down to the pixels."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from captum.attr._utils.attribution import GradientAttribution
+from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
 from ._utils.batching import batch_slices
-from ._utils.checks import check_float_tensor
-from ._utils.layers import LayerSpec, feature_grid, list_layers, resolve_layer
-from ._utils.state import preserved_state
-from .embedding_gradcam import as_siamese
-from .explainers import register
+from ._utils import inputs as contract
+from ._utils.layers import LayerSpec, feature_grid, resolve_layer
+from .candidates import CandidateLayer, candidate_layers
 from .lrp.composites import Composite
-from .lrp.engine import LRPEngine, RelevancePass
+from .lrp.engine import SEED_BATCHING, LRPEngine, RelevancePass
 from .lrp.rules import RuleLike
-from .relevance_pairing import _reference
-from .siamese import Embedder, SiameseSimilarity, broadcast_pair
+from .siamese import Embedder, SiameseSimilarity, as_siamese
 from .similarity import Similarity, SimilarityLike
 
 __all__ = [
@@ -35,6 +33,8 @@ __all__ = [
 
 #: Descriptor distances :class:`PairwiseIntermediateMatching` matches cells with.
 DISTANCES = ("l2", "cosine")
+
+_METHOD = "PairwiseIntermediateMatching"
 
 #: Entries of the distance matrices computed at once (pairs are chunked to fit).
 _DISTANCE_BUDGET = 2**25
@@ -101,70 +101,6 @@ class PairMatches:
 
 def _image_size(maps: Tensor) -> Tuple[int, int]:
     return int(maps.shape[-2]), int(maps.shape[-1])
-
-
-class CandidateLayer(NamedTuple):
-    """A layer :class:`PairwiseIntermediateMatching` can match at (see
-    :func:`candidate_layers`)."""
-
-    name: str
-    type: str
-    shape: Tuple[int, ...]
-    grid: Tuple[int, int]
-    needs_reshape: bool
-
-
-def candidate_layers(
-    embedder: Union[nn.Module, SiameseSimilarity],
-    example: Tensor,
-    reshape_transform: Optional[ReshapeTransform] = None,
-) -> List[CandidateLayer]:
-    r"""Layers whose output is a grid of cells to match, with their shapes.
-
-    Runs the embedder once on ``example`` (without gradients, in eval mode;
-    the model is left as found) and lists, in execution order, every
-    submodule whose output is a feature map ``(N, C, h, w)`` with more than
-    one cell, or transformer tokens ``(N, T, C)`` that ``reshape_transform``
-    turns into one.
-
-    Args:
-        embedder (nn.Module or SiameseSimilarity): The embedder.
-        example (Tensor): An input batch, e.g. one image ``(1, C, H, W)``.
-        reshape_transform (Callable, optional): Applied to 3-D outputs to get
-            their grid (e.g. ``vit.token_grid``); without it, token layers are
-            listed with ``needs_reshape=True`` and grid ``(0, 0)``.
-            Default: None
-
-    Returns:
-        list of :class:`CandidateLayer`: ``(name, type, shape, grid,
-        needs_reshape)``, with ``grid = (h, w)``.
-
-    Example::
-
-        >>> for layer in candidate_layers(model, torch.rand(1, 3, 224, 224)):
-        ...     print(layer.name, layer.shape, layer.grid)
-    """
-    model = embedder.embedder if isinstance(embedder, SiameseSimilarity) else embedder
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"embedder must be an nn.Module, got {type(model).__name__}")
-    check_float_tensor(example, "example")
-    with preserved_state(model, eval_mode=True):
-        found = list_layers(model, example)
-    out: List[CandidateLayer] = []
-    for name, kind, shape in found:
-        if len(shape) == 4 and shape[2] * shape[3] > 1:
-            out.append(CandidateLayer(name, kind, shape, (shape[2], shape[3]), False))
-        elif len(shape) == 3:
-            if reshape_transform is None:
-                out.append(CandidateLayer(name, kind, shape, (0, 0), True))
-                continue
-            try:
-                grid = reshape_transform(torch.zeros(shape, dtype=example.dtype))
-            except (ValueError, RuntimeError):
-                continue
-            if grid.dim() == 4:
-                out.append(CandidateLayer(name, kind, shape, (grid.shape[2], grid.shape[3]), False))
-    return out
 
 
 def mutual_nearest_neighbours(
@@ -304,16 +240,17 @@ class PairwiseIntermediateMatching(GradientAttribution):
         distance (str, optional): Descriptor distance, ``"l2"`` (the
             reference's) or ``"cosine"``.
             Default: ``"l2"``
-        batched_backward (bool, optional): Compute the per-match maps with
-            dense backward passes issued as one vmapped pass
-            (``is_grads_batched``; matches whose receptive fields do not overlap
-            share a pass) instead of the default: one backward pass restricted
-            to each match's receptive field where the graph allows it, dense
-            passes one after another otherwise (see
-            :meth:`~captum_similarity.lrp.engine.RelevancePass.propagate_each`).
-            Both give the same maps; on a CPU the default was measured faster,
-            see docs/pairwise-matching.md.
-            Default: False
+        batching (str, optional): How the per-match maps share backward
+            passes (:data:`~captum_similarity.lrp.engine.SEED_BATCHING`):
+            ``"windowed"``, one backward pass restricted to each match's
+            receptive field where the graph allows it, packed dense passes
+            otherwise; ``"packed"``, dense passes shared by matches whose
+            receptive fields do not overlap, one after another; ``"vmap"``,
+            those passes issued as one vmapped backward (``is_grads_batched``);
+            ``"each"``, one dense pass per match (the reference
+            implementation's way). All give the same maps; their costs are
+            measured in ``benchmarks/results/pairx_speed.md``.
+            Default: ``"windowed"``
 
     Example::
 
@@ -338,9 +275,10 @@ class PairwiseIntermediateMatching(GradientAttribution):
         rules: Optional[Mapping[LayerSpec, RuleLike]] = None,
         reshape_transform: Optional[ReshapeTransform] = None,
         distance: str = "l2",
-        batched_backward: bool = False,
+        batching: str = "windowed",
+        batched_backward: Optional[bool] = None,
     ) -> None:
-        model = as_siamese(embedder, similarity)
+        model = as_siamese(embedder, similarity, _METHOD)
         if not isinstance(model.embedder, nn.Module):
             raise TypeError(
                 "PAIR-X needs the embedder as an nn.Module (LRP rules live on its layers), got "
@@ -355,15 +293,20 @@ class PairwiseIntermediateMatching(GradientAttribution):
             )
         if distance not in DISTANCES:
             raise ValueError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
-        if model.similarity.contributions is None:
-            raise ValueError(
-                f"similarity {model.similarity.name!r} defines no per-dimension contributions, "
-                "so its score cannot seed LRP; use 'cosine', 'dot', 'euclidean' or a Similarity "
-                "with `contributions`"
+        contract.require_contributions(model.similarity, _METHOD)
+        if batched_backward is not None:
+            warnings.warn(
+                "batched_backward is deprecated; use batching='vmap' (True) or "
+                "batching='windowed' (False)",
+                DeprecationWarning,
+                stacklevel=2,
             )
+            batching = "vmap" if batched_backward else "windowed"
+        if batching not in SEED_BATCHING:
+            raise ValueError(f"batching must be one of {SEED_BATCHING}, got {batching!r}")
         self.reshape_transform = reshape_transform
         self.distance = distance
-        self.batched_backward = bool(batched_backward)
+        self.batching = batching
         self.engine = LRPEngine(model.embedder, composite)
         for key, rule in (rules or {}).items():
             self.engine.set_rule(key, rule)
@@ -388,10 +331,9 @@ class PairwiseIntermediateMatching(GradientAttribution):
             internal_batch_size (int, optional): Pairs processed at once, or
                 None for all at once; results do not depend on it. The rule
                 pass keeps every activation of its batch for the backward
-                passes, so large batches are memory-bound: at 224 x 224 on a
-                CPU, 16 pairs at once cost 1.6x (ResNet-style) to 1.7x
-                (EfficientNet-style) as much per pair as chunks of 2
-                (docs/pairwise-matching.md).
+                passes, so large batches are memory-bound and cost more per
+                pair than small chunks (measured in
+                ``benchmarks/results/pairx_speed.md``).
                 Default: 4
 
         Returns:
@@ -419,12 +361,12 @@ class PairwiseIntermediateMatching(GradientAttribution):
         Args:
             inputs (Tensor or tuple of Tensor): ``(x1, x2)``, two batches of
                 images ``(N, C, H, W)`` (a batch-1 side is broadcast); or a
-                single batch ``x1`` with the other images in
-                ``additional_forward_args``.
+                single batch ``x1`` (or a 1-tuple ``(x1,)``) with the other
+                images in ``additional_forward_args``.
             additional_forward_args (Tensor or tuple, optional): With a single
-                tensor ``inputs``: the second images (batch ``N`` or 1), as a
-                tensor or a 1-tuple. They must be images: matching needs their
-                feature maps. Not accepted with tuple ``inputs``.
+                image batch: the second images (batch ``N``, 1 or identical
+                rows), as a tensor or a 1-tuple. They must be images: matching
+                needs their feature maps. Not accepted with a pair ``inputs``.
                 Default: None
             k (int, optional): Matches per pair whose maps are summed.
                 Default: 10
@@ -434,31 +376,20 @@ class PairwiseIntermediateMatching(GradientAttribution):
 
         Returns:
             *tuple of Tensor* or *Tensor*: ``(A1, A2)``, each shaped like its
-            (broadcast) input ``(N, C, H, W)``, for tuple inputs; ``A1`` for a
-            tensor input. ``A1[i]`` equals
+            (broadcast) input ``(N, C, H, W)``, for a pair; ``A1`` for a
+            tensor input; ``(A1,)`` for a 1-tuple. ``A1[i]`` equals
             ``explain(...)[i].pixel_relevance1.sum(0)``.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        if isinstance(inputs, Tensor):
-            x1, x2 = self._images(inputs, _reference(additional_forward_args))
-        else:
-            if not isinstance(inputs, tuple) or len(inputs) != 2:
-                raise TypeError(
-                    "inputs must be a tuple (x1, x2) of image batches, or a single tensor with "
-                    "the second images in additional_forward_args"
-                )
-            if additional_forward_args is not None:
-                raise TypeError(
-                    "additional_forward_args is only accepted with a single-tensor input"
-                )
-            x1, x2 = self._images(*inputs)
+        images, reference, is_tuple = contract.format_inputs(inputs, additional_forward_args, _METHOD)
+        x1, x2 = self._images(*images) if len(images) == 2 else self._images(images[0], reference)
         parts = [
             self._pixel_maps(self._analyse(x1[rows], x2[rows]), k, summed=True)
             for rows in batch_slices(x1.shape[0], internal_batch_size)
         ]
         a1, a2 = (torch.cat(side) for side in zip(*parts))
-        return a1 if isinstance(inputs, Tensor) else (a1, a2)
+        return contract.format_output([a1, a2] if len(images) == 2 else [a1], is_tuple)
 
     # -- internals ---------------------------------------------------------
 
@@ -478,20 +409,16 @@ class PairwiseIntermediateMatching(GradientAttribution):
         return results
 
     def _images(self, x1: Any, x2: Any) -> Tuple[Tensor, Tensor]:
-        x1, x2 = check_float_tensor(x1, "x1"), check_float_tensor(x2, "x2")
-        for name, x in (("x1", x1), ("x2", x2)):
-            if x.dim() != 4:
-                raise ValueError(
-                    f"{name} must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}; "
-                    "PAIR-X matches the feature maps of both images, so precomputed embeddings "
-                    "cannot be used"
-                )
+        x1, x2 = (
+            contract.check_images(x, name, _METHOD, image_dim=4, reference_ok=False)
+            for name, x in (("x1", x1), ("x2", x2))
+        )
         if x1.shape[1] != x2.shape[1]:
             raise ValueError(
                 f"x1 has {x1.shape[1]} channels and x2 has {x2.shape[1]}: both images go "
                 "through the same embedder"
             )
-        return broadcast_pair(x1, x2)
+        return contract.broadcast_pair(x1, x2)
 
     def _grid(self, t: Tensor) -> Tensor:
         return feature_grid(t, self.reshape_transform, "PAIR-X")
@@ -518,11 +445,7 @@ class PairwiseIntermediateMatching(GradientAttribution):
             where = [(0, slice(0, n)), (1, slice(0, n))]
         embeddings = []
         for pass_, rows in where:
-            f = passes[pass_].output.detach()
-            if f.dim() != 2:
-                raise ValueError(
-                    f"the embedder must return (N, D) embeddings, got shape {tuple(f.shape)}"
-                )
+            f = contract.check_embedding(passes[pass_].output.detach())
             embeddings.append(f[rows])
         f1, f2 = embeddings
         contribution = self.similarity.contribution(f1, f2).detach()
@@ -586,12 +509,7 @@ class PairwiseIntermediateMatching(GradientAttribution):
                 maps = pass_.propagate(seeds, source=self.layer)[None]
             else:
                 seeds = self._to_layer(grid.flatten(0, 1), like).reshape(k, *like.shape)
-                maps = pass_.propagate_each(
-                    seeds,
-                    self.layer,
-                    vectorize=self.batched_backward,
-                    windowed=not self.batched_backward,
-                )
+                maps = pass_.propagate_each(seeds, self.layer, batching=self.batching)
             for s, part in zip(sides, maps.chunk(len(sides), dim=1)):
                 outputs[s].append(part)
         result = tuple(torch.cat(o, dim=1) for o in outputs)
@@ -644,8 +562,3 @@ def _centres(cells: Tensor, grid: Sequence[int], size: Sequence[int]) -> Tensor:
     scale_y, scale_x = size[0] / grid[0], size[1] / grid[1]
     rows, cols = cells[:, 0].double(), cells[:, 1].double()
     return torch.stack(((cols + 0.5) * scale_x, (rows + 0.5) * scale_y), dim=1)
-
-
-@register("PairwiseIntermediateMatching (PAIR-X)", needs_layer=True)
-def _pairx(model: SiameseSimilarity, x1: Tensor, x2: Tensor, layer: nn.Module):
-    return PairwiseIntermediateMatching(model, layer).attribute((x1, x2))

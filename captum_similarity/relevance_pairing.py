@@ -5,22 +5,24 @@ from __future__ import annotations
 from typing import Any, List, Mapping, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
-from captum.attr._utils.attribution import GradientAttribution
+from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
 from ._utils.batching import batch_slices
-from ._utils.checks import check_float_tensor, rows_identical
+from ._utils.checks import rows_identical
+from ._utils import inputs as contract
 from ._utils.layers import LayerSpec
+from ._utils.patches import PatchSize, patch_centers, patch_pair, patch_sums
 from .lrp.composites import Composite
 from .lrp.engine import LRPEngine, RelevancePass
 from .lrp.rules import RuleLike, ZBox
-from .siamese import SiameseSimilarity, broadcast_pair
+from .siamese import SiameseSimilarity, as_siamese
 from .similarity import Similarity, SimilarityLike
 
 __all__ = ["LRPRelevancePairing", "patch_centers"]
 
-PatchSize = Union[int, Tuple[int, int]]
+_METHOD = "LRPRelevancePairing"
+
 Bound = Union[float, Tensor]
 
 
@@ -117,14 +119,8 @@ class LRPRelevancePairing(GradientAttribution):
         rules: Optional[Mapping[LayerSpec, RuleLike]] = None,
         input_bounds: Optional[Tuple[Bound, Bound]] = None,
     ) -> None:
-        if isinstance(embedder, SiameseSimilarity):
-            model = (
-                embedder
-                if similarity is None
-                else SiameseSimilarity(embedder.embedder, similarity, embedder.input_ndim)
-            )
-        else:
-            model = SiameseSimilarity(embedder, "dot" if similarity is None else similarity)
+        model = as_siamese(embedder, similarity, _METHOD)
+        contract.require_contributions(model.similarity, _METHOD)
         super().__init__(model)
         self.model = model
         self.engine = LRPEngine(model.embedder, composite)
@@ -134,12 +130,6 @@ class LRPRelevancePairing(GradientAttribution):
             if not isinstance(input_bounds, tuple) or len(input_bounds) != 2:
                 raise TypeError("input_bounds must be a tuple (low, high)")
             self.engine.composite.input_rule = ZBox(*input_bounds)
-        if self.similarity.contributions is None:
-            raise ValueError(
-                f"similarity {self.similarity.name!r} defines no per-dimension contributions, "
-                "so its score cannot seed LRP; use 'dot' or 'cosine', or a Similarity with "
-                "`contributions`"
-            )
 
     @property
     def similarity(self) -> Similarity:
@@ -177,12 +167,12 @@ class LRPRelevancePairing(GradientAttribution):
             inputs (Tensor or tuple of Tensor): ``(x1, x2)``, two batches of
                 images; one side may have batch size 1 or identical rows (a
                 1-vs-N comparison), it is then broadcast and run only once.
-                A single tensor ``x1`` explains only ``x1`` against the
-                reference in ``additional_forward_args``.
+                A single tensor ``x1`` (or a 1-tuple ``(x1,)``) explains only
+                ``x1`` against the reference in ``additional_forward_args``.
             additional_forward_args (Tensor or tuple, optional): With a single
-                tensor ``inputs``: the reference, an image batch or a
-                precomputed embedding ``(N, D)`` / ``(1, D)``, as a tensor or a
-                1-tuple. Not accepted with tuple ``inputs``.
+                image batch: the reference, an image batch or a precomputed
+                embedding ``(N, D)`` / ``(1, D)``, as a tensor or a 1-tuple.
+                Not accepted with a pair ``inputs``.
                 Default: None
             return_convergence_delta (bool, optional): Also return
                 ``s - sum R`` per pair (and image).
@@ -191,21 +181,24 @@ class LRPRelevancePairing(GradientAttribution):
         Returns:
             *tuple of Tensor* or *Tensor*, and optionally a *Tensor*:
             - **attributions**: ``(R1, R2)`` shaped like the (broadcast) inputs
-                ``(N, ...)`` for tuple inputs; ``R1`` ``(N, ...)`` for a tensor.
+                ``(N, ...)`` for a pair; ``R1`` ``(N, ...)`` for a tensor;
+                ``(R1,)`` for a 1-tuple.
             - **delta** (with ``return_convergence_delta``): ``(N, 2)``, column
                 ``i`` is ``s - R_i.sum()`` of image ``i + 1`` (tuple inputs), or
                 ``(N,)`` (tensor input).
         """
-        if isinstance(inputs, Tensor):
-            x1 = check_float_tensor(inputs, "inputs")
-            x1, reference = broadcast_pair(x1, _reference(additional_forward_args))
+        images, reference, is_tuple = contract.format_inputs(inputs, additional_forward_args, _METHOD)
+        if len(images) == 1:
+            x1 = contract.check_images(images[0], "inputs", _METHOD, self.model)
+            x1, reference = contract.broadcast_pair(x1, reference)
             with torch.no_grad():
                 f2 = self.model.embed(reference).detach()
             (r1,), scores = self._first_order((x1,), f2)
+            result = contract.format_output([r1], is_tuple)
             if return_convergence_delta:
-                return r1, scores - _total(r1)
-            return r1
-        x1, x2 = self._pair(inputs, additional_forward_args)
+                return result, scores - _total(r1)
+            return result
+        x1, x2 = self._pair(images)
         (r1, r2), scores = self._first_order((x1, x2), None)
         if return_convergence_delta:
             return (r1, r2), scores[:, None] - torch.stack((_total(r1), _total(r2)), dim=1)
@@ -261,11 +254,14 @@ class LRPRelevancePairing(GradientAttribution):
                 f"BiLRP decomposes a dot product; similarity {self.similarity.name!r} is not "
                 "supported (use 'dot' or 'cosine')"
             )
-        x1, x2 = self._pair(inputs, None)
+        images, _, _ = contract.format_inputs(inputs, None, _METHOD)
+        if len(images) != 2:
+            raise TypeError("attribute_pairwise explains a pair: inputs must be a tuple (x1, x2)")
+        x1, x2 = self._pair(images)
         for name, x in (("x1", x1), ("x2", x2)):
             if x.dim() != 4:
                 raise ValueError(f"{name} must be images (N, C, H, W), got shape {tuple(x.shape)}")
-        patch = _patch_pair(patch_size)
+        patch = patch_pair(patch_size)
         n = x1.shape[0]
         (rows1, shared1), (rows2, shared2) = _distinct(x1), _distinct(x2)
         with torch.no_grad():
@@ -286,24 +282,9 @@ class LRPRelevancePairing(GradientAttribution):
 
     # -- internals ---------------------------------------------------------
 
-    def _pair(self, inputs: Any, additional_forward_args: Any) -> Tuple[Tensor, Tensor]:
-        if not isinstance(inputs, tuple) or len(inputs) != 2:
-            raise TypeError(
-                "inputs must be a tuple (x1, x2) of image batches, or a single tensor with the "
-                "reference in additional_forward_args"
-            )
-        if additional_forward_args is not None:
-            raise TypeError("additional_forward_args is only accepted with a single-tensor input")
-        x1 = check_float_tensor(inputs[0], "x1")
-        x2 = check_float_tensor(inputs[1], "x2")
-        for name, x in (("x1", x1), ("x2", x2)):
-            if self.model.is_embedding(x):
-                raise ValueError(
-                    f"{name} is 2-D, i.e. a precomputed embedding, which has no input relevance; "
-                    "pass the other image as `inputs` and this embedding as "
-                    "additional_forward_args"
-                )
-        return broadcast_pair(x1, x2)
+    def _pair(self, images: Tuple[Tensor, ...]) -> Tuple[Tensor, Tensor]:
+        x1, x2 = (contract.check_images(x, f"x{i + 1}", _METHOD, self.model) for i, x in enumerate(images))
+        return contract.broadcast_pair(x1, x2)
 
     def _first_order(
         self, sides: Tuple[Tensor, ...], f2_fixed: Optional[Tensor]
@@ -316,7 +297,7 @@ class LRPRelevancePairing(GradientAttribution):
         for x in sides:
             rows, shared = _distinct(x)
             p = self.engine.forward(rows)
-            _check_embedding(p.output)
+            contract.check_embedding(p.output)
             passes.append((p, shared))
             embeddings.append(p.output.detach().expand(n, -1) if shared else p.output.detach())
         if f2_fixed is not None:
@@ -342,10 +323,10 @@ class LRPRelevancePairing(GradientAttribution):
         embeddings: List[Tensor] = []
         for rows in batch_slices(len(x), max(1, budget // projection.shape[0])):
             p = self.engine.forward(x[rows])
-            _check_embedding(p.output)
+            contract.check_embedding(p.output)
             f = p.output.detach()
             relevance = _batched(p, f[None] * projection[:, None, :], budget, per_seed=len(f))
-            maps.append(_patch_sums(relevance.sum(2), patch))
+            maps.append(patch_sums(relevance.sum(2), patch))
             embeddings.append(f)
         return torch.cat(maps, dim=1), torch.cat(embeddings)
 
@@ -361,32 +342,17 @@ _MAP_BUDGET = 2**20
 
 
 def _batched(p: RelevancePass, seeds: Tensor, budget: int, per_seed: int = 1) -> Tensor:
-    """``p.propagate(seeds, batched=True)`` in chunks of about ``budget`` maps."""
+    """``p.propagate(seeds, batching="vmap")`` in chunks of about ``budget`` maps."""
     chunk = max(1, budget // per_seed)
-    return torch.cat([p.propagate(seeds[s], batched=True) for s in batch_slices(len(seeds), chunk)])
+    return torch.cat(
+        [p.propagate(seeds[s], batching="vmap") for s in batch_slices(len(seeds), chunk)]
+    )
 
 
 def _per_pair(maps: Tensor, f: Tensor, shared: bool, n: int) -> Tuple[Tensor, Tensor]:
     if shared:
         return maps.expand(-1, n, -1), f.expand(n, -1)
     return maps, f
-
-
-def _reference(additional_forward_args: Any) -> Tensor:
-    ref = additional_forward_args
-    if isinstance(ref, tuple) and len(ref) == 1:
-        ref = ref[0]
-    if not isinstance(ref, Tensor):
-        raise TypeError(
-            "with a single-tensor input, additional_forward_args must hold the reference: an "
-            "image batch or an embedding (as a tensor or a 1-tuple)"
-        )
-    return check_float_tensor(ref, "reference")
-
-
-def _check_embedding(f: Tensor) -> None:
-    if f.dim() != 2:
-        raise ValueError(f"the embedder must return (N, D) embeddings, got shape {tuple(f.shape)}")
 
 
 def _total(r: Tensor) -> Tensor:
@@ -406,39 +372,3 @@ def _projection(width: int, like: Tensor, dim: Optional[int], seed: int) -> Tens
         raise ValueError(f"projection_dim must be a positive integer or None, got {dim!r}")
     g = torch.Generator().manual_seed(int(seed))
     return (torch.randn(dim, width, generator=g, dtype=torch.float64) / dim**0.5).to(like)
-
-
-def _patch_pair(patch_size: PatchSize) -> Tuple[int, int]:
-    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-    if not all(isinstance(v, int) and v >= 1 for v in (ph, pw)):
-        raise ValueError(f"patch_size must be a positive int or a pair of them, got {patch_size!r}")
-    return ph, pw
-
-
-def _patch_sums(maps: Tensor, patch: Tuple[int, int]) -> Tensor:
-    """Sums ``(..., H, W)`` maps over patches: ``(..., P)``, row-major."""
-    ph, pw = patch
-    h, w = maps.shape[-2:]
-    gh, gw = -(-h // ph), -(-w // pw)
-    maps = F.pad(maps, (0, gw * pw - w, 0, gh * ph - h))
-    maps = maps.reshape(*maps.shape[:-2], gh, ph, gw, pw).sum((-3, -1))
-    return maps.flatten(-2)
-
-
-def patch_centers(image_size: Tuple[int, int], patch_size: PatchSize) -> Tensor:
-    r"""Pixel coordinates ``(row, col)`` of the patch centres BiLRP uses.
-
-    Args:
-        image_size (tuple of int): ``(H, W)``.
-        patch_size (int or tuple of int): As given to
-            :meth:`LRPRelevancePairing.attribute_pairwise`.
-
-    Returns:
-        Tensor: ``(P, 2)`` float coordinates, patches in row-major order
-        (partial patches at the border are centred on their visible part).
-    """
-    ph, pw = _patch_pair(patch_size)
-    h, w = int(image_size[0]), int(image_size[1])
-    rows = torch.tensor([(min(i + ph, h) + i) / 2 - 0.5 for i in range(0, h, ph)])
-    cols = torch.tensor([(min(j + pw, w) + j) / 2 - 0.5 for j in range(0, w, pw)])
-    return torch.cartesian_prod(rows, cols)

@@ -18,10 +18,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._utils.batching import batch_slices
-from ._utils.checks import broadcast_baselines, check_float_tensor, rows_identical
+from ._utils.checks import broadcast_baselines, rows_identical
+from ._utils import inputs as contract
 from .siamese import SiameseSimilarity
 
 __all__ = ["SimilarityRISE", "random_masks"]
+
+_METHOD = "SimilarityRISE"
 
 BaselineLike = Union[float, int, Tensor]
 
@@ -211,14 +214,15 @@ class SimilarityRISE(PerturbationAttribution):
         r"""Saliency of the query (or of both images) for the similarity.
 
         Args:
-            inputs (Tensor or tuple of two Tensors): Either the queries
-                ``(N, C, H, W)``, explained against the reference given in
-                ``additional_forward_args``; or a pair ``(x1, x2)`` of
+            inputs (Tensor or tuple of Tensors): Either the queries
+                ``(N, C, H, W)`` (or a 1-tuple holding them), explained against
+                the reference given in ``additional_forward_args``; or a pair
+                ``(x1, x2)`` of
                 same-batch images, and then both are explained, each against
                 the other unperturbed image: ``x1`` for ``s(., x2)`` and
                 ``x2`` for ``s(x1, .)``.
-            additional_forward_args (Tensor or tuple, optional): With a tensor
-                ``inputs``: the reference, a tensor or a 1-tuple holding it:
+            additional_forward_args (Tensor or tuple, optional): With a single
+                batch of queries: the reference, a tensor or a 1-tuple holding it:
                 images ``(R, ...)`` or, for a SiameseSimilarity, precomputed
                 embeddings ``(R, D)``. ``R`` must equal ``N``, or one of ``N``
                 and ``R`` must be 1 (that side is broadcast). With a tuple
@@ -255,12 +259,13 @@ class SimilarityRISE(PerturbationAttribution):
                 Default: False
 
         Returns:
-            Tensor or tuple of two Tensors: saliency maps with the input's
+            Tensor or tuple of Tensors: saliency maps with the input's
             channel, height and width, the per-pixel value repeated over
             channels. For a tensor input the batch size is ``max(N, R)``:
             ``(R, C, H, W)`` when one query is explained against ``R``
-            references, row ``j`` for reference ``j``. For tuple inputs,
-            ``(a1, a2)`` with the shapes of ``x1`` and ``x2``.
+            references, row ``j`` for reference ``j``; a 1-tuple of it for a
+            1-tuple input. For a pair, ``(a1, a2)`` with the shapes of ``x1``
+            and ``x2``.
 
         Raises:
             ValueError: inputs are not ``(N, C, H, W)`` images, batch sizes
@@ -289,15 +294,13 @@ class SimilarityRISE(PerturbationAttribution):
             else None
         )
         run = _RiseRun(self.forward_func, plan, ref_plan, perturbations_per_eval, show_progress)
-        if isinstance(inputs, tuple):
-            if len(inputs) != 2:
-                raise ValueError(f"tuple inputs must be a pair (x1, x2), got {len(inputs)} tensors")
-            if additional_forward_args is not None:
-                raise ValueError(
-                    "with inputs=(x1, x2) each image is the other's reference; "
-                    "additional_forward_args must be None"
-                )
-            x1, x2 = (_check_images(x, f"inputs[{i}]") for i, x in enumerate(inputs))
+        images, references, is_tuple = contract.format_inputs(inputs, additional_forward_args, _METHOD)
+        xs = [
+            contract.check_images(x, "inputs" if len(images) == 1 else f"inputs[{i}]", _METHOD, image_dim=4)
+            for i, x in enumerate(images)
+        ]
+        if len(xs) == 2:
+            x1, x2 = xs
             if x1.shape[0] != x2.shape[0]:
                 raise ValueError(
                     f"x1 and x2 must have the same batch size, got {x1.shape[0]} and {x2.shape[0]}"
@@ -307,33 +310,11 @@ class SimilarityRISE(PerturbationAttribution):
                 x2, x1, b2, b1, second=True
             )
         if isinstance(baselines, tuple):
-            raise ValueError("a tuple of baselines needs tuple inputs (x1, x2)")
-        queries = _check_images(inputs, "inputs")
-        references = _reference_from_args(additional_forward_args)
-        return run.explain(queries, references, baselines, baselines, second=False)
-
-
-def _check_images(x: Tensor, name: str) -> Tensor:
-    x = check_float_tensor(x, name)
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be images (N, C, H, W), got shape {tuple(x.shape)}")
-    return x
-
-
-def _reference_from_args(args: Any) -> Tensor:
-    if isinstance(args, (tuple, list)):
-        if len(args) != 1:
-            raise ValueError(
-                "additional_forward_args must hold exactly one tensor, the reference; "
-                f"got {len(args)} items"
-            )
-        args = args[0]
-    if args is None:
-        raise ValueError(
-            "SimilarityRISE needs a reference: pass additional_forward_args=(reference,) "
-            "or inputs=(x1, x2)"
-        )
-    return check_float_tensor(args, "reference (additional_forward_args)")
+            if len(baselines) != 1 or not is_tuple:
+                raise ValueError("a tuple of baselines needs tuple inputs of the same length")
+            (baselines,) = baselines
+        saliency = run.explain(xs[0], references, baselines, baselines, second=False)
+        return contract.format_output([saliency], is_tuple)
 
 
 def _row(t: Tensor, i: int) -> Tensor:
@@ -368,6 +349,8 @@ class _RiseRun:
         second: bool,
     ) -> Tensor:
         n, r = queries.shape[0], references.shape[0]
+        if r not in (1, n) and rows_identical(references):
+            references, r = references[:1], 1  # a reference Captum's wrappers repeated
         if n != r and 1 not in (n, r):
             raise ValueError(
                 f"cannot pair {n} queries with {r} references: give one reference per "

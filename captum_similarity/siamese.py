@@ -10,10 +10,23 @@ from torch import Tensor, nn
 from ._utils.batching import batch_slices
 from ._utils.checks import check_float_tensor, rows_identical
 from ._utils.hooks import has_hooks
+from ._utils.inputs import broadcast_pair
 from .head import SimilarityHead
 from .similarity import Similarity, SimilarityLike, resolve_similarity
 
-__all__ = ["SiameseSimilarity"]
+__all__ = ["SiameseSimilarity", "as_siamese", "DEFAULT_SIMILARITIES"]
+
+#: The similarity each method explains when it is given a bare embedder and
+#: no ``similarity``. LRP relevance and the exact decomposition default to the
+#: dot product (bilinear: relevance is conserved exactly on bias-free
+#: networks); Grad-CAM and PAIR-X to the cosine (PAIR-X's reference uses it).
+#: A :class:`SiameseSimilarity` brings its own similarity to every method.
+DEFAULT_SIMILARITIES = {
+    "EmbeddingGradCAM": "cosine",
+    "PairwiseIntermediateMatching": "cosine",
+    "LRPRelevancePairing": "dot",
+    "SimilarityDecomposition": "dot",
+}
 
 Embedder = Union[nn.Module, Callable[[Tensor], Tensor]]
 
@@ -261,16 +274,27 @@ class SiameseSimilarity(nn.Module):
         return (f_many, f_one) if n2 < n1 else (f_one, f_many)
 
 
-def broadcast_pair(x1: Tensor, x2: Tensor) -> Tuple[Tensor, Tensor]:
-    """Expands a batch-1 (or identical-rows) side to the other side's batch size."""
-    n1, n2 = x1.shape[0], x2.shape[0]
-    if n1 == n2:
-        return x1, x2
-    if rows_identical(x2):
-        return x1, x2[:1].expand(n1, *x2.shape[1:])
-    if rows_identical(x1):
-        return x1[:1].expand(n2, *x1.shape[1:]), x2
-    raise ValueError(
-        f"cannot broadcast batch sizes {n1} (x1) and {n2} (x2): a reference must have "
-        "the queries' batch size, batch size 1, or identical rows"
+def as_siamese(
+    embedder: Union[Embedder, "SiameseSimilarity"], similarity: Optional[SimilarityLike], method: str
+) -> SiameseSimilarity:
+    """The similarity model a method explains.
+
+    A :class:`SiameseSimilarity` is used as it is, with its own similarity;
+    giving a ``similarity`` as well is an error (one model, one similarity).
+    A bare embedder is wrapped with ``similarity``, or with the method's
+    default (:data:`DEFAULT_SIMILARITIES`).
+
+    Raises:
+        ValueError: ``similarity`` given together with a SiameseSimilarity.
+    """
+    if isinstance(embedder, SiameseSimilarity):
+        if similarity is not None:
+            raise ValueError(
+                f"{method}: the model is a SiameseSimilarity, whose similarity "
+                f"({embedder.similarity.name!r}) is used; do not pass similarity (wrap the "
+                "embedder in a SiameseSimilarity with the similarity you want instead)"
+            )
+        return embedder
+    return SiameseSimilarity(
+        embedder, DEFAULT_SIMILARITIES.get(method, "cosine") if similarity is None else similarity
     )

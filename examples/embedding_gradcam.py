@@ -31,7 +31,7 @@ from captum_similarity import (  # noqa: E402
 )
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
 from captum_similarity.models import ResNetEmbedder  # noqa: E402
-from captum_similarity.models.trained import ORL_CONFIG, orl_embedder  # noqa: E402
+from captum_similarity.training.demo_models import ORL_CONFIG, orl_embedder  # noqa: E402
 
 
 def reference_model_tour() -> None:

@@ -6,7 +6,7 @@ whose first photo is least similar to it).
 Usage: python examples/lrp_orl_faces.py [--orl PATH] [--out docs/figures/lrp_orl.png]
 (--orl defaults to $CAPTUM_SIMILARITY_ORL, else ../shared/data/orl_faces)
 
-The embedder (captum_similarity.models.trained.orl_embedder: a small ResNet
+The embedder (captum_similarity.training.demo_models.orl_embedder: a small ResNet
 trained on subjects s1..s30, cached after the first run) never saw the
 subjects shown here (s31..s40).
 """
@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 
 from captum_similarity import LRPRelevancePairing, to_visualizer_arrays
 from captum_similarity.data import load_orl_faces
-from captum_similarity.links import visualize_links
-from captum_similarity.models.trained import ORL_CONFIG, orl_embedder
+from captum_similarity.figures import visualize_links
+from captum_similarity.training.demo_models import ORL_CONFIG, orl_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 ORL_DEFAULT = ROOT.parent / "shared" / "data" / "orl_faces"

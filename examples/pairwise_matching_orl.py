@@ -6,7 +6,7 @@ Usage: python examples/pairwise_matching_orl.py [--orl PATH] [--layer layer2] [-
        [--out-dir docs/figures]
 (--orl defaults to $CAPTUM_SIMILARITY_ORL, else ../shared/data/orl_faces)
 
-The embedder (captum_similarity.models.trained.orl_embedder: a small ResNet
+The embedder (captum_similarity.training.demo_models.orl_embedder: a small ResNet
 trained on subjects s1..s30, cached after the first run) never saw the
 subjects shown here: two photos of s31, and s31 against the held-out person
 whose first photo the model finds most similar to it (the hardest impostor).
@@ -25,7 +25,7 @@ import torch
 from captum_similarity import PairwiseIntermediateMatching, candidate_layers, visualize_matches
 from captum_similarity.data import load_orl_faces
 from captum_similarity.metrics import match_plausibility
-from captum_similarity.models.trained import ORL_CONFIG, orl_embedder
+from captum_similarity.training.demo_models import ORL_CONFIG, orl_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 ORL_DEFAULT = ROOT.parent / "shared" / "data" / "orl_faces"

@@ -8,7 +8,7 @@ import torch
 
 from captum_similarity import explainers as registry
 
-RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "run_benchmarks.py"
+RUNNER = Path(__file__).resolve().parents[1] / "benchmarks" / "methods" / "run_benchmarks.py"
 
 
 def _load_runner():

@@ -4,7 +4,7 @@ import torch
 from captum_similarity import SiameseSimilarity
 from captum_similarity.demo import main, run_stereo
 from captum_similarity.explainers import explain_pair, explainers, register
-from captum_similarity.models.trained import demo_embedder
+from captum_similarity.training.demo_models import demo_embedder
 from conftest import make_reference_model
 
 

@@ -44,8 +44,25 @@ def test_preserved_state_restores_on_exception(images):
 
 
 def test_preserved_state_accepts_plain_callables():
-    with preserved_state(lambda x: x, eval_mode=True, freeze=True):
-        pass
+    class Scorer:
+        """A callable that looks like a module but is not one: left untouched."""
+
+        training = True
+
+        def eval(self):
+            self.training = False
+
+        def __call__(self, x):
+            return 2 * x
+
+    scorer, ran = Scorer(), []
+    with preserved_state(scorer, eval_mode=True, freeze=True):
+        ran.append(scorer(3))
+        assert scorer.training  # not switched to eval: only nn.Modules are touched
+    assert ran == [6] and scorer.training
+    with pytest.raises(KeyError):  # exceptions pass through
+        with preserved_state(scorer, eval_mode=True):
+            raise KeyError("midway")
 
 
 def test_batch_slices():

@@ -18,7 +18,7 @@ from captum_similarity.lrp import (
     ZBox,
     depth_gamma,
 )
-from captum_similarity.lrp.canonizers import LINEAR_TYPES
+from captum_similarity.lrp.linear import LINEAR_TYPES
 from captum_similarity.models import SimpleCNN
 
 DT = torch.float64
@@ -63,12 +63,12 @@ def test_batched_seeds_equal_one_at_a_time(kind, images):
     act = p.activation(layer).detach()
     g = torch.Generator().manual_seed(0)
     seeds = torch.randn((4,) + tuple(act.shape), generator=g, dtype=DT) * act
-    batched = p.propagate(seeds, source=layer, batched=True)
+    batched = p.propagate(seeds, source=layer, batching="vmap")
     single = torch.stack([p.propagate(s, source=layer) for s in seeds])
     torch.testing.assert_close(batched, single, rtol=1e-10, atol=1e-14)
     out_seeds = torch.randn((3,) + tuple(p.output.shape), generator=g, dtype=DT)
     torch.testing.assert_close(
-        p.propagate(out_seeds, batched=True), torch.stack([p.propagate(s) for s in out_seeds])
+        p.propagate(out_seeds, batching="vmap"), torch.stack([p.propagate(s) for s in out_seeds])
     )
 
 
@@ -392,7 +392,7 @@ def test_merged_rule_factors_keep_every_recorded_layer_right(layer, images, monk
 
     torch.manual_seed(0)
     merged = relevance(LRPEngine(model).forward(x, record=[layer]))
-    monkeypatch.setattr(engine_module, "fuse_factors", lambda roots: None)
+    monkeypatch.setattr(engine_module, "fuse_factors", lambda roots, function: None)
     torch.manual_seed(0)
     separate = relevance(LRPEngine(model).forward(x, record=[layer]))
     for got, want in zip(merged, separate):
@@ -400,11 +400,12 @@ def test_merged_rule_factors_keep_every_recorded_layer_right(layer, images, monk
 
 
 def test_rule_factors_of_an_activation_and_the_layer_below_are_kept_as_one(images):
-    from captum_similarity._utils.receptive_field import _topological
+    from captum_similarity.lrp.functions import Rewired
+    from captum_similarity.lrp.graph import function_class, topological
 
     model = make_reference_model("efficientnet")
     run = LRPEngine(model).forward(images(2))
-    nodes = [n for n in _topological(run.output.grad_fn) if n.name() == "_RewiredBackward"]
+    nodes = [n for n in topological(run.output.grad_fn) if function_class(n) is Rewired]
     # per MBConv block: expand (SiLU merged), depthwise (SiLU and the gate merged), project
     kept = [n for n in nodes if n.factor is not None]
     assert len(nodes) - len(kept) == 3 * len(model.blocks) + 2  # + the stem's and head's SiLU

@@ -188,11 +188,12 @@ def test_patch_centers():
     centers = patch_centers((10, 8), 4)
     assert centers.shape == (6, 2)
     torch.testing.assert_close(centers[0], torch.tensor([1.5, 1.5]))
-    torch.testing.assert_close(centers[-1], torch.tensor([8.5, 5.5]))  # partial last row
+    # pixel coordinates (x, y): the partial last row of patches is centred on its 2 rows
+    torch.testing.assert_close(centers[-1], torch.tensor([5.5, 8.5]))
 
 
 def test_strongest_links_and_figure(tmp_path):
-    from captum_similarity.links import strongest_links, visualize_links
+    from captum_similarity.figures import strongest_links, visualize_links
 
     relevance = torch.zeros(1, 4, 6, dtype=DT)
     relevance[0, 3, 1] = 2.0
@@ -200,7 +201,7 @@ def test_strongest_links_and_figure(tmp_path):
     points1, points2, values = strongest_links(relevance, (16, 16), (16, 24), 8, k=2)
     torch.testing.assert_close(values, torch.tensor([[2.0, 1.0]], dtype=DT))
     torch.testing.assert_close(points1[0], torch.tensor([[11.5, 11.5], [3.5, 3.5]]))
-    torch.testing.assert_close(points2[0], torch.tensor([[3.5, 11.5], [11.5, 19.5]]))
+    torch.testing.assert_close(points2[0], torch.tensor([[11.5, 3.5], [19.5, 11.5]]))  # (x, y)
     with pytest.raises(ValueError, match="patches"):
         strongest_links(relevance, (16, 16), (16, 16), 8)
     x1, x2 = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 24)

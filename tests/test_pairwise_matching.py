@@ -1,9 +1,6 @@
 """PairwiseIntermediateMatching (PAIR-X): matches, ranking and per-match maps
 against independent oracles; batching; Captum conventions; errors; model state."""
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -179,7 +176,7 @@ def test_per_match_maps_equal_one_seed_at_a_time(kind, images):
 @pytest.mark.parametrize("kind", ["resnet", "vit"])
 def test_batched_equals_unbatched(kind, images):
     _, pairx = _pairx(kind)
-    _, vmapped = _pairx(kind, batched_backward=True)
+    _, vmapped = _pairx(kind, batching="vmap")
     x1, x2 = images(3), images(3, seed=1)
     batch = pairx.explain(x1, x2, k=4, internal_batch_size=None)
     assert len({len(r) for r in batch}) > 1  # different match counts, none truncated
@@ -335,14 +332,3 @@ def test_figure_draws_lines_maps_and_hides_the_overlay(images, tmp_path):
     )
     with pytest.raises(ValueError, match="pass the images"):
         visualize_matches(images(1, size=16), x2, result)
-
-
-def test_docs_code_blocks_run_in_order():
-    page = Path(__file__).resolve().parents[1] / "docs" / "pairwise-matching.md"
-    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
-    assert len(blocks) >= 2
-    namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, str(page), "exec"), namespace)
-    assert namespace["a1"].shape == (2, 3, 32, 32)
-    assert namespace["result"].layer_relevance1.shape == (4, 4)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from captum_similarity import PairwiseIntermediateMatching
-from captum_similarity._utils.receptive_field import disjoint_colouring, receptive_field
+from captum_similarity.lrp.receptive_field import receptive_field
+from captum_similarity.lrp.seeds import disjoint_colouring
 from captum_similarity.lrp import LRPEngine
 from captum_similarity.lrp import engine as engine_module
 from captum_similarity.lrp.engine import RelevancePass
@@ -155,8 +156,8 @@ def test_colouring_uses_the_fewest_groups_on_small_sets():
 
 
 @pytest.mark.parametrize("kind,layer", [("resnet", "layer2"), ("efficientnet", "blocks.2")])
-@pytest.mark.parametrize("vectorize", [False, True])
-def test_packed_seeds_equal_one_at_a_time(kind, layer, vectorize, monkeypatch):
+@pytest.mark.parametrize("batching", ["packed", "vmap"])
+def test_packed_seeds_equal_one_at_a_time(kind, layer, batching, monkeypatch):
     model = make_reference_model(kind)
     x = torch.rand(2, 3, 96, 96, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     run = LRPEngine(model, "epsilon_plus").forward(x, record=[layer])
@@ -168,11 +169,12 @@ def test_packed_seeds_equal_one_at_a_time(kind, layer, vectorize, monkeypatch):
     original = RelevancePass.propagate
 
     def counting(self, seed, *args, **kwargs):
-        calls.append(seed.shape[0] if kwargs.get("batched") else 1)
+        # backward passes: K for a vmapped batch; "each" counts its own calls
+        calls.append({"vmap": seed.shape[0], "each": 0}.get(kwargs.get("batching"), 1))
         return original(self, seed, *args, **kwargs)
 
     monkeypatch.setattr(RelevancePass, "propagate", counting)
-    packed = run.propagate_each(seeds, layer, vectorize=vectorize, windowed=False)
+    packed = run.propagate_each(seeds, layer, batching=batching)
     assert sum(calls) < len(seeds)  # seeds far apart shared backward passes
     torch.testing.assert_close(packed, expected, rtol=1e-9, atol=1e-15)
 
@@ -190,18 +192,18 @@ def test_global_graph_falls_back_to_one_pass_per_seed():
     torch.testing.assert_close(run.propagate_each(seeds, "blocks.1"), expected)
 
 
-@pytest.mark.parametrize("batched_backward", [False, True])
-def test_pairx_maps_from_shared_passes_equal_one_seed_at_a_time(batched_backward, monkeypatch):
+@pytest.mark.parametrize("batching", ["windowed", "vmap"])
+def test_pairx_maps_from_shared_passes_equal_one_seed_at_a_time(batching, monkeypatch):
     model = make_reference_model("resnet")
     g = torch.Generator().manual_seed(2)
     x1, x2 = (torch.rand(2, 3, 96, 96, dtype=torch.float64, generator=g) for _ in range(2))
-    pairx = PairwiseIntermediateMatching(model, "layer2", batched_backward=batched_backward)
+    pairx = PairwiseIntermediateMatching(model, "layer2", batching=batching)
     dense, windowed = [], []
     original, original_windowed = RelevancePass.propagate, engine_module.windowed_backward
 
     def counting(self, seed, source=None, *args, **kwargs):
         if source is not None:  # the other one reaches the layer
-            dense.append(seed.shape[0] if kwargs.get("batched") else 1)
+            dense.append({"vmap": seed.shape[0], "each": 0}.get(kwargs.get("batching"), 1))
         return original(self, seed, source, *args, **kwargs)
 
     def counting_windowed(*args, **kwargs):
@@ -212,7 +214,7 @@ def test_pairx_maps_from_shared_passes_equal_one_seed_at_a_time(batched_backward
     monkeypatch.setattr(engine_module, "windowed_backward", counting_windowed)
     results = pairx.explain(x1, x2, k=6)
     monkeypatch.undo()
-    if batched_backward:  # packed dense passes, vmapped
+    if batching == "vmap":  # packed dense passes, vmapped
         assert not windowed and 0 < sum(dense) < 6
     else:  # one windowed pass per batch of pairs, no dense pass
         assert windowed and not dense

@@ -6,16 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captum_similarity._utils.receptive_field import receptive_field
-from captum_similarity._utils.windowed_backward import (
-    Windows,
-    crop,
-    paste,
-    windowable,
-    windowed_backward,
-)
+from captum_similarity.lrp.receptive_field import receptive_field
+from captum_similarity.lrp.windowed_backward import windowable, windowed_backward
+from captum_similarity.lrp.windows import Windows, crop, paste
 from captum_similarity.lrp import LRPEngine, ZBox
 from captum_similarity.lrp import engine as engine_module
+from captum_similarity.lrp import seeds as seeds_module
 from captum_similarity.lrp.composites import epsilon_plus
 from captum_similarity.lrp.engine import RelevancePass
 from captum_similarity.models.dlib_resnet import DlibFaceResNet
@@ -165,7 +161,7 @@ def test_windowed_relevance_equals_one_seed_at_a_time(
     assert not dense  # all of it on windows
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-15)
     # windows split into several chunks (memory bound) give the same maps
-    monkeypatch.setattr(engine_module, "_WINDOW_BUDGET", 0)
+    monkeypatch.setattr(seeds_module, "WINDOW_BUDGET", 0)
     torch.testing.assert_close(run.propagate_each(seeds, layer), got, rtol=1e-12, atol=1e-15)
 
 
@@ -239,3 +235,78 @@ def test_crop_and_paste_against_padded_slicing():
         inside[:, y : y + size[0], x : x + size[1]] = 1
         back += (part * inside)[:, margin:-margin, margin:-margin]
     torch.testing.assert_close(target, back, rtol=0, atol=0)
+
+
+def _conv_node(run):
+    from captum_similarity.lrp.graph import topological
+
+    return next(n for n in topological(run.output.grad_fn) if n.name() == "ConvolutionBackward0")
+
+
+def test_a_missing_private_autograd_attribute_means_dense_passes_never_an_error():
+    """The op table reads private autograd attributes (``node._saved_stride``);
+    on a PyTorch that lacks one, the walks fall back to dense passes."""
+    from captum_similarity.lrp import ops
+
+    model = make_reference_model("resnet")
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    run = LRPEngine(model).forward(x, record=["layer2"])
+    seeds = local_seeds(run.activation("layer2").detach(), 3)
+    expected = torch.stack([run.propagate(s, source="layer2") for s in seeds])
+    original = ops.handler_for(_conv_node(run))
+    missing = lambda node, *args: node._saved_attribute_of_another_version  # noqa: E731
+    try:
+        # nothing readable: no receptive field, one dense pass per seed
+        ops.register_op("ConvolutionBackward0", ops.OpHandler(missing, missing, missing))
+        assert run.receptive_field("layer2") is None
+        torch.testing.assert_close(run.propagate_each(seeds, "layer2"), expected)
+        # the reach and the check read, the windowed backward does not: packed passes
+        broken = ops.OpHandler(original.reach, missing, original.windowable)
+        ops.register_op("ConvolutionBackward0", broken)
+        assert run.receptive_field("layer2") is not None
+        torch.testing.assert_close(run.propagate_each(seeds, "layer2"), expected)
+    finally:
+        ops.register_op("ConvolutionBackward0", original)
+    assert ops.windowable_node(_conv_node(run))
+
+
+class _Doubling(torch.autograd.Function):
+    """A user's own element-wise function (``2 x``), unknown to the table."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return 2 * grad
+
+
+def test_autograd_functions_are_registered_by_class():
+    from captum_similarity.lrp import ops
+    from captum_similarity.lrp.windows import scaled
+
+    conv = nn.Conv2d(2, 3, 3, padding=1).double().requires_grad_(False)
+    x = torch.rand(1, 2, 12, 12, dtype=torch.float64, requires_grad=True)
+    out = _Doubling.apply(conv(x))
+    assert receptive_field(out, [x]) is None and not windowable(out, [x])
+    ops.register_function(
+        _Doubling,
+        ops.OpHandler(
+            reach=lambda node, axes, batch: [(node.next_functions[0][0], axes)],
+            backward=lambda node, incoming: [scaled(incoming[0], 2)],
+        ),
+    )
+    field = receptive_field(out, [x])
+    assert field is not None and (field.start, field.stop) == ((-1, -1), (1, 1))
+    assert windowable(out, [x])
+    seed = torch.zeros_like(out)
+    seed[0, :, 5, 6] = 1.0
+    (dense,) = torch.autograd.grad(out, x, seed, retain_graph=True)
+    cells = Windows(seed[:, :, 5:6, 6:7].clone(), torch.tensor([[5, 6]]), torch.tensor([0]))
+    (got,) = windowed_backward(out, [x], cells)
+    window = torch.zeros_like(x)
+    paste(window[0], got.values[0], got.origin[0].tolist())
+    torch.testing.assert_close(window, dense)
+    with pytest.raises(TypeError, match="autograd.Function"):
+        ops.register_function(nn.Conv2d, ops.OpHandler())

@@ -1,58 +1,55 @@
 """Layer-wise relevance propagation for similarity models.
 
+What a user picks:
+
 - :mod:`~captum_similarity.lrp.rules`: how relevance crosses one layer
   (Epsilon, Gamma, AlphaBeta, ZPlus, ZBox, Pass, Hold, NormRule; Captum's rule
-  classes are accepted and translated), and Captum's
-  :class:`SimilarityHeadRule`.
+  classes are accepted and translated).
 - :mod:`~captum_similarity.lrp.composites`: which rule each layer gets
   (by type, depth, name; presets ``lrp0``, ``epsilon``, ``epsilon_plus``,
   ``gamma``).
-- :mod:`~captum_similarity.lrp.canonizers`: BatchNorm folding, residual
-  additions, gates and transformer blocks, applied without writing to the model.
+- :mod:`~captum_similarity.lrp.canonizers`: BatchNorm folding and gates,
+  applied without writing to the model.
 - :mod:`~captum_similarity.lrp.engine`: :class:`LRPEngine` and
   :class:`RelevancePass`, relevance from the output or a layer down to a layer
   or the input, with batched seeds.
-- :mod:`~captum_similarity.lrp.default_rule`: :class:`DefaultRule`, a Captum
-  rule a module class keeps across Captum ``LRP`` calls (this engine reads it
-  as a user rule).
+
+The machinery below them:
+
+- :mod:`~captum_similarity.lrp.linear`: linear layers as the rules see them
+  (``LinearOp``, ``ConvAdjoint``);
+- :mod:`~captum_similarity.lrp.functions`: the autograd functions and
+  arithmetic the rules are made of;
+- :mod:`~captum_similarity.lrp.graph`: reading and rewriting the autograd
+  graph of a pass;
+- :mod:`~captum_similarity.lrp.ops`: what the graph walks know of each
+  operation (reach, backward on windows), one table;
+- :mod:`~captum_similarity.lrp.receptive_field`,
+  :mod:`~captum_similarity.lrp.windows`,
+  :mod:`~captum_similarity.lrp.windowed_backward` and
+  :mod:`~captum_similarity.lrp.seeds`: local seeds (PAIR-X's per-match maps)
+  computed on their receptive fields only.
+
+:class:`SimilarityHeadRule` and :class:`DefaultRule`, for Captum's own
+``LRP`` on a :class:`~captum_similarity.SiameseSimilarity`, live in
+:mod:`captum_similarity.captum_lrp` and are re-exported here.
 """
 
+from ..captum_lrp import DefaultRule, SimilarityHeadRule
 from .composites import COMPOSITES, Composite, depth_gamma, resolve_composite
-from .default_rule import DefaultRule
-from .engine import LRPEngine, RelevancePass
-from .rules import (
-    AlphaBeta,
-    Epsilon,
-    Gamma,
-    Hold,
-    LinearRule,
-    NormRule,
-    Pass,
-    Rule,
-    SimilarityHeadRule,
-    ZBox,
-    ZPlus,
-    as_rule,
-)
+from .engine import SEED_BATCHING, LRPEngine, RelevancePass
+from . import rules
+from .rules import *  # noqa: F401,F403  (the rule catalog: rules.__all__)
 
 __all__ = [
     "LRPEngine",
     "RelevancePass",
+    "SEED_BATCHING",
     "Composite",
     "COMPOSITES",
     "resolve_composite",
     "depth_gamma",
-    "Rule",
-    "LinearRule",
-    "Epsilon",
-    "Gamma",
-    "AlphaBeta",
-    "ZPlus",
-    "ZBox",
-    "Pass",
-    "Hold",
-    "NormRule",
-    "as_rule",
     "SimilarityHeadRule",
     "DefaultRule",
+    *rules.__all__,
 ]

@@ -35,7 +35,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Typ
 
 from torch import nn
 
-from .canonizers import BATCHNORM_TYPES, LINEAR_TYPES, is_squeeze_excitation
+from .canonizers import is_squeeze_excitation
+from .linear import BATCHNORM_TYPES, LINEAR_TYPES
 from .rules import Epsilon, Gamma, Hold, NormRule, Pass, Rule, RuleLike, ZPlus, as_rule
 
 __all__ = [

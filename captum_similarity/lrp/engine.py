@@ -15,19 +15,23 @@ primitive, :meth:`RelevancePass.propagate`, moves relevance from a *source*
 recorded layer):
 
 - first-order explanations: ``p.propagate(R_out)`` -> input relevance;
-- embedding -> intermediate layer (PAIR-X step 3):
+- embedding -> intermediate layer (PAIR-X's layer relevance):
   ``p.propagate(R_out, target=layer)`` -> the layer's relevance, computed
   without going below the layer;
-- seeded layer -> pixels for many seeds at once (PAIR-X step 6, BiLRP):
-  ``p.propagate(seeds, source=layer, batched=True)`` with ``seeds`` of shape
-  ``(K, *layer_shape)``: one batched backward (``is_grads_batched``) instead
-  of ``K``; layers above ``layer`` are not run again;
+- seeded layer -> pixels for many seeds at once (BiLRP's per-dimension maps):
+  ``p.propagate(seeds, source=layer, batching="vmap")`` with ``seeds`` of
+  shape ``(K, *layer_shape)``: one batched backward (``is_grads_batched``)
+  instead of ``K``; layers above ``layer`` are not run again;
 - many *local* seeds (a few cells each, PAIR-X's per-match maps):
   ``p.propagate_each(seeds, source=layer)``, which computes each seed's
   backward pass only on its input footprint (the receptive field of its
   cells, read off the graph), all seeds at once, or else gives seeds whose
   footprints do not overlap one shared backward pass and cuts the result
-  apart afterwards.
+  apart afterwards (:mod:`captum_similarity.lrp.seeds` plans the passes).
+
+How seeds share backward passes is chosen with one argument, ``batching``
+(:data:`SEED_BATCHING`), in :meth:`RelevancePass.propagate`,
+:meth:`RelevancePass.propagate_each` and the methods built on them.
 
 A conv registered right before its BatchNorm (as torchvision, timm and the
 reference models declare them) gets its rule once, from the fold, instead of
@@ -45,45 +49,44 @@ Example::
     >>> p = engine.forward(images, record=["layer2"])
     >>> r_layer = p.propagate(p.output.detach(), target="layer2")   # (N, C, h, w)
     >>> seeds = torch.stack([r_layer * mask for mask in cell_masks])  # (K, N, C, h, w)
-    >>> r_pixels = p.propagate(seeds, source="layer2", batched=True)  # (K, N, 3, H, W)
+    >>> r_pixels = p.propagate(seeds, source="layer2", batching="vmap")  # (K, N, 3, H, W)
 """
 
 from __future__ import annotations
 
-import functools
-import math
 import warnings
 from contextlib import ExitStack
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._utils.hooks import LayerRecorder
 from .._utils.layers import LayerSpec, resolve_layer
-from .._utils.receptive_field import (
-    ReceptiveField,
-    cell_bounds,
-    disjoint_colouring,
-    receptive_field,
-)
-from .._utils.windowed_backward import (
-    Windows,
-    add,
-    channels_last,
-    crop,
-    paste,
-    times_saved,
-    windowable,
-    windowed_backward,
-)
 from .._utils.state import preserved_state
-from .canonizers import BATCHNORM_TYPES, LINEAR_TYPES, fold_batchnorm, linear_op
+from .canonizers import fold_batchnorm
 from .composites import Composite, resolve_composite
-from .rules import LinearRule, Rule, divide_or_zero, fuse_factors
+from .functions import Rewired, divide_or_zero
+from .graph import fuse_factors, reachable
+from .linear import BATCHNORM_TYPES, LINEAR_TYPES, linear_op
+from .receptive_field import ReceptiveField, receptive_field
+from .rules import LinearRule, Rule
+from .seeds import WindowPlan, pack, plan_windows
+from .windowed_backward import windowable, windowed_backward
+from .windows import Windows, add, channels_last, crop, paste, times_saved
 
-__all__ = ["LRPEngine", "RelevancePass"]
+__all__ = ["LRPEngine", "RelevancePass", "SEED_BATCHING"]
+
+#: How seeds share backward passes (the ``batching`` argument):
+#:
+#: - ``"windowed"``: one backward pass restricted to each seed's receptive
+#:   field, all seeds at once, where the graph allows it; ``"packed"`` otherwise;
+#: - ``"packed"``: seeds whose footprints do not overlap share a dense pass;
+#:   the passes run one after another;
+#: - ``"vmap"``: the same dense passes issued as one vmapped backward
+#:   (``is_grads_batched``);
+#: - ``"each"``: one dense backward pass per seed, one after another.
+SEED_BATCHING = ("windowed", "packed", "vmap", "each")
 
 
 class _Trace:
@@ -289,7 +292,7 @@ class LRPEngine:
                 "layer reads the model input directly (is the input transformed first?)",
                 stacklevel=2,
             )
-        fuse_factors([output, *recorded.values()])
+        fuse_factors([output, *recorded.values()], Rewired)
         return RelevancePass(self.model, x, output, trace.companions, recorded)
 
     def _deferrable(self) -> Set[int]:
@@ -331,17 +334,8 @@ def _misread(trace: _Trace, output: Any, recorded: Iterable[Tensor]) -> Set[int]
     if not aliases:
         return misread
     roots = [t for t in (output, *recorded) if isinstance(t, Tensor) and t.grad_fn is not None]
-    seen = set()
-    stack = [t.grad_fn for t in roots]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if node in aliases:
-            misread.add(id(aliases[node]))
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return misread
+    below = reachable(roots)
+    return misread | {id(module) for node, module in aliases.items() if node in below}
 
 
 class RelevancePass:
@@ -381,38 +375,51 @@ class RelevancePass:
         seed: Tensor,
         source: Optional[LayerSpec] = None,
         target: Optional[LayerSpec] = None,
-        batched: bool = False,
+        batching: Optional[str] = None,
+        **deprecated: Any,
     ) -> Tensor:
         r"""Propagates relevance ``seed`` from ``source`` down to ``target``.
 
         Args:
             seed (Tensor): Relevance at the source, of the source's shape, or
-                ``(K, *source_shape)`` with ``batched=True`` (``K`` independent
-                seeds, one batched backward).
+                ``(K, *source_shape)``: ``K`` independent seeds, when
+                ``batching`` is given.
             source (str or nn.Module, optional): A recorded layer, or None for
                 the model output.
                 Default: None
             target (str or nn.Module, optional): A recorded layer below
                 ``source``, or None for the input.
                 Default: None
-            batched (bool, optional): Whether ``seed`` has a leading seed
-                dimension.
-                Default: False
+            batching (str, optional): None for one seed; ``"vmap"`` for ``K``
+                seeds in one batched backward (``is_grads_batched``);
+                ``"each"`` for ``K`` seeds in one backward pass each. (The
+                other strategies of :data:`SEED_BATCHING` need local seeds:
+                see :meth:`propagate_each`.)
+                Default: None
 
         Returns:
             Tensor: relevance at the target, of the target's shape (with the
-            leading ``K`` when batched). At the input it includes the relevance
-            of input-rule bounds (z^B).
+            leading ``K`` for several seeds). At the input it includes the
+            relevance of input-rule bounds (z^B).
         """
+        batching = _batching_argument(batching, deprecated, single=True)
+        if batching not in (None, "vmap", "each"):
+            raise ValueError(
+                f"propagate takes batching None, 'vmap' or 'each', got {batching!r}; "
+                "'windowed' and 'packed' need local seeds: use propagate_each"
+            )
         src = self.output if source is None else self.activation(source)
         if not isinstance(seed, Tensor):
             raise TypeError(f"seed must be a Tensor, got {type(seed).__name__}")
-        expected = ((seed.shape[0],) if batched and seed.dim() else ()) + tuple(src.shape)
+        several = batching is not None
+        expected = ((seed.shape[0],) if several and seed.dim() else ()) + tuple(src.shape)
         if tuple(seed.shape) != expected or seed.dim() == 0:
             raise ValueError(
-                f"seed must have shape {'(K, ' if batched else '('}"
+                f"seed must have shape {'(K, ' if several else '('}"
                 f"{', '.join(map(str, src.shape))}), got {tuple(seed.shape)}"
             )
+        if batching == "each":
+            return torch.stack([self.propagate(s, source, target) for s in seed])
         a = src.detach()
         grad_seed = divide_or_zero(seed, a)
         targets = [self.input, *self._companions] if target is None else [self.activation(target)]
@@ -422,7 +429,7 @@ class RelevancePass:
             grad_seed.to(a.dtype),
             retain_graph=True,
             allow_unused=True,
-            is_grads_batched=batched,
+            is_grads_batched=batching == "vmap",
         )
         if grads[0] is None:
             raise ValueError(
@@ -441,7 +448,7 @@ class RelevancePass:
         return receptive_field(self.activation(source), leaves)
 
     def propagate_each(
-        self, seeds: Tensor, source: LayerSpec, vectorize: bool = False, windowed: bool = True
+        self, seeds: Tensor, source: LayerSpec, batching: str = "windowed", **deprecated: Any
     ) -> Tensor:
         r"""Propagates ``K`` seeds at the recorded layer ``source`` to the input,
         one result per seed, computing as little as their footprints allow.
@@ -450,17 +457,14 @@ class RelevancePass:
         layer; its relevance can only reach the receptive field of those cells
         (see :meth:`receptive_field`). Two exact ways use that:
 
-        - *windowed* (the default where it applies): one backward pass of our
-          own through the graph that keeps, for each seed row, only the window
-          of each intermediate tensor the seed can reach
-          (:func:`~captum_similarity._utils.windowed_backward.windowed_backward`);
-          for PAIR-X's ten matches on the ResNet-style benchmark model it
-          took 1.1x one forward+backward pass against 2.7x for five packed
-          dense passes (docs/pairwise-matching.md). It applies when every
-          node of the graph below ``source`` is one it reproduces
-          (convolutions, pooling, slices, constant padding, concatenation,
-          additions, ReLU and the LRP rules' functions) and the windows
-          cover less input than the packed passes would;
+        - *windowed*: one backward pass of our own through the graph that
+          keeps, for each seed row, only the window of each intermediate
+          tensor the seed can reach
+          (:func:`~captum_similarity.lrp.windowed_backward.windowed_backward`).
+          It applies when every node of the graph below ``source`` is one it
+          reproduces (convolutions, pooling, slices, constant padding,
+          concatenation, additions, ReLU and the LRP rules' functions) and
+          the windows cover less input than the packed passes would;
         - *packed*: seeds of one image whose receptive fields do not overlap
           are summed into one dense backward pass, and each seed's map is cut
           out of the result by its receptive field; the number of passes is
@@ -468,22 +472,24 @@ class RelevancePass:
 
         Either way the result equals propagating the seeds one at a time (the
         backward pass is linear in its seed). When the receptive field is not
-        known to be local, every seed gets its own dense pass.
+        known to be local, every seed gets its own dense pass. What each way
+        costs is measured in ``benchmarks/results/pairx_speed.md``.
 
         Args:
             seeds (Tensor): ``(K, *source_shape)`` relevance at ``source``.
             source (str or nn.Module): A recorded layer with output
                 ``(N, C, *spatial)``.
-            vectorize (bool, optional): Issue the dense passes as one vmapped
-                backward (``is_grads_batched``) instead of one after another.
-                Default: False
-            windowed (bool, optional): Use the windowed pass where it applies;
-                False always runs dense passes.
-                Default: True
+            batching (str, optional): ``"windowed"`` (windowed where it
+                applies, packed dense passes otherwise), ``"packed"``,
+                ``"vmap"`` (the packed passes as one vmapped backward) or
+                ``"each"`` (one dense pass per seed); see
+                :data:`SEED_BATCHING`.
+                Default: ``"windowed"``
 
         Returns:
             Tensor: ``(K, *input_shape)`` input relevance per seed.
         """
+        batching = _batching_argument(batching, deprecated, single=False)
         src = self.activation(source)
         if not isinstance(seeds, Tensor):
             raise TypeError(f"seeds must be a Tensor, got {type(seeds).__name__}")
@@ -492,88 +498,74 @@ class RelevancePass:
                 f"seeds must have shape (K, {', '.join(map(str, src.shape))}), "
                 f"got {tuple(seeds.shape)}"
             )
-        field = self.receptive_field(source) if src.dim() > 2 else None
+        dense = "vmap" if batching == "vmap" else "each"
+        field = self.receptive_field(source) if src.dim() > 2 and batching != "each" else None
         if field is None:
-            return self._propagate_seeds(seeds, source, vectorize)
-        support = seeds.detach().ne(0).any(2)  # (K, N, *grid)
-        boxes = field.footprints(support)  # (K, N, d, 2)
-        groups = disjoint_colouring(boxes.transpose(0, 1))  # (N, K)
-        passes = int(groups.max()) + 1 if groups.numel() else 0
-        if windowed:
-            maps = self._propagate_windowed(seeds, support, source, field, passes)
-            if maps is not None:
-                return maps
-        if passes == seeds.shape[0]:
-            return self._propagate_seeds(seeds, source, vectorize)
-        chosen = F.one_hot(groups, passes).permute(2, 0, 1).to(seeds.dtype)  # (G, N, K)
-        packed = torch.einsum("gnk,kn...->gn...", chosen, seeds)
-        maps = self._propagate_seeds(packed, source, vectorize)  # (G, *input_shape)
-        rows = torch.arange(seeds.shape[1], device=seeds.device)
-        picked = maps[groups.T, rows]  # (K, *input_shape)
-        return picked * _box_mask(boxes, self.input.shape[2:], picked.dtype)[:, :, None]
+            return self.propagate(seeds, source=source, batching=dense)
+        packing = pack(seeds, field)
+        if batching == "windowed":
+            plan = plan_windows(packing.support, field, self.input.shape[2:], packing.passes)
+            if plan is not None and windowable(src, [self.input, *self._companions]):
+                try:
+                    maps = self._propagate_windowed(seeds, source, plan)
+                except AttributeError:  # saved state this PyTorch names otherwise: dense passes
+                    maps = None
+                if maps is not None:
+                    return maps
+        if packing.passes == seeds.shape[0]:
+            return self.propagate(seeds, source=source, batching=dense)
+        maps = self.propagate(packing.packed(seeds), source=source, batching=dense)
+        return packing.unpacked(maps)
 
     def _propagate_windowed(
-        self, seeds: Tensor, support: Tensor, source: LayerSpec, field: ReceptiveField, passes: int
+        self, seeds: Tensor, source: LayerSpec, plan: WindowPlan
     ) -> Optional[Tensor]:
-        """``propagate_each`` by a backward pass on receptive-field windows, or None
-        when that would cover more input than ``passes`` dense passes, or the
-        graph holds a node it does not reproduce."""
+        """``propagate_each`` by backward passes on receptive-field windows, or
+        None when nothing reaches the input (the dense path then says why)."""
         src = self.activation(source)
         leaves = [self.input, *self._companions]
         k, n = seeds.shape[:2]
-        spatial = tuple(self.input.shape[2:])
-        units = support.flatten(2).any(2).nonzero()  # (U, 2): seed, row
-        if not len(units):
-            return None
-        cells = support[units[:, 0], units[:, 1]]  # (U, *grid)
-        first, last = cell_bounds(cells, cells.dim() - 1)  # (U, d)
-        size = (last - first + 1).amax(0).tolist()
-        # input positions one window reaches, against those of the dense passes
-        area = math.prod(
-            (m - 1) * st + b - a + 1
-            for m, st, a, b in zip(size, field.stride, field.start, field.stop)
-        )
-        if area * len(units) >= passes * n * math.prod(spatial) or not windowable(src, leaves):
-            return None
         grad = divide_or_zero(seeds, src.detach()).flatten(0, 1)  # (K * N, C, *grid)
         out = self.input.new_zeros((k, n) + tuple(self.input.shape[1:]))
-        chunk = max(1, _WINDOW_BUDGET * n * math.prod(spatial) // area)
-        for part_index in torch.arange(len(units)).split(chunk):
-            part = units[part_index]
-            first_part = first[part_index]
-            values = crop(grad, part[:, 0] * n + part[:, 1], first_part, size)
+        for part_index in plan.chunks:
+            part = plan.units[part_index]
+            first = plan.first[part_index]
+            values = crop(grad, part[:, 0] * n + part[:, 1], first, plan.size)
             if channels_last(src):
                 values = values.contiguous(memory_format=torch.channels_last)
-            reached = windowed_backward(
-                src, leaves, Windows(values, first_part, part[:, 1], owned=True)
-            )
+            reached = windowed_backward(src, leaves, Windows(values, first, part[:, 1], owned=True))
             relevance = [times_saved(leaf, w) for leaf, w in zip(leaves, reached) if w is not None]
             if not relevance:
-                return None  # nothing reaches the input: the dense path says why
-            total = functools.reduce(add, relevance)
+                return None
+            total = relevance[0]
+            for other in relevance[1:]:
+                total = add(total, other)
             for (seed, row), values, origin in zip(
                 part.tolist(), total.values, total.origin.tolist()
             ):
                 paste(out[seed, row], values, origin)
         return out
 
-    def _propagate_seeds(self, seeds: Tensor, source: LayerSpec, vectorize: bool) -> Tensor:
-        if vectorize:
-            return self.propagate(seeds, source=source, batched=True)
-        return torch.stack([self.propagate(seed, source=source) for seed in seeds])
 
-
-# windows of one windowed backward cover at most this many times the input of the pass
-_WINDOW_BUDGET = 4
-
-
-def _box_mask(boxes: Tensor, size: Sequence[int], dtype: torch.dtype) -> Tensor:
-    """``(..., *size)`` indicator of the boxes ``(..., d, 2)``."""
-    mask = None
-    for d, extent in enumerate(size):
-        index = torch.arange(extent, device=boxes.device)
-        inside = (index >= boxes[..., d, :1]) & (index <= boxes[..., d, 1:])  # (..., extent)
-        shape = inside.shape[:-1] + (1,) * d + (extent,) + (1,) * (len(size) - d - 1)
-        inside = inside.reshape(shape)
-        mask = inside if mask is None else mask & inside
-    return mask.to(dtype)
+def _batching_argument(batching: Optional[str], deprecated: Dict[str, Any], single: bool) -> Any:
+    """``batching``, or the strategy the deprecated arguments (``batched``,
+    ``vectorize``, ``windowed``) asked for."""
+    unknown = set(deprecated) - ({"batched"} if single else {"vectorize", "windowed"})
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(sorted(unknown))}")
+    if deprecated:
+        warnings.warn(
+            f"{', '.join(sorted(deprecated))} is deprecated; use batching= "
+            f"(one of {SEED_BATCHING})",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if single:
+            batching = "vmap" if deprecated["batched"] else None
+        elif deprecated.get("windowed", True):
+            batching = "windowed"
+        else:
+            batching = "vmap" if deprecated.get("vectorize", False) else "packed"
+    if not single and batching not in SEED_BATCHING:
+        raise ValueError(f"batching must be one of {SEED_BATCHING}, got {batching!r}")
+    return batching

@@ -1,17 +1,14 @@
-"""LRP rules: how relevance crosses one layer.
+"""LRP rules: how relevance crosses one layer (the rule catalog).
 
-Two families of rules live here:
-
-- Rules of this library's engine (:class:`Rule` subclasses), used by
-  :class:`~captum_similarity.lrp.engine.LRPEngine` and
-  :class:`~captum_similarity.LRPRelevancePairing`. Linear rules
-  (:class:`Epsilon`, :class:`Gamma`, :class:`AlphaBeta`, :class:`ZPlus`,
-  :class:`ZBox`) apply to Linear, Conv1d/2d/3d and BatchNorm layers; module
-  rules (:class:`Pass`, :class:`Hold`, :class:`NormRule`) apply to element-wise
-  activations, gates, softmax and LayerNorm.
-- :class:`SimilarityHeadRule`, a Captum ``PropagationRule`` that lets Captum's
-  own ``LRP`` conserve relevance through a
-  :class:`~captum_similarity.head.SimilarityHead`.
+The rules of this library's engine (:class:`Rule` subclasses), used by
+:class:`~captum_similarity.lrp.engine.LRPEngine` and the methods built on it.
+Linear rules (:class:`Epsilon`, :class:`Gamma`, :class:`AlphaBeta`,
+:class:`ZPlus`, :class:`ZBox`) apply to Linear, Conv1d/2d/3d and BatchNorm
+layers; module rules (:class:`Pass`, :class:`Hold`, :class:`NormRule`) apply to
+element-wise activations, gates, softmax and LayerNorm. Which layer gets which
+rule is a composite's business (:mod:`captum_similarity.lrp.composites`); the
+autograd functions the rules are built from live in
+:mod:`captum_similarity.lrp.functions`.
 
 How an engine rule works (the "gradient trick"). The engine propagates
 ``c = R / a``, the relevance per unit of activation, as the gradient; the
@@ -20,7 +17,8 @@ returns a tensor with the layer's exact output values whose gradient
 implements the rule: for a linear layer ``z = W x + b`` and a modified layer
 ``z' = W' x + b'`` (built from ``x`` with the graph kept), it returns
 the values ``z`` with the gradient of ``t = z' * (z / z').detach()`` (a small
-autograd function: one copy in the forward pass, one product in each
+autograd function, :class:`~captum_similarity.lrp.functions.Rewired`: the
+module output's own storage in the forward pass, one product in each
 backward pass), so that ``c_in = W'^T (z c_out / z')`` and
 ``R_in = x * c_in = x * W'^T (R_out / z')``, the rule's formula. Everything
 the rule divides by is detached, so one forward pass serves any number of
@@ -34,7 +32,7 @@ batched).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 from captum.attr._utils.lrp_rules import (
@@ -46,8 +44,8 @@ from captum.attr._utils.lrp_rules import (
 )
 from torch import Tensor, nn
 
-from .._utils.receptive_field import _topological
-from .canonizers import BATCHNORM_TYPES, LINEAR_TYPES, LinearOp, linear_op
+from .functions import SignedLinear, SignSplit, divide_or_zero, nonnegative, share, with_values
+from .linear import BATCHNORM_TYPES, LINEAR_TYPES, LinearOp, linear_op
 
 __all__ = [
     "Rule",
@@ -61,7 +59,7 @@ __all__ = [
     "Hold",
     "NormRule",
     "as_rule",
-    "SimilarityHeadRule",
+    "RuleLike",
 ]
 
 Bound = Union[float, Tensor]
@@ -89,102 +87,6 @@ class Rule(ABC):
         return f"{type(self).__name__}({args})"
 
 
-# Element-wise choices below use masks of the data's dtype and arithmetic that
-# is exact for 0/1 weights: on a CPU, torch.where with a boolean mask costs
-# several times a multiplication, and these run on every activation.
-
-
-def divide_or_zero(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """``numerator / denominator``, zero where the denominator is zero."""
-    ratio = numerator / denominator
-    # a zero denominator gives an infinite or NaN ratio: a finite sum rules it out
-    if not bool(torch.isfinite(ratio.sum())):
-        ratio[(denominator == 0).expand_as(ratio)] = 0
-    return ratio
-
-
-def _share(z: Tensor, denominator: Tensor, epsilon: float, sign: int = 0) -> Tensor:
-    """``z / (denominator + epsilon * sign)``, zero where the denominator is zero
-    (the sign of a zero denominator counts as positive). ``sign`` = 1 or -1
-    declares a denominator known to have that sign (or be zero)."""
-    d = denominator.detach()
-    if epsilon > 0:  # the stabilised denominator is never zero
-        if sign:
-            return z / (d + sign * epsilon)
-        stabiliser = _nonnegative(d).mul_(2 * epsilon).sub_(epsilon)  # +-epsilon
-        return z / stabiliser.add_(d)
-    return divide_or_zero(z, d)
-
-
-class _Rewired(torch.autograd.Function):
-    """``values`` in the forward pass; in the backward pass the gradient goes to
-    ``t`` only, scaled by ``factor`` when one is given."""
-
-    # forward(ctx, ...) rather than a separate setup_context: apply() then skips
-    # binding the arguments to the signature, a cost paid per rule per pass
-    @staticmethod
-    def forward(ctx: Any, values: Tensor, t: Tensor, factor: Optional[Tensor]) -> Tensor:
-        ctx.factor = factor
-        # A new tensor on the module output's own storage, not a copy: an in-place
-        # operation downstream (ReLU(inplace=True), ``out += shortcut``) writes to
-        # that output as it does without the rule; the rules read it before this.
-        return values.detach()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[None, Tensor, None]:
-        return None, grad if ctx.factor is None else grad * ctx.factor, None
-
-
-def fuse_factors(roots: Sequence[Tensor]) -> None:
-    r"""Merges chains of rule factors in the graph below ``roots``, in place.
-
-    Where a rule's node ``A`` (factor ``f_A``) hands its gradient to another
-    rule's node ``B`` (factor ``f_B`` of the same shape) and nothing else feeds
-    ``B``, every backward pass computes ``grad * f_A * f_B``: ``B`` takes the
-    product as its factor and ``A`` passes its gradient through. An activation's
-    factor and the factor of the layer below it (``silu(x) / x`` and
-    ``x / z^+``) are kept as one tensor, for the graph's lifetime. Only the
-    gradient of the tensor between ``A`` and ``B`` changes, so ``roots`` must
-    hold every tensor whose gradient is seeded or read (the output, the
-    recorded layers').
-    """
-    entries = {t.grad_fn for t in roots if t.grad_fn is not None}
-    order = _topological(*entries)
-    feeders: Dict[object, int] = {node: 1 for node in entries}
-    for node in order:
-        for nxt, _ in node.next_functions:  # type: ignore[attr-defined]
-            if nxt is not None:
-                feeders[nxt] = feeders.get(nxt, 0) + 1
-    # in topological order a chain's first factor reaches its last
-    for node in order:
-        if not _factored(node):
-            continue
-        below, _ = node.next_functions[1]  # type: ignore[attr-defined]
-        if (
-            _factored(below)
-            and feeders[below] == 1
-            and below.factor.shape == node.factor.shape  # type: ignore[attr-defined]
-            and below.factor.dtype == node.factor.dtype  # type: ignore[attr-defined]
-        ):
-            below.factor = below.factor.mul_(node.factor)  # type: ignore[attr-defined]
-            node.factor = None  # type: ignore[attr-defined]
-
-
-def _factored(node: object) -> bool:
-    """Whether ``node`` is a rule's rewiring with a factor."""
-    return (
-        node is not None
-        and node.name() == "_RewiredBackward"  # type: ignore[attr-defined]
-        and node.factor is not None  # type: ignore[attr-defined]
-    )
-
-
-def _with_values(values: Tensor, t: Tensor, factor: Optional[Tensor] = None) -> Tensor:
-    """A tensor with ``values``' values whose gradient is that of ``t * factor``
-    (``factor`` held constant)."""
-    return _Rewired.apply(values.detach(), t, factor)
-
-
 class LinearRule(Rule):
     r"""A rule for Linear, Conv1d/2d/3d and BatchNorm layers.
 
@@ -210,7 +112,7 @@ class LinearRule(Rule):
         """The output of ``op`` on ``x`` with this rule's gradient."""
         z = op.output.detach()
         modified = self.modified(op, x, trace)
-        return _with_values(z, modified, _share(z, modified, self.epsilon))
+        return with_values(z, modified, share(z, modified, self.epsilon))
 
     @abstractmethod
     def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
@@ -249,7 +151,7 @@ class Epsilon(LinearRule):
         # (a per-channel scale, an addition of its inputs, ...): its own gradient is
         # W, so its output serves as z' and no weights are needed.
         z = output.detach()
-        return _with_values(z, output, _share(z, output, self.epsilon))
+        return with_values(z, output, share(z, output, self.epsilon))
 
     def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
         return op.forward(x, op.weight, None) if self.zero_bias else op.output
@@ -291,14 +193,8 @@ class Gamma(LinearRule):
             return z
         positive = _signed_part(op, x, True, None if bias is None else bias.clamp(min=0))
         negative = _signed_part(op, x, False, None if bias is None else bias.clamp(max=0))
-        chosen = torch.lerp(negative, positive, _nonnegative(z.detach()))
+        chosen = torch.lerp(negative, positive, nonnegative(z.detach()))
         return z + self.gamma * chosen
-
-
-def _nonnegative(x: Tensor) -> Tensor:
-    """The 0/1 mask of ``x >= 0`` in ``x``'s dtype, written directly: on CPU a
-    boolean mask and its conversion cost several times more."""
-    return torch.ge(x, 0, out=torch.empty_like(x))
 
 
 def _signed_part(op: LinearOp, x: Tensor, positive: bool, bias: Optional[Tensor] = None) -> Tensor:
@@ -310,55 +206,9 @@ def _signed_part(op: LinearOp, x: Tensor, positive: bool, bias: Optional[Tensor]
         # after a ReLU: nothing to split, and no split for every backward pass to cross
         return op.forward(x, w_pos, bias)
     if op.adjoint is not None:
-        return _SignedLinear.apply(x, op, w_pos, w_neg, bias)
-    x_pos, x_neg = _SignSplit.apply(x)
+        return SignedLinear.apply(x, op, w_pos, w_neg, bias)
+    x_pos, x_neg = SignSplit.apply(x)
     return op.forward(x_pos, w_pos, bias) + op.forward(x_neg, w_neg, None)
-
-
-class _SignedLinear(torch.autograd.Function):
-    """``op(x^+, w_a) + op(x^-, w_b) + bias`` as one node, for a layer whose
-    adjoint is known (convolutions, Linear). It keeps only the 0/1 mask of
-    ``x >= 0`` (the two parts are temporaries; as inputs of two layers they
-    would be kept until the backward pass) and its backward picks each input
-    element's gradient through ``w_a`` or ``w_b`` by that mask."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: Tensor, op: LinearOp, w_a: Tensor, w_b: Tensor, bias: Optional[Tensor]
-    ) -> Tensor:
-        positive = _nonnegative(x)
-        part = x.clamp(min=0)
-        out = op.forward(part, w_a, bias)
-        out = out.add_(op.forward(torch.clamp(x, max=0, out=part), w_b, None))
-        ctx.save_for_backward(positive)
-        ctx.adjoint, ctx.weights = op.adjoint, (w_a, w_b)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None, None, None, None]:
-        (positive,) = ctx.saved_tensors
-        w_a, w_b = ctx.weights
-        through_b = ctx.adjoint(grad, w_b, positive)
-        return through_b.lerp_(ctx.adjoint(grad, w_a, positive), positive), None, None, None, None
-
-
-class _SignSplit(torch.autograd.Function):
-    """``(x^+, x^-)`` with ``x = x^+ + x^-``; the backward pass picks each
-    element's gradient from the part it belongs to (one ``lerp`` with 0/1
-    weights, exact, instead of two clamp backwards and a sum)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tuple[Tensor, Tensor]:
-        ctx.save_for_backward(_nonnegative(x))
-        return x.clamp(min=0), x.clamp(max=0)
-
-    @staticmethod
-    def backward(ctx: Any, grad_pos: Optional[Tensor], grad_neg: Optional[Tensor]) -> Tensor:
-        (positive,) = ctx.saved_tensors
-        if grad_pos is None or grad_neg is None:  # one part unused
-            grad = grad_neg if grad_pos is None else grad_pos
-            return grad * (positive if grad_neg is None else 1 - positive)
-        return torch.lerp(grad_neg, grad_pos, positive)
 
 
 class AlphaBeta(LinearRule):
@@ -391,14 +241,14 @@ class AlphaBeta(LinearRule):
     def rewire(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
         z = op.output.detach()
         positive = _signed_part(op, x, True)
-        share = _share(z, positive, self.epsilon, sign=1)
+        positive_share = share(z, positive, self.epsilon, sign=1)
         if not self.beta:  # alpha = 1
-            return _with_values(z, positive, share)
+            return with_values(z, positive, positive_share)
         negative = _signed_part(op, x, False)
-        t = self.alpha * positive * share - self.beta * negative * _share(
+        t = self.alpha * positive * positive_share - self.beta * negative * share(
             z, negative, self.epsilon, sign=-1
         )
-        return _with_values(z, t)
+        return with_values(z, t)
 
     def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
         return _signed_part(op, x, True)
@@ -487,7 +337,7 @@ class Pass(Rule):
         y = output.detach()
         xd = x.detach()
         ratio = divide_or_zero(y, xd)
-        return _with_values(y, x, ratio)
+        return with_values(y, x, ratio)
 
 
 class Hold(Rule):
@@ -523,7 +373,7 @@ class NormRule(Rule):
         scale = torch.rsqrt(xd.var(dims, unbiased=False, keepdim=True) + module.eps)
         if module.weight is not None:
             scale = scale * module.weight.detach()
-        return _with_values(output.detach(), (x - x.mean(dims, keepdim=True)) * scale)
+        return with_values(output.detach(), (x - x.mean(dims, keepdim=True)) * scale)
 
 
 RuleLike = Union[Rule, PropagationRule]
@@ -554,56 +404,3 @@ def as_rule(rule: RuleLike) -> Rule:
         f"expected an LRP rule (captum_similarity.lrp.rules.Rule or Captum's EpsilonRule, "
         f"GammaRule, Alpha1_Beta0_Rule, IdentityRule), got {type(rule).__name__}"
     )
-
-
-class SimilarityHeadRule(PropagationRule):
-    r"""LRP rule for a :class:`~captum_similarity.head.SimilarityHead`.
-
-    A pair's relevance ``R`` (normalised to 1 by Captum's LRP) is split over
-    the embedding dimensions of *each* side in proportion to the similarity's
-    per-dimension contributions ``c = Similarity.contribution(f1, f2)``:
-    ``R(f1)_j = R(f2)_j = R * c_j / s``. Both sides therefore receive the whole
-    score, ``sum_j R(f1)_j = sum_j R(f2)_j = s`` once Captum scales relevance
-    back by the output. For ``"dot"``, ``c = f1 * f2`` and this equals what
-    gradient x input gives; for ``"cosine"``, ``c = f1_hat * f2_hat`` with the
-    norms held constant, whereas plain gradients through the normalisation
-    would give relevance summing to zero.
-
-    Args:
-        epsilon (float, optional): Stabiliser added (with the score's sign) to
-            ``s`` in the division.
-            Default: 1e-9
-    """
-
-    def __init__(self, epsilon: float = 1e-9) -> None:
-        self.STABILITY_FACTOR = epsilon
-
-    def _manipulate_weights(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
-        pass
-
-    def forward_hook(
-        self, module: nn.Module, inputs: Tuple[Tensor, ...], outputs: Tensor
-    ) -> Tensor:
-        f1, f2 = inputs
-        scores = outputs.detach()
-        sign = torch.where(scores >= 0, 1.0, -1.0).to(scores.dtype)
-        share = (
-            module.similarity.contribution(f1.detach(), f2.detach())
-            / (scores + sign * self.STABILITY_FACTOR)[:, None]
-        )
-        self._has_single_input = False
-        self._handle_input_hooks = [f.register_hook(self._input_relevance(share)) for f in (f1, f2)]
-        self._handle_output_hook = outputs.register_hook(self._store_output_relevance)
-        return outputs.clone()
-
-    def _store_output_relevance(self, grad: Tensor) -> Tensor:
-        self.relevance_output[grad.device] = grad.data
-        return grad
-
-    def _input_relevance(self, share: Tensor) -> Callable[[Tensor], Tensor]:
-        def hook(grad: Tensor) -> Tensor:
-            relevance = self.relevance_output[grad.device][:, None] * share
-            self.relevance_input[grad.device].append(relevance.data)
-            return relevance
-
-        return hook

@@ -222,7 +222,7 @@ def auroc_at_equal_similarity(
 
     Bins must be narrow for the similarity to be held constant: scoring the
     pairs by the similarity itself measures what is left of it (0.5 when
-    nothing is). On the held-out ORL pairs of ``benchmarks/pairx_plausibility.py``
+    nothing is). On the held-out ORL pairs of ``benchmarks/methods/pairx_plausibility.py``
     it gives 0.52 with 50 equal-width bins, but 0.71 with 10 bins at quantiles of
     the pairs (wide where pairs are few), which is why the bins have equal
     width.

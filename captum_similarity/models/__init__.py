@@ -1,4 +1,4 @@
-"""Embedders: small reference architectures and a trained demo embedder.
+"""Embedders: small reference architectures and dlib's pretrained face ResNet.
 
 The reference architectures cover what users bring (a plain CNN, ResNet
 blocks with BatchNorm and residual additions, EfficientNet-style blocks with

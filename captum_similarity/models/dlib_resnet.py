@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from captum.attr._utils.lrp_rules import EpsilonRule, IdentityRule
 from torch import Tensor, nn
 
-from ..lrp.default_rule import DefaultRule
+from ..captum_lrp import DefaultRule
 from .dlib_format import (
     TAG_OR_SKIP,
     DlibFormatError,

@@ -6,7 +6,7 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from captum.attr._utils.attribution import LayerAttribution
+from captum.attr import LayerAttribution
 from torch import Tensor, nn
 
 from .._utils.layers import LayerSpec

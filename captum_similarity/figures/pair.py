@@ -20,7 +20,7 @@ from captum.attr import visualization as viz
 from matplotlib.figure import Figure
 from torch import Tensor
 
-__all__ = ["to_visualizer_arrays", "visualize_pair"]
+__all__ = ["to_visualizer_arrays", "visualize_pair", "side_by_side"]
 
 PairAttributions = Tuple[Tensor, Tensor]
 
@@ -189,3 +189,13 @@ def visualize_pair(
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, gap: int, fill: float) -> np.ndarray:
+    """Two ``(H, W, C)`` arrays next to each other, top-aligned, ``gap`` columns
+    apart, on a canvas of value ``fill``."""
+    height = max(left.shape[0], right.shape[0])
+    canvas = np.full((height, left.shape[1] + gap + right.shape[1], left.shape[2]), fill)
+    canvas[: left.shape[0], : left.shape[1]] = left
+    canvas[: right.shape[0], left.shape[1] + gap :] = right
+    return canvas

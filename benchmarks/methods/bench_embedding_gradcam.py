@@ -9,7 +9,8 @@ On the ResNet reference model at 64x64 (float32, eval mode):
   per-pair ``attribute`` calls (target >= 20x), with the references given as
   precomputed embeddings (query maps only) and as images (maps of both).
 
-Usage: python benchmarks/bench_embedding_gradcam.py [--out benchmarks/results/embedding_gradcam.md]
+Usage: python benchmarks/methods/bench_embedding_gradcam.py
+       [--out benchmarks/results/embedding_gradcam.md]
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 import torch
 from captum.attr import LayerGradCam
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from captum_similarity import EmbeddingGradCAM, SiameseSimilarity, split_branches  # noqa: E402
 from captum_similarity.models import ResNetEmbedder  # noqa: E402
@@ -31,7 +32,9 @@ from timing import forward_backward, machine, median_seconds  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "embedding_gradcam.md")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "embedding_gradcam.md"
+    )
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--gallery", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
@@ -78,7 +81,8 @@ def main() -> None:
     lines = [
         "# EmbeddingGradCAM cost",
         "",
-        f"Command: `python benchmarks/bench_embedding_gradcam.py` (ResNetEmbedder, 64x64, float32, "
+        "Command: `python benchmarks/methods/bench_embedding_gradcam.py` "
+        "(ResNetEmbedder, 64x64, float32, "
         f"median of {args.repeats}; loops median of {loops}). Machine: {machine()}.",
         "",
         f"Unit: one forward+backward of the {n} pairs through SiameseSimilarity = {unit * 1000:.1f} ms.",

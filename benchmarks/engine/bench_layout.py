@@ -19,7 +19,7 @@ with grouped convolutions) comes from. PAIR-X at 224x224 is in
 
 Usage::
 
-    python benchmarks/bench_layout.py [--repeats 5] [--threads 1]
+    python benchmarks/engine/bench_layout.py [--repeats 5] [--threads 1]
         [--out benchmarks/results/layout.md]
 """
 
@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 import torch
+from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from bench_lrp import MODELS  # noqa: E402  # the reference models, by name
+from shared_models import LRP_MODELS as MODELS  # noqa: E402  # the reference models, by kind
 from timing import command_line, machine, median_ratio  # noqa: E402
 
 from captum_similarity import (  # noqa: E402
@@ -43,7 +44,6 @@ from captum_similarity import (  # noqa: E402
     PairwiseIntermediateMatching,
     SiameseSimilarity,
 )
-from captum_similarity.lrp.engine import _grouped  # noqa: E402  # the engine's own test
 
 SIZE = 64
 LAYERS: Dict[str, Optional[str]] = {
@@ -53,6 +53,13 @@ LAYERS: Dict[str, Optional[str]] = {
     "vit": None,
 }
 COLUMNS = ["attribute", "BiLRP, 8 pairs", "BiLRP, 1 pair", "PAIR-X explain k=10"]
+
+
+def grouped(model: nn.Module) -> bool:
+    """Whether ``model`` holds a grouped (e.g. depthwise) 2-D convolution: the
+    models that ``LRPEngine(channels_last=None)`` runs channels-last on a CPU
+    (its documented default)."""
+    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
 
 
 def measure(kind: str, repeats: int) -> Dict[str, Optional[float]]:
@@ -93,7 +100,7 @@ def main(argv: Sequence[str] = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {kind: measure(kind, args.repeats) for kind in MODELS}
-    command = command_line("bench_layout.py", argv)
+    command = command_line(__file__, argv)
     lines = [
         f"Command: `{command}`  ",
         f"Machine: {machine()}.",
@@ -107,9 +114,8 @@ def main(argv: Sequence[str] = None) -> None:
     ]
     for kind, r in results.items():
         model = MODELS[kind](SIZE)
-        grouped = _grouped(model)
         cells = " | ".join("-" if r[c] is None else f"{r[c]:.2f}" for c in COLUMNS)
-        lines.append(f"| {kind} | {'yes' if grouped else 'no'} | {cells} |")
+        lines.append(f"| {kind} | {'yes' if grouped(model) else 'no'} | {cells} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

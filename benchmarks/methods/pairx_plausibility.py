@@ -16,7 +16,7 @@ a different-person pair of the same bin). A control row scores the pairs by
 the similarity itself: its value at equal similarity is the confounding the
 bins leave.
 
-Models: the small ORL ResNet (:func:`captum_similarity.models.trained.orl_embedder`,
+Models: the small ORL ResNet (:func:`captum_similarity.training.demo_models.orl_embedder`,
 trained on s1..s30, cosine similarity) and, with ``--dlib``, dlib's
 pretrained face ResNet (:func:`captum_similarity.models.dlib_face_resnet`,
 never trained on ORL; chips by edge padding and resizing to 150x150;
@@ -26,7 +26,7 @@ kept) to bound the time.
 
 Usage::
 
-    python benchmarks/pairx_plausibility.py --orl PATH/TO/orl_faces [--dlib]
+    python benchmarks/methods/pairx_plausibility.py --orl PATH/TO/orl_faces [--dlib]
         [--layers layer2 layer3] [--top 10] [--bins 50]
         [--out benchmarks/results/pairx_plausibility.md]
 """
@@ -43,9 +43,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from timing import command_line, machine  # noqa: E402
 
@@ -56,7 +55,7 @@ from captum_similarity.metrics import (  # noqa: E402
     auroc_at_equal_similarity,
     match_plausibility,
 )
-from captum_similarity.models.trained import ORL_CONFIG, orl_embedder  # noqa: E402
+from captum_similarity.training.demo_models import ORL_CONFIG, orl_embedder  # noqa: E402
 
 #: The scores compared, each oriented so that larger means "more plausible".
 SCORES = {
@@ -198,7 +197,7 @@ def main(argv: Sequence[str] = None) -> None:
             f"dlib: {len(keep)} pairs ({int(same.sum())} same person, {len(chosen)} random "
             "different-person pairs), chips by edge padding + resize to 150x150."
         )
-    command = command_line("pairx_plausibility.py", argv)
+    command = command_line(__file__, argv)
     lines = [
         f"Command: `{command}`  ",
         f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end.",

@@ -27,10 +27,12 @@ and parameter gradients, ``benchmarks/timing.py``), the two timed back to back:
 - one forward+backward of the model on the pair laid out channels-last: what
   the unit would cost a user who runs the model that way;
 - the same with dense backward passes instead, matches whose receptive
-  fields do not overlap sharing one (the number of passes is reported),
-  issued one after another or vmapped (``batched_backward=True``);
-- the same with one dense backward pass per match rank (as when the
-  receptive field is unknown);
+  fields do not overlap sharing one, issued one after another or vmapped
+  (``batching="packed"`` and ``"vmap"``); the number of passes is reported,
+  as the packing of the explained matches' seeds
+  (``captum_similarity.lrp.seeds.pack``) plans it;
+- the same with one dense backward pass per match rank (``batching="each"``,
+  what the engine does when the receptive field is unknown);
 - ``explain(..., k=0)``: matches and ranking only;
 - ``attribute((x1, x2), k=10)``: the sum of the 10 maps of each image;
 - a naive loop of our own with the reference implementation's structure,
@@ -51,7 +53,7 @@ EfficientNetV2-rw-m at 224x224, about 13x.
 
 Usage::
 
-    python benchmarks/bench_pairx.py [--repeats 3] [--threads 1]
+    python benchmarks/methods/bench_pairx.py [--repeats 3] [--threads 1]
         [--out benchmarks/results/pairx_speed.md]
 """
 
@@ -62,16 +64,17 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from shared_models import PAIRX_LAYERS as LAYERS  # noqa: E402
+from shared_models import PAIRX_MODELS as MODELS  # noqa: E402
 from timing import (  # noqa: E402
     command_line,
     forward_backward,
@@ -81,40 +84,22 @@ from timing import (  # noqa: E402
 )
 
 from captum_similarity import PairwiseIntermediateMatching, SiameseSimilarity  # noqa: E402
-from captum_similarity._utils.hooks import recording  # noqa: E402
 from captum_similarity.lrp import LRPEngine  # noqa: E402
-from captum_similarity.lrp import engine as engine_module  # noqa: E402
-from captum_similarity.lrp.engine import RelevancePass  # noqa: E402
-from captum_similarity.models import EfficientNetEmbedder, ResNetEmbedder  # noqa: E402
+from captum_similarity.lrp.seeds import pack  # noqa: E402
 from captum_similarity.pairwise_matching import mutual_nearest_neighbours  # noqa: E402
 
 SIZE = 224
 K = 10
 
-MODELS: Dict[str, Callable[[], nn.Module]] = {
-    "EfficientNet-style (B0 stages, SE)": lambda: EfficientNetEmbedder(
-        stages=((16, 1, 1), (24, 2, 2), (40, 2, 2), (80, 2, 3), (112, 1, 3), (192, 2, 4)),
-        head_channels=512,
-        embedding_dim=128,
-    ),
-    "ResNet-style (5 stages, stride-1 stem)": lambda: ResNetEmbedder(
-        widths=(16, 32, 64, 128, 256), embedding_dim=128
-    ),
-}
-LAYERS = {
-    "EfficientNet-style (B0 stages, SE)": "blocks.7",
-    "ResNet-style (5 stages, stride-1 stem)": "layer5",
-}
-
 
 def naive_loop(model: nn.Module, layer: str, x1: Tensor, x2: Tensor, k: int) -> List[Tensor]:
     """PAIR-X with the reference implementation's structure, on our engine."""
-    module = model.get_submodule(layer)
     features, embeddings = [], []
     for x in (x1, x2):  # each image embedded on its own, as the reference does
-        with torch.no_grad(), recording(module) as rec:
-            embeddings.append(model(x))
-        features.append(rec.single())
+        with torch.no_grad():
+            embedding, feature = with_layer_output(model, layer, x)
+        embeddings.append(embedding)
+        features.append(feature)
     f1, f2 = embeddings
     seed = F.normalize(f1, dim=1) * F.normalize(f2, dim=1)
     engine = LRPEngine(model, "epsilon_plus")
@@ -146,7 +131,10 @@ def measure(name: str, repeats: int) -> Dict[str, float]:
     x1, x2 = (torch.rand(1, 3, SIZE, SIZE, generator=g) for _ in range(2))
     unit = forward_backward(SiameseSimilarity(model), x1, x2)
     pairx = PairwiseIntermediateMatching(model, layer)
-    vmapped = PairwiseIntermediateMatching(model, layer, batched_backward=True)
+    dense = {
+        batching: PairwiseIntermediateMatching(model, layer, batching=batching)
+        for batching in ("packed", "vmap", "each")
+    }
     layouts = {flag: PairwiseIntermediateMatching(model, layer) for flag in (True, False)}
     for flag, explainer in layouts.items():
         explainer.engine.channels_last = flag
@@ -157,19 +145,15 @@ def measure(name: str, repeats: int) -> Dict[str, float]:
         "explain k=10": lambda: pairx.explain(x1, x2, k=K),
         "explain k=10, channels_last=True": lambda: layouts[True].explain(x1, x2, k=K),
         "explain k=10, channels_last=False": lambda: layouts[False].explain(x1, x2, k=K),
-        "explain k=10, packed dense passes": lambda: dense(lambda: pairx.explain(x1, x2, k=K)),
-        "explain k=10, one backward per match": lambda: unpacked(
-            lambda: pairx.explain(x1, x2, k=K)
-        ),
-        "explain k=10, packed dense passes vmapped": lambda: vmapped.explain(x1, x2, k=K),
+        "explain k=10, packed dense passes": lambda: dense["packed"].explain(x1, x2, k=K),
+        "explain k=10, one backward per match": lambda: dense["each"].explain(x1, x2, k=K),
+        "explain k=10, packed dense passes vmapped": lambda: dense["vmap"].explain(x1, x2, k=K),
         "explain k=0": lambda: pairx.explain(x1, x2, k=0),
         "attribute k=10": lambda: pairx.attribute((x1, x2), k=K),
         "naive loop k=10": lambda: naive_loop(model, layer, x1, x2, K),
     }
     cases["one plain backward layer -> pixels"] = plain_backward(model, layer, x1, x2)
-    out["dense passes for k=10"] = backward_passes(
-        lambda: dense(lambda: pairx.explain(x1, x2, k=K))
-    )
+    out["dense passes for k=10"] = packed_passes(pairx, layer, x1, x2, K)
     print(f"{name}: {out['dense passes for k=10']} packed dense passes for k={K}", flush=True)
     for case, fn in cases.items():
         out[case] = median_ratio(fn, unit, repeats=repeats)
@@ -194,40 +178,36 @@ def measure(name: str, repeats: int) -> Dict[str, float]:
     return out
 
 
-def _patched(owner: object, name: str, value: object, fn: Callable[[], object]) -> object:
-    """Runs ``fn`` with ``owner.name`` replaced by ``value``."""
-    original = getattr(owner, name)
-    setattr(owner, name, value)
+def packed_passes(
+    pairx: PairwiseIntermediateMatching, layer: str, x1: Tensor, x2: Tensor, k: int
+) -> int:
+    """Dense backward passes from the layer to the pixels that ``batching="packed"``
+    runs for the ``k`` per-match maps of the pair ``(x1, x2)``: the seeds of
+    the matches ``explain`` returns (each match's cell activation, all
+    channels, in the image's row of one pass over both images), packed by
+    their receptive fields as the engine packs them."""
+    match = pairx.explain(x1, x2, k=k)[0]
+    run = pairx.engine.forward(torch.cat([x1, x2]), record=[layer])
+    a = run.activation(layer).detach()  # (2, C, h, w)
+    top = match.pixel_relevance1.shape[0]  # min(k, matches)
+    seeds = a.new_zeros((top, *a.shape))
+    for row, cells in enumerate((match.cells1[:top], match.cells2[:top])):
+        for rank, (i, j) in enumerate(cells.tolist()):
+            seeds[rank, row, :, i, j] = a[row, :, i, j]
+    return pack(seeds, run.receptive_field(layer)).passes
+
+
+def with_layer_output(model: nn.Module, layer: str, x: Tensor) -> Tuple[Tensor, Tensor]:
+    """``model(x)`` and the output of its submodule ``layer`` in that call."""
+    outputs: List[Tensor] = []
+    handle = model.get_submodule(layer).register_forward_hook(
+        lambda module, inputs, output: outputs.append(output)
+    )
     try:
-        return fn()
+        result = model(x)
     finally:
-        setattr(owner, name, original)
-
-
-def dense(fn: Callable[[], object]) -> object:
-    """Runs ``fn`` with dense backward passes only (the windowed pass off)."""
-    return _patched(engine_module, "windowable", lambda output, leaves: False, fn)
-
-
-def unpacked(fn: Callable[[], object]) -> object:
-    """Runs ``fn`` as if no receptive field were known: one pass per match rank."""
-    return _patched(RelevancePass, "receptive_field", lambda self, source: None, fn)
-
-
-def backward_passes(fn: Callable[[], object]) -> int:
-    """Backward passes from the layer to the pixels that ``fn`` runs."""
-    original, sources = RelevancePass.propagate, []
-
-    def counting(self, seed, source=None, *args, **kwargs):
-        sources.append(source)
-        return original(self, seed, source, *args, **kwargs)
-
-    RelevancePass.propagate = counting
-    try:
-        fn()
-    finally:
-        RelevancePass.propagate = original
-    return sum(source is not None for source in sources)
+        handle.remove()
+    return result, outputs[-1]
 
 
 def plain_backward(model: nn.Module, layer: str, x1: Tensor, x2: Tensor) -> Callable[[], None]:
@@ -235,9 +215,7 @@ def plain_backward(model: nn.Module, layer: str, x1: Tensor, x2: Tensor) -> Call
     images (no LRP rule), through a graph built once: the least a dense per-match
     map can cost."""
     x = torch.cat([x1, x2]).requires_grad_(True)
-    with recording(model.get_submodule(layer)) as rec:
-        model(x)
-    a = rec.single()
+    _, a = with_layer_output(model, layer, x)
     seed = torch.ones_like(a)
     return lambda: torch.autograd.grad(a, x, seed, retain_graph=True)
 
@@ -252,7 +230,7 @@ def main(argv: Sequence[str] = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     results = {name: measure(name, args.repeats) for name in MODELS}
-    command = command_line("bench_pairx.py", argv)
+    command = command_line(__file__, argv)
     columns = [
         "fwd+bwd, channels-last",
         "explain k=10",

@@ -10,7 +10,7 @@ Compares, on the ResNet reference model at 64x64 with 16 pairs:
 - one query against a gallery of 256: similarity_matrix against a loop of
   forward calls.
 
-Usage: python benchmarks/bench_wrapper.py [--out benchmarks/results/wrapper.md]
+Usage: python benchmarks/methods/bench_wrapper.py [--out benchmarks/results/wrapper.md]
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from captum.attr import IntegratedGradients, LayerGradCam
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from captum_similarity import BranchLayerAttribution, SiameseSimilarity, split_branches  # noqa: E402
 from captum_similarity.models import ResNetEmbedder  # noqa: E402
@@ -32,7 +32,7 @@ from timing import forward_backward, machine, median_seconds  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "wrapper.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "wrapper.md")
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -71,7 +71,7 @@ def main() -> None:
     lines = [
         "# SiameseSimilarity cost",
         "",
-        f"Command: `python benchmarks/bench_wrapper.py` ({n} pairs, ResNetEmbedder, 64x64, "
+        f"Command: `python benchmarks/methods/bench_wrapper.py` ({n} pairs, ResNetEmbedder, 64x64, "
         f"median of {args.repeats}). Machine: {machine()}.",
         "",
         f"Unit: one forward+backward of the {n} pairs through the wrapper = {unit * 1000:.1f} ms.",

@@ -8,7 +8,7 @@
      when dlib is installed), scored by the negative Euclidean distance it
      verifies with; the main real model;
    - ``orl`` (default): the small ORL embedder trained here (or loaded from
-     the cache; :func:`captum_similarity.models.trained.orl_embedder`: 30
+     the cache; :func:`captum_similarity.training.demo_models.orl_embedder`: 30
      identities, fixed seed), scored by cosine similarity.
 
    Both report held-out Recall@1 and mAP on identities s31..s40.
@@ -24,9 +24,9 @@
    (between its ``benchmark`` markers).
 
 Usage:
-    python benchmarks/run_benchmarks.py --orl ../shared/data/orl_faces --model dlib  # pretrained
-    python benchmarks/run_benchmarks.py --orl ../shared/data/orl_faces           # small ORL model
-    python benchmarks/run_benchmarks.py --orl ../shared/data/orl_faces --smoke   # tiny model, CI
+    python benchmarks/methods/run_benchmarks.py --orl ../shared/data/orl_faces --model dlib  # dlib
+    python benchmarks/methods/run_benchmarks.py --orl ../shared/data/orl_faces          # ORL model
+    python benchmarks/methods/run_benchmarks.py --orl ../shared/data/orl_faces --smoke  # tiny, CI
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import shlex
 import sys
 import time
 import warnings
@@ -45,19 +44,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from timing import forward_backward, machine, median_seconds  # noqa: E402
+from timing import command_line, forward_backward, machine, median_seconds  # noqa: E402
 
 from captum_similarity import SiameseSimilarity  # noqa: E402
-from captum_similarity._utils.layers import resolve_layer  # noqa: E402
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
 from captum_similarity.explainers import explain_pair, explainers  # noqa: E402
 from captum_similarity.metrics import insertion_deletion, retrieval_metrics  # noqa: E402
 from captum_similarity.models import dlib_face_resnet, face_chips  # noqa: E402
-from captum_similarity.models.trained import orl_embedder  # noqa: E402
+from captum_similarity.training.demo_models import orl_embedder  # noqa: E402
 
 #: Configuration changes of the tiny smoke-mode embedder (see ``ORL_CONFIG``).
 SMOKE_MODEL = {"size": [28, 23], "widths": [4, 8, 16], "embedding_dim": 16}
@@ -325,9 +322,8 @@ def describe_orl(info: Dict[str, object]) -> str:
     )
 
 
-def report(args, argv, embedder: str, same: Tensor, scores: Tensor, results, aucs, seconds: float) -> str:
+def report(args, command: str, embedder: str, same: Tensor, scores: Tensor, results, aucs, seconds: float) -> str:
     """The Markdown text: command, machine, embedder, protocol, a table per fill and pair kind."""
-    command = " ".join(["python benchmarks/run_benchmarks.py"] + [shlex.quote(a) for a in argv])
     lines = [
         f"Command: `{command}`. Machine: {machine()}. Total {seconds:.0f} s.",
         "",
@@ -373,7 +369,7 @@ def dlib_setup(root: Path):
     return sim, mean_image, test_set, dict(metrics, description=description)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
+def main(argv: Optional[Sequence[str]] = None, command: Optional[str] = None) -> Dict[str, object]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -397,7 +393,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     idx1, idx2, same = select_pairs(test_set.labels, args.pairs, args.impostor_pairs, args.seed)
     x1, x2 = test_set.images[idx1], test_set.images[idx2]
 
-    results = explain_and_time(sim, x1, x2, resolve_layer(model, args.layer), names, args.batch)
+    layer = model.get_submodule(args.layer)  # a dotted name, as model.named_modules() lists it
+    results = explain_and_time(sim, x1, x2, layer, names, args.batch)
     done = [n for n in names if "error" not in results[n]]
     fills = fill_values(args.fill, train_images, args.blur_sigma)
     aucs: Dict[str, Dict[str, Dict[str, Tensor]]] = {label: {} for label in fills}
@@ -411,7 +408,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     with torch.no_grad():
         scores = sim(x1, x2)
 
-    text = report(args, argv, info["description"], same, scores, results, aucs, time.perf_counter() - start)
+    command = command or command_line(__file__, argv)
+    text = report(args, command, info["description"], same, scores, results, aucs, time.perf_counter() - start)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("# Faithfulness benchmark\n\n" + text)
     print(text)

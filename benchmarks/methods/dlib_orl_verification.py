@@ -10,7 +10,7 @@ and one forward+backward pass.
 
 Usage::
 
-    python benchmarks/dlib_orl_verification.py PATH/TO/orl_faces \
+    python benchmarks/methods/dlib_orl_verification.py PATH/TO/orl_faces \
         [--out benchmarks/results/dlib_orl.md] [--threads 1]
 """
 
@@ -27,8 +27,8 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from captum_similarity.data import load_orl_faces  # noqa: E402
 from captum_similarity.metrics import retrieval_metrics, verification_auroc  # noqa: E402
@@ -57,7 +57,7 @@ def verification(emb: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("orl", type=Path, help="the orl_faces folder (s1 ... s40)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dlib_orl.md"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dlib_orl.md")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
@@ -110,7 +110,7 @@ def main() -> None:
     lines = [
         "# dlib's face ResNet in PyTorch on the ORL faces",
         "",
-        "Command: `python benchmarks/dlib_orl_verification.py "
+        "Command: `python benchmarks/methods/dlib_orl_verification.py "
         f"{args.orl} --threads {args.threads}`",
         f"({platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{args.threads} thread(s); 2-core machine shared with other jobs, load average "

@@ -20,10 +20,10 @@ from torch import Tensor, nn
 from ..data.orl import identity_split, load_orl_faces
 from ..data.samples import bundled_images, resize_crop, stereo_crops, stereo_pair
 from ..metrics.retrieval import retrieval_metrics
-from ..training.augment import random_views
-from ..training.fit import ExtraLossFn, FitResult, fit_contrastive, fit_metric
-from .cnn import SimpleCNN
-from .resnet import ResNetEmbedder
+from ..models.cnn import SimpleCNN
+from ..models.resnet import ResNetEmbedder
+from .augment import random_views
+from .fit import ExtraLossFn, FitResult, fit_contrastive, fit_metric
 
 #: Training configuration of :func:`demo_embedder`.
 DEMO_CONFIG: Dict[str, Any] = {

@@ -14,8 +14,8 @@ For each reference model (float32, eval) and a batch of N image pairs, times:
 
 Run from the repository root::
 
-    python benchmarks/bench_lrp.py            # writes benchmarks/results/lrp.md
-    python benchmarks/bench_lrp.py --quick    # fewer repeats, no file
+    python benchmarks/methods/bench_lrp.py            # writes benchmarks/results/lrp.md
+    python benchmarks/methods/bench_lrp.py --quick    # fewer repeats, no file
 """
 
 from __future__ import annotations
@@ -24,30 +24,18 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, List
 
 import torch
 from captum.attr import LRP
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from shared_models import LRP_MODELS as MODELS  # noqa: E402  # the reference models, by kind
 from timing import forward_backward, machine, median_ratio, median_seconds  # noqa: E402
 
 from captum_similarity import LRPRelevancePairing, SiameseSimilarity  # noqa: E402
-from captum_similarity.models import (  # noqa: E402
-    EfficientNetEmbedder,
-    ResNetEmbedder,
-    SimpleCNN,
-    ViTEmbedder,
-)
-
-MODELS: Dict[str, Callable[[int], torch.nn.Module]] = {
-    "cnn": lambda size: SimpleCNN(),
-    "resnet": lambda size: ResNetEmbedder(),
-    "efficientnet": lambda size: EfficientNetEmbedder(),
-    "vit": lambda size: ViTEmbedder(image_size=size, patch_size=8),
-}
 
 
 def captum_lrp(sim: SiameseSimilarity, x1: torch.Tensor, x2: torch.Tensor) -> None:
@@ -97,7 +85,7 @@ def main() -> None:
     lines = [
         "# LRPRelevancePairing speed",
         "",
-        f"Command: `python benchmarks/bench_lrp.py --pairs {args.pairs} --size {args.size} "
+        f"Command: `python benchmarks/methods/bench_lrp.py --pairs {args.pairs} --size {args.size} "
         f"--projection {args.projection} --repeats {repeats} --threads {args.threads}`",
         "",
         f"Machine: {machine()}. float32, cosine similarity, composite `epsilon_plus`. "

@@ -4,29 +4,31 @@ and the per-match pixel maps in distinct colours."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from .pairwise_matching import PairMatches
-from .visualization import to_visualizer_arrays
+from .pair import side_by_side, to_visualizer_arrays
 
 __all__ = ["visualize_matches"]
 
+#: What the figure reads of a :class:`~captum_similarity.PairMatches`.
+_FIELDS = (
+    "layer_relevance1",
+    "layer_relevance2",
+    "image_size1",
+    "image_size2",
+    "points1",
+    "points2",
+    "pixel_relevance1",
+    "pixel_relevance2",
+)
+
 #: Gap between the two images, in pixels of the taller image.
 _GAP_FRACTION = 0.04
-
-
-def _side_by_side(left: np.ndarray, right: np.ndarray, gap: int, fill: float) -> np.ndarray:
-    """Two ``(H, W, C)`` arrays next to each other, top-aligned, on ``fill``."""
-    height = max(left.shape[0], right.shape[0])
-    canvas = np.full((height, left.shape[1] + gap + right.shape[1], left.shape[2]), fill)
-    canvas[: left.shape[0], : left.shape[1]] = left
-    canvas[: right.shape[0], left.shape[1] + gap :] = right
-    return canvas
 
 
 def _per_match_layer(image: np.ndarray, maps: np.ndarray, colours: np.ndarray) -> np.ndarray:
@@ -50,7 +52,7 @@ def _pixel_maps(maps: Tensor) -> np.ndarray:
 def visualize_matches(
     x1: Tensor,
     x2: Tensor,
-    matches: PairMatches,
+    matches: Any,
     index: int = 0,
     lines: int = 10,
     overlay: bool = True,
@@ -98,8 +100,12 @@ def visualize_matches(
         >>> result = pairx.explain(x1, x2, k=10)[0]
         >>> visualize_matches(x1, x2, result, path="pairx.png")
     """
-    if not isinstance(matches, PairMatches):
-        raise TypeError(f"matches must be a PairMatches, got {type(matches).__name__}")
+    missing = [name for name in _FIELDS if not hasattr(matches, name)]
+    if missing:
+        raise TypeError(
+            "matches must be a PairMatches (one item of PairwiseIntermediateMatching.explain), "
+            f"got {type(matches).__name__} without {', '.join(missing)}"
+        )
     if not isinstance(lines, int) or lines < 0:
         raise ValueError(f"lines must be a non-negative integer, got {lines!r}")
     heat1, img1 = to_visualizer_arrays(matches.layer_relevance1[None], x1, index)
@@ -116,7 +122,7 @@ def visualize_matches(
     n_maps = int(matches.pixel_relevance1.shape[0])
     colours = _colours(max(n_lines, n_maps))
 
-    both = _side_by_side(img1, img2, gap, 1.0)
+    both = side_by_side(img1, img2, gap, 1.0)
     rows = 2 if n_maps else 1
     aspect = both.shape[0] / both.shape[1]
     fig = Figure(
@@ -127,7 +133,7 @@ def visualize_matches(
     ax = axes[0]
     ax.imshow(both)
     if overlay:
-        heat = _side_by_side(heat1, heat2, gap, np.nan)[..., 0]
+        heat = side_by_side(heat1, heat2, gap, np.nan)[..., 0]
         finite = heat[np.isfinite(heat)]
         top = finite.max() if finite.size and finite.max() > 0 else 1.0
         ax.imshow(np.ma.masked_invalid(heat / top), cmap="jet", alpha=0.45, vmin=0, vmax=1)
@@ -154,7 +160,7 @@ def visualize_matches(
     )
     ax.axis("off")
     if n_maps:
-        painted = _side_by_side(
+        painted = side_by_side(
             _per_match_layer(img1, _pixel_maps(matches.pixel_relevance1), colours[:n_maps]),
             _per_match_layer(img2, _pixel_maps(matches.pixel_relevance2), colours[:n_maps]),
             gap,

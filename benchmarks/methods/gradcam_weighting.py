@@ -5,7 +5,8 @@ The variants are registered here only (they would crowd the demo's figures),
 then the runner scores them on held-out ORL pairs and writes its table to
 benchmarks/results/gradcam_weighting.md and into docs/embedding-gradcam.md.
 
-Usage: python benchmarks/gradcam_weighting.py --orl ../shared/data/orl_faces [runner options]
+Usage: python benchmarks/methods/gradcam_weighting.py --orl ../shared/data/orl_faces
+       [runner options]
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(Path(__file__).resolve().parent)]
 
 from captum_similarity import EmbeddingGradCAM  # noqa: E402
 from captum_similarity.explainers import register  # noqa: E402
 from run_benchmarks import main  # noqa: E402
+from timing import command_line  # noqa: E402
 
 VARIANTS = {
     f"EmbeddingGradCAM ({weighting}{', ReLU' if relu else ''})": (weighting, relu)
@@ -40,10 +42,9 @@ for name, (weighting, relu) in VARIANTS.items():
     register(name, needs_layer=True)(_variant(weighting, relu))
 
 if __name__ == "__main__":
-    root = Path(__file__).resolve().parents[1]
     argv = sys.argv[1:] + [
         "--methods", *VARIANTS, "Captum LayerGradCam", "Random map (baseline)",
-        "--out", str(root / "benchmarks" / "results" / "gradcam_weighting.md"),
-        "--docs", str(root / "docs" / "embedding-gradcam.md"),
+        "--out", str(ROOT / "benchmarks" / "results" / "gradcam_weighting.md"),
+        "--docs", str(ROOT / "docs" / "embedding-gradcam.md"),
     ]
-    main(argv)
+    main(argv, command=command_line(__file__))  # the command that reproduces the table

@@ -7,15 +7,19 @@ Measures, on one thread at 224x224 (float32, random weights):
   convolution and through the subsampled form, each as a ratio to the
   convolution's forward pass;
 - one LRP backward pass of the ResNet-style reference model (5 stages, as in
-  ``bench_pairx.py``) from ``layer5`` to the pixels of 2 images, with the
-  rules' convolutions run either way.
+  ``methods/bench_pairx.py``) from ``layer5`` to the pixels of 2 images, with
+  the rules' convolutions run either way: as the engine runs them (the
+  subsampled form), and with each strided 1x1 convolution given a z+ rule of
+  our own (:class:`StridedZPlus`, the rule the default composite gives it,
+  through the public rule interface) that runs PyTorch's strided convolution
+  instead. The library is not patched.
 
 Each number is the median of ``--repeats`` rounds, the variants timed back to
 back in every round.
 
 Usage::
 
-    python benchmarks/bench_strided_shortcut.py [--repeats 15]
+    python benchmarks/engine/bench_strided_shortcut.py [--repeats 15]
         [--out benchmarks/results/strided_shortcut.md]
 """
 
@@ -25,21 +29,58 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from statistics import median
-from typing import Callable, Dict, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from shared_models import PAIRX_MODELS  # noqa: E402
 from timing import command_line, machine  # noqa: E402
 
-from captum_similarity.lrp import LRPEngine, canonizers  # noqa: E402
-from captum_similarity.models import ResNetEmbedder  # noqa: E402
+from captum_similarity.lrp import LRPEngine  # noqa: E402
+from captum_similarity.lrp.linear import ConvAdjoint, LinearOp  # noqa: E402
+from captum_similarity.lrp.rules import ZPlus  # noqa: E402
+
+MODEL = "ResNet-style (5 stages, stride-1 stem)"
+
+
+class StridedZPlus(ZPlus):
+    """z+ with the convolution run as PyTorch's strided convolution, for a
+    strided 1x1 convolution that the engine would run on its subsampled input
+    (same values; the form the engine gives every other convolution)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.stride = tuple(conv.stride)
+        self.groups = conv.groups
+
+    def rewire(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
+        def strided(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+            return F.conv2d(x, weight, bias, stride=self.stride, groups=self.groups)
+
+        adjoint = ConvAdjoint(self.stride, (0, 0), (1, 1), self.groups)
+        return super().rewire(replace(op, forward=strided, adjoint=adjoint), x, trace)
+
+
+def strided_pointwise(model: nn.Module) -> List[str]:
+    """Names of the 1x1 convolutions of ``model`` with a stride and no padding
+    (the ResNet shortcuts)."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d)
+        and m.kernel_size == (1, 1)
+        and m.dilation == (1, 1)
+        and m.padding in ((0, 0), "valid")
+        and any(s > 1 for s in m.stride)
+    ]
 
 
 def rounds(cases: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
@@ -75,16 +116,18 @@ def shortcut(repeats: int) -> Dict[str, float]:
 
 def lrp_backward(repeats: int) -> Dict[str, float]:
     torch.manual_seed(0)
-    model = ResNetEmbedder(widths=(16, 32, 64, 128, 256), embedding_dim=128).eval()
+    model = PAIRX_MODELS[MODEL]().eval()
     x = torch.rand(2, 3, 224, 224)
-    ours = canonizers._conv_forward
+    engines = {"subsampled": LRPEngine(model), "strided": LRPEngine(model)}
+    shortcuts = strided_pointwise(model)
+    assert shortcuts, "the model has no strided 1x1 convolution"
+    given = {name: rule for name, _, rule in engines["strided"].composite.plan(model)}
+    for name in shortcuts:
+        assert repr(given[name]) == repr(ZPlus()), (name, given[name])  # like for like
+        engines["strided"].set_rule(name, StridedZPlus(model.get_submodule(name)))
     passes = {}
-    for name, forward in (("subsampled", ours), ("strided", lambda module: module._conv_forward)):
-        canonizers._conv_forward = forward
-        try:
-            run = LRPEngine(model).forward(x, record=["layer5"])
-        finally:
-            canonizers._conv_forward = ours
+    for name, engine in engines.items():
+        run = engine.forward(x, record=["layer5"])
         seed = run.activation("layer5").detach()
         passes[name] = (run, seed)
     torch.testing.assert_close(
@@ -110,7 +153,7 @@ def main(argv: Sequence[str] = None) -> None:
     torch.set_num_threads(1)
     conv = shortcut(args.repeats)
     lrp = lrp_backward(args.repeats)
-    command = command_line("bench_strided_shortcut.py", argv)
+    command = command_line(__file__, argv)
     fwd = conv["forward"]
     lines = [
         f"Command: `{command}`  ",

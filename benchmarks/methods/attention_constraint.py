@@ -1,6 +1,6 @@
 """Training with and without the similarity-attention constraint on ORL faces.
 
-Trains the small ORL embedder (``captum_similarity.models.trained``: ResNet,
+Trains the small ORL embedder (``captum_similarity.training.demo_models``: ResNet,
 56x46 grey faces, subjects s1..s30, batch-hard triplet loss) from the
 same initialisation, with the same seed, batches and number of steps: once
 with the triplet loss alone, and once per weight with ``triplet + weight * L_sm``
@@ -13,7 +13,7 @@ positive pairs: insertion and deletion AUC of
 pixels blurred, per-pair min-max normalised, x 100), next to the same AUCs
 of a random map for that model (its chance level).
 
-Usage: python benchmarks/attention_constraint.py --orl ../shared/data/orl_faces
+Usage: python benchmarks/methods/attention_constraint.py --orl ../shared/data/orl_faces
        [--steps 600] [--weights 0.5 0.1] [--out benchmarks/results/attention_constraint.md]
 """
 
@@ -27,13 +27,13 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from captum_similarity import EmbeddingGradCAM, SiameseSimilarity  # noqa: E402
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
 from captum_similarity.metrics import insertion_deletion, retrieval_metrics  # noqa: E402
-from captum_similarity.models.trained import ORL_CONFIG, fit_orl, orl_model  # noqa: E402
+from captum_similarity.training.demo_models import ORL_CONFIG, fit_orl, orl_model  # noqa: E402
 from captum_similarity.training import SimilarityAttentionLoss, batch_hard_triplets  # noqa: E402
 from timing import machine  # noqa: E402
 
@@ -154,11 +154,14 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=ORL_CONFIG["steps"])
     parser.add_argument("--weights", type=float, nargs="+", default=[0.5], help="weights of L_sm")
     parser.add_argument("--triplets", type=int, default=8, help="constraint triplets per step")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "attention_constraint.md")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "attention_constraint.md"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows, n_pairs, config = run(args.orl, args.steps, args.weights, args.triplets)
-    command = (f"python benchmarks/attention_constraint.py --orl {args.orl} --steps {args.steps} "
+    command = (f"python benchmarks/methods/attention_constraint.py --orl {args.orl} "
+               f"--steps {args.steps} "
                f"--weights {' '.join(str(w) for w in args.weights)} --triplets {args.triplets}")
     text = report(rows, n_pairs, config, args.triplets, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
-import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from .relevance_pairing import PatchSize, patch_centers
-from .visualization import to_visualizer_arrays
+from .._utils.patches import PatchSize, patch_centers
+from .pair import side_by_side, to_visualizer_arrays
 
 __all__ = ["strongest_links", "visualize_links"]
 
@@ -36,7 +35,8 @@ def strongest_links(
 
     Returns:
         tuple: ``(points1, points2, values)``: ``(N, k, 2)`` patch centres
-        ``(row, col)`` in each image and ``(N, k)`` relevances, strongest first.
+        ``(x, y)`` (pixel coordinates) in each image and ``(N, k)``
+        relevances, strongest first.
     """
     c1 = patch_centers(image_size1, patch_size)
     c2 = patch_centers(image_size2, patch_size)
@@ -89,10 +89,7 @@ def visualize_links(
         relevance[index : index + 1], img1.shape[:2], img2.shape[:2], patch_size, k
     )
     gap = max(4, img1.shape[1] // 10)
-    height = max(img1.shape[0], img2.shape[0])
-    canvas = np.ones((height, img1.shape[1] + gap + img2.shape[1], 3))
-    canvas[: img1.shape[0], : img1.shape[1]] = img1
-    canvas[: img2.shape[0], img1.shape[1] + gap :] = img2
+    canvas = side_by_side(img1, img2, gap, 1.0)
     if ax is None:
         fig = Figure(figsize=(canvas.shape[1] / 40, canvas.shape[0] / 40))
         ax = fig.add_subplot(1, 1, 1)
@@ -100,12 +97,14 @@ def visualize_links(
         fig = ax.figure
     ax.imshow(canvas)
     top = float(values.abs().max()) or 1.0
-    for (r1, c1), (r2, c2), v in zip(points1[0].tolist(), points2[0].tolist(), values[0].tolist()):
+    for (x1_, y1_), (x2_, y2_), v in zip(
+        points1[0].tolist(), points2[0].tolist(), values[0].tolist()
+    ):
         strength = abs(v) / top
         colour = "tab:red" if v >= 0 else "tab:blue"
         ax.plot(
-            [c1, c2 + img1.shape[1] + gap],
-            [r1, r2],
+            [x1_, x2_ + img1.shape[1] + gap],
+            [y1_, y2_],
             color=colour,
             linewidth=0.5 + 2.5 * strength,
             alpha=0.3 + 0.7 * strength,

@@ -14,8 +14,8 @@ found.
 
 Run from the repository root::
 
-    python benchmarks/lrp_conservation.py [--orl ../shared/data/orl_faces]
-    # writes benchmarks/results/lrp_conservation.md
+    python benchmarks/methods/lrp_conservation.py [--orl ../shared/data/orl_faces]
+        [--out benchmarks/results/lrp_conservation.md]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import REFERENCE_KINDS, make_reference_model, zero_additive_constants  # noqa: E402
@@ -36,7 +36,7 @@ from conftest import REFERENCE_KINDS, make_reference_model, zero_additive_consta
 from captum_similarity import LRPRelevancePairing  # noqa: E402
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
 from captum_similarity.models import dlib_face_resnet, face_chips  # noqa: E402
-from captum_similarity.models.trained import ORL_CONFIG, orl_embedder  # noqa: E402
+from captum_similarity.training.demo_models import ORL_CONFIG, orl_embedder  # noqa: E402
 
 COMPOSITES = ["lrp0", "epsilon", "epsilon_plus", "gamma"]
 
@@ -113,6 +113,9 @@ def main() -> None:
         "CAPTUM_SIMILARITY_ORL", ROOT.parent / "shared" / "data" / "orl_faces"
     )
     parser.add_argument("--orl", type=Path, default=default_orl)
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "lrp_conservation.md"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     header = "| model | similarity | mean abs(s) | " + " | ".join(COMPOSITES) + " |"
@@ -120,8 +123,8 @@ def main() -> None:
     lines = [
         "# LRPRelevancePairing conservation: mean |s - sum R|",
         "",
-        "Command: `python benchmarks/lrp_conservation.py` (reference models: 8 random 32x32 "
-        "pairs, float64).",
+        "Command: `python benchmarks/methods/lrp_conservation.py` (reference models: 8 random "
+        "32x32 pairs, float64).",
         "",
         "## Reference models as built by the tests (random weights, biases present)",
         "",
@@ -154,9 +157,9 @@ def main() -> None:
                 rule,
                 *dlib,
             ]
-    out = ROOT / "benchmarks" / "results" / "lrp_conservation.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ space (docs/lrp.md, "How the engine works").
 
 Usage::
 
-    python benchmarks/pass_memory.py [--out benchmarks/results/pass_memory.md]
+    python benchmarks/engine/pass_memory.py [--out benchmarks/results/pass_memory.md]
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from typing import Dict, Tuple
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from bench_pairx import LAYERS, MODELS  # noqa: E402
+from shared_models import PAIRX_LAYERS as LAYERS  # noqa: E402
+from shared_models import PAIRX_MODELS as MODELS  # noqa: E402
 from timing import command_line, machine  # noqa: E402
 
-from captum_similarity._utils.receptive_field import _topological  # noqa: E402
+from captum_similarity.lrp.graph import function_class, topological  # noqa: E402
 from captum_similarity.lrp import LRPEngine  # noqa: E402
 
 
@@ -37,9 +38,9 @@ def kept_by_graph(output: torch.Tensor) -> Dict[str, int]:
     """Bytes of the storages the graph below ``output`` keeps, by node kind."""
     seen = set()
     by_kind: Counter = Counter()
-    for node in _topological(output.grad_fn):
+    for node in topological(output.grad_fn):
         tensors = [getattr(node, a) for a in dir(node) if a.startswith("_saved_")]
-        if node.name().startswith("_"):  # the rules' own autograd functions
+        if function_class(node) is not None:  # the rules' own autograd functions
             tensors += list(node.saved_tensors) + [getattr(node, "factor", None)]
         for t in tensors:
             if not isinstance(t, torch.Tensor):
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pass_memory.md")
     args = parser.parse_args()
     lines = [
-        f"Command: `{command_line('pass_memory.py')}`  ",
+        f"Command: `{command_line(__file__)}`  ",
         f"Machine: {machine()}",
         "",
         "| model (layer) | kept by the graph | largest parts |",
@@ -79,6 +80,7 @@ def main() -> None:
         largest = ", ".join(f"{kind} {size / 1e6:.1f} MB" for kind, size in parts)
         lines.append(f"| {name} (`{LAYERS[name]}`) | {total:.1f} MB | {largest} |")
         print(lines[-1], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
 
 

@@ -1,0 +1,261 @@
+"""The input contract every method of the library shares.
+
+Captum's methods read ``inputs`` (a tensor or a tuple of tensors) and
+``additional_forward_args`` through one formatter; the library's methods
+read them through this module, so that each accepted form and each error
+message exists once:
+
+- ``inputs`` is a tensor ``x`` (explained against the reference in
+  ``additional_forward_args``), a 1-tuple ``(x,)`` (the same, and the result
+  is a 1-tuple, as Captum's metrics call methods), or a tuple of image
+  batches ``(x1, x2)`` (both explained, each against the other; a triplet
+  where a method takes one): :func:`format_inputs`, and
+  :func:`format_output` for tensor in, tensor out and tuple in, tuple out;
+- the reference is ``additional_forward_args`` as a tensor or a 1-tuple
+  holding one (:func:`reference_from_args`);
+- two sides of unequal batch sizes are broadcast when one has batch 1 or
+  identical rows, which is what Captum's expansion of a batch-1 argument
+  produces (``cat`` repeats in IntegratedGradients and Occlusion,
+  ``repeat_interleave`` repeats in NoiseTunnel and GradientShap):
+  :func:`broadcast_pair`;
+- images and precomputed embeddings are told apart by the model
+  (``model.is_embedding``) and checked (:func:`check_images`,
+  :func:`check_embedding`);
+- a similarity used to split a score over embedding dimensions must define
+  contributions (:func:`require_contributions`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple, Union
+
+from torch import Tensor
+
+from .checks import check_float_tensor, rows_identical
+
+__all__ = [
+    "MissingReferenceError",
+    "broadcast_pair",
+    "check_embedding",
+    "check_images",
+    "format_inputs",
+    "format_output",
+    "reference_from_args",
+    "require_contributions",
+]
+
+TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
+
+
+class MissingReferenceError(ValueError, TypeError):
+    """A single image batch was given without the reference to explain it against.
+
+    It is a ``ValueError`` (a value is missing) and a ``TypeError`` (the call's
+    form is incomplete), so code catching either sees it.
+    """
+
+
+def reference_from_args(additional_forward_args: Any, method: str) -> Optional[Tensor]:
+    """The reference in ``additional_forward_args``: a tensor, or a 1-tuple (or
+    1-list) holding one; None when it is None.
+
+    Raises:
+        ValueError: the tuple holds more than one item.
+        TypeError: the item is not a floating-point tensor.
+    """
+    args = additional_forward_args
+    if isinstance(args, (tuple, list)):
+        if len(args) != 1:
+            raise ValueError(
+                f"{method}: additional_forward_args must hold exactly one tensor, the "
+                f"reference (as a tensor or a 1-tuple); got {len(args)} items"
+            )
+        args = args[0]
+    if args is None:
+        return None
+    if not isinstance(args, Tensor):
+        raise TypeError(
+            f"{method}: additional_forward_args must hold the reference, an image batch or "
+            f"an embedding (as a tensor or a 1-tuple), got {type(args).__name__}"
+        )
+    return check_float_tensor(args, "the reference (additional_forward_args)")
+
+
+def format_inputs(
+    inputs: Any,
+    additional_forward_args: Any,
+    method: str,
+    sizes: Sequence[int] = (2,),
+    needs_reference: bool = True,
+) -> Tuple[Tuple[Tensor, ...], Optional[Tensor], bool]:
+    """Reads ``inputs`` and ``additional_forward_args`` in the library's one form.
+
+    Args:
+        inputs: A tensor, a 1-tuple ``(x,)`` or a tuple of ``k`` tensors with
+            ``k`` in ``sizes``.
+        additional_forward_args: The reference of a single image batch (see
+            :func:`reference_from_args`); must be None with a tuple of several
+            image batches.
+        method (str): The method's name, for messages.
+        sizes (sequence of int, optional): The tuple lengths (besides 1) the
+            method explains.
+            Default: ``(2,)``
+        needs_reference (bool, optional): Whether a single image batch must
+            come with a reference.
+            Default: True
+
+    Returns:
+        tuple: ``(images, reference, is_tuple)``: the image batches (one for a
+        tensor or a 1-tuple), the reference (None with several batches, or
+        when none was given and none is needed) and whether ``inputs`` was a
+        tuple (the result must then be a tuple too).
+
+    Raises:
+        TypeError: ``inputs`` is neither a tensor nor a tuple.
+        ValueError: a tuple of a length the method does not take, or a
+            reference given with several image batches.
+        MissingReferenceError: a single batch without the reference it needs.
+    """
+    if isinstance(inputs, Tensor):
+        images, is_tuple = (inputs,), False
+    elif isinstance(inputs, tuple):
+        images, is_tuple = inputs, True
+    else:
+        raise TypeError(
+            f"{method}: inputs must be a tensor or a tuple (x1, x2) of image batches, "
+            f"got {type(inputs).__name__}"
+        )
+    if len(images) == 1:
+        reference = reference_from_args(additional_forward_args, method)
+        if reference is None and needs_reference:
+            raise MissingReferenceError(
+                f"{method} needs a reference: pass additional_forward_args=(reference,) "
+                "with a single image batch, or inputs=(x1, x2)"
+            )
+        return images, reference, is_tuple
+    if len(images) not in sizes:
+        expected = " or ".join(f"{k} tensors" for k in sizes)
+        raise ValueError(
+            f"{method}: tuple inputs must be a pair (x1, x2) of image batches"
+            + (f" (or {expected})" if tuple(sizes) != (2,) else "")
+            + f", or a 1-tuple; got a tuple of {len(images)}"
+        )
+    if additional_forward_args is not None:
+        raise ValueError(
+            f"{method}: with inputs=(x1, x2) each image is the other's reference; "
+            "additional_forward_args must be None"
+        )
+    return images, None, is_tuple
+
+
+def format_output(results: Sequence[Tensor], is_tuple: bool) -> Union[Tensor, Tuple[Tensor, ...]]:
+    """Tensor in, tensor out; tuple in, tuple out (Captum's convention)."""
+    if is_tuple:
+        return tuple(results)
+    (result,) = results
+    return result
+
+
+def broadcast_pair(x1: Tensor, x2: Tensor) -> Tuple[Tensor, Tensor]:
+    """Expands a batch-1 (or identical-rows) side to the other side's batch size.
+
+    Raises:
+        ValueError: the batch sizes differ and neither side can be broadcast.
+    """
+    n1, n2 = x1.shape[0], x2.shape[0]
+    if n1 == n2:
+        return x1, x2
+    if rows_identical(x2):
+        return x1, x2[:1].expand(n1, *x2.shape[1:])
+    if rows_identical(x1):
+        return x1[:1].expand(n2, *x1.shape[1:]), x2
+    raise ValueError(
+        f"cannot broadcast batch sizes {n1} (x1) and {n2} (x2): a reference must have the "
+        f"queries' batch size, batch size 1, or identical rows (x1 has batch {n1}, x2 "
+        f"batch {n2})"
+    )
+
+
+def check_images(
+    x: Any,
+    name: str,
+    method: str,
+    model: Any = None,
+    image_dim: Optional[int] = None,
+    reference_ok: bool = True,
+) -> Tensor:
+    """``x`` if it is a batch of inputs the method can explain.
+
+    Args:
+        x: The candidate.
+        name (str): Its name in messages (``"x1"``, ``"inputs"``).
+        method (str): The method's name, for messages.
+        model (optional): A :class:`~captum_similarity.SiameseSimilarity`
+            (anything with ``is_embedding``); a tensor it takes as a
+            precomputed embedding is refused.
+            Default: None
+        image_dim (int, optional): The number of dimensions the method needs
+            (4 for image batches ``(N, C, H, W)``).
+            Default: None (any)
+        reference_ok (bool, optional): Whether the method takes an embedding
+            reference in ``additional_forward_args`` (the message says so).
+            Default: True
+
+    Raises:
+        TypeError: not a floating-point tensor.
+        ValueError: an empty batch, a precomputed embedding, or the wrong
+            number of dimensions (a missing batch dimension is named).
+    """
+    x = check_float_tensor(x, name)
+    if (model is not None and model.is_embedding(x)) or (image_dim is not None and x.dim() == 2):
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}, a batch of precomputed embeddings, but both "
+            f"sides must be images: {method} explains pixels"
+            + (
+                "; pass a single image batch as inputs and the embedding reference as "
+                "additional_forward_args"
+                if reference_ok
+                else ""
+            )
+        )
+    if image_dim is not None and x.dim() != image_dim:
+        hint = (
+            "; add a batch dimension (x[None] or x.unsqueeze(0))"
+            if x.dim() == image_dim - 1
+            else ""
+        )
+        raise ValueError(
+            f"{name} must be images (N, C, H, W), got shape {tuple(x.shape)}{hint}"
+            if image_dim == 4
+            else f"{name} must have {image_dim} dimensions, got shape {tuple(x.shape)}{hint}"
+        )
+    return x
+
+
+def check_embedding(f: Any, where: str = "the embedder") -> Tensor:
+    """``f`` if it is a batch of embeddings ``(N, D)``.
+
+    Raises:
+        ValueError: ``f`` is not 2-D.
+    """
+    if not isinstance(f, Tensor) or f.dim() != 2:
+        shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
+        raise ValueError(
+            f"{where} must return (N, D) embeddings, got {shape}; flatten or pool its output"
+        )
+    return f
+
+
+def require_contributions(similarity: Any, method: str) -> None:
+    """Raises unless ``similarity`` (a :class:`~captum_similarity.Similarity`)
+    splits its score over embedding dimensions.
+
+    Raises:
+        ValueError: the similarity defines no ``contributions``.
+    """
+    if similarity.contributions is None:
+        raise ValueError(
+            f"similarity {similarity.name!r} defines no per-dimension contributions, so "
+            f"{method} cannot split its score over the embedding; use 'cosine', 'dot', "
+            "'euclidean' or 'squared_euclidean', or a Similarity with `contributions`"
+        )
