@@ -1,0 +1,812 @@
+"""The command line: ``captum-similarity explain`` (also ``python -m captum_similarity``).
+
+``captum-similarity explain QUERY REFERENCE [REFERENCE ...] --model SPEC``
+explains why a similarity model scores a query image against reference
+images, or against a gallery folder (every image is scored, ranked, and the
+top ``--top-k`` are explained), with the registered methods picked by their
+short names, and writes ``report.html`` (self-contained),
+``results.json`` and ``maps.npz`` to ``--out``. ``captum-similarity
+samples DIR`` writes the images that ship with the install as files.
+
+From Python, :func:`explain_images` runs the same job and returns the
+results that :func:`captum_similarity.report.build_report` draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import shlex
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._version import __version__
+from .candidates import DEFAULT_MIN_GRID, default_layer
+from .data.files import SAMPLE_PREFIX, gallery_files, load_image, sample_image, sample_names
+from .explainers import explain_pair_detailed, explainers, resolve_methods, short_names
+from .metrics.insertion_deletion import insertion_deletion
+from .metrics.match_plausibility import match_plausibility
+from .models.face_preprocess import dlib_available, face_chips
+from .models.loading import DLIB_FACE, MODEL_SPEC_FORMS, LoadedModel, load_model
+from .report import build_report, save_results
+from .siamese import SiameseSimilarity
+from .similarity import SIMILARITIES
+
+__all__ = ["main", "explain_images", "near_identical", "NORMALIZATIONS", "NEAR_IDENTICAL_COSINE"]
+
+#: ``--normalize`` presets: per-channel mean and standard deviation.
+NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "none": None,
+}
+
+#: Input size of models that do not fix one.
+DEFAULT_SIZE = (224, 224)
+
+#: Cosine similarity from which a pair counts as near-identical (the report
+#: then says what gradient maps of the similarity show there).
+NEAR_IDENTICAL_COSINE = 0.99
+
+#: How many references are explained by default.
+DEFAULT_TOP_K = 5
+
+#: Longest side of the images as given, as the report and results keep them.
+DISPLAY_SIDE = 512
+
+#: Insertion/deletion steps of ``--faithfulness`` (SANE's 101).
+FAITHFULNESS_STEPS = 101
+
+SCORE_MEANINGS = {
+    "cosine": "cosine similarity of the two embeddings, in [-1, 1] (1: same direction)",
+    "dot": "dot product of the two embeddings (larger: more similar)",
+    "euclidean": "minus the Euclidean distance d between the embeddings (0: identical)",
+    "squared_euclidean": "minus the squared Euclidean distance between the embeddings (0: identical)",
+}
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: one line, exit status 2."""
+
+
+# -- the job -------------------------------------------------------------------
+
+
+def explain_images(
+    query: Union[str, Path],
+    references: Sequence[Union[str, Path]],
+    model: Union[str, LoadedModel],
+    weights: Union[None, str, Path] = None,
+    layer: Optional[str] = None,
+    methods: Union[str, Sequence[str]] = "default",
+    similarity: Optional[str] = None,
+    size: Optional[Tuple[int, int]] = None,
+    normalize: str = "none",
+    device: str = "cpu",
+    top_k: Optional[int] = None,
+    faithfulness: bool = False,
+    seed: int = 0,
+    progress: Optional[bool] = None,
+    command: Optional[str] = None,
+) -> Dict[str, Any]:
+    r"""Explains a query image against references or a gallery folder.
+
+    Args:
+        query (str or Path): An image file or ``"sample:NAME"``.
+        references (sequence): Image files, ``"sample:NAME"`` entries or
+            folders (their images, recursively, form a gallery).
+        model (str or LoadedModel): A ``--model`` specification (see
+            :func:`captum_similarity.models.loading.load_model`) or a loaded model.
+        weights (str or Path, optional): Weights for a ``module:callable`` model.
+            Default: None
+        layer (str, optional): Dotted name of the layer for layer methods.
+            Default: None (:func:`captum_similarity.candidates.default_layer`)
+        methods (str or sequence of str, optional): Short or registered names,
+            ``"default"`` or ``"all"`` (see
+            :func:`captum_similarity.explainers.resolve_methods`).
+            Default: ``"default"``
+        similarity (str, optional): ``"cosine"``, ``"dot"``, ``"euclidean"`` or
+            ``"squared_euclidean"``.
+            Default: None (the model's own: Euclidean for ``dlib-face``, else cosine)
+        size (tuple of int, optional): ``(H, W)`` the images are resized to.
+            Default: None (the model's fixed size, else 224 x 224)
+        normalize (str, optional): ``"imagenet"``, ``"none"`` or
+            ``"MEAN,STD"`` (one value each, or three means then three stds).
+            Default: ``"none"``
+        device (str, optional): ``"cpu"``, ``"cuda"`` (or ``"cuda:1"``) or
+            ``"auto"`` (CUDA when present).
+            Default: ``"cpu"``
+        top_k (int, optional): How many of the best ranked references are
+            explained.
+            Default: None (5)
+        faithfulness (bool, optional): Also score every map with insertion
+            and deletion curves.
+            Default: False
+        seed (int, optional): Seed of torch's and numpy's generators.
+            Default: 0
+        progress (bool, optional): Progress bars (True) or plain lines
+            (False) on standard error.
+            Default: None (bars on a terminal)
+        command (str, optional): The command line, for the record.
+            Default: None
+
+    Returns:
+        dict: the results, as :mod:`captum_similarity.report` documents them.
+
+    Raises:
+        UsageError: bad arguments, images or model (one line each).
+    """
+    start = time.perf_counter()
+    seconds: Dict[str, float] = {}
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    chosen = _methods(methods)
+    dev = _device(device)
+    progress = sys.stderr.isatty() if progress is None else progress
+    say = _Reporter(progress)
+
+    tick = time.perf_counter()
+    loaded = model if isinstance(model, LoadedModel) else _load(model, weights, dev)
+    loaded.embedder = loaded.embedder.to(dev).eval()
+    seconds["model"] = time.perf_counter() - tick
+    similarity = similarity or loaded.similarity
+    if similarity not in SIMILARITIES:
+        raise UsageError(f"--similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
+    sim = SiameseSimilarity(loaded.embedder, similarity)
+    say.line(f"model: {loaded.description}")
+
+    tick = time.perf_counter()
+    query_item, gallery_items, gallery_given = _images(query, references)
+    mean_std = _normalization(normalize)
+    size = _size(size, loaded)
+    pre = _Preprocess(loaded, size, mean_std)
+    q_input, q_seen, q_note = pre([query_item[1]])
+    ref_inputs, ref_seen, ref_notes = pre([img for _, img in gallery_items], say, "preparing")
+    seconds["images"] = time.perf_counter() - tick
+    q_input, ref_inputs = q_input.to(dev), ref_inputs.to(dev)
+
+    tick = time.perf_counter()
+    with torch.no_grad():
+        probe = loaded.embedder(q_input)
+    if probe.dim() != 2:
+        raise UsageError(
+            f"the model returns shape {tuple(probe.shape)} for one image; an embedder must return "
+            "(N, D) embeddings (flatten or pool its output)"
+        )
+    with torch.no_grad():
+        q_emb = sim.embed(q_input)
+        scores = torch.cat([sim(q_emb, sim.embed(ref_inputs[s : s + 32])) for s in range(0, len(ref_inputs), 32)])
+    order = torch.argsort(scores.cpu(), descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(1, len(order) + 1)
+    seconds["scoring"] = time.perf_counter() - tick
+    k = min(len(order), DEFAULT_TOP_K if top_k is None else top_k)
+    if k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    explained = order[:k].tolist()
+
+    layer_info = _layer(loaded, layer, q_input)
+    layer_module = loaded.embedder.get_submodule(layer_info["layer"]) if layer_info["layer"] else None
+
+    decision = _decision(loaded, similarity)
+    results: Dict[str, Any] = {
+        "format": "captum-similarity results 1",
+        "command": command or "(from Python: captum_similarity.cli.explain_images)",
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "device": str(dev),
+        "seed": seed,
+        "model": {
+            "spec": loaded.spec,
+            "kind": loaded.kind,
+            "description": loaded.description,
+            "weights": loaded.weights,
+            "notes": list(loaded.notes) + ["put in eval mode"],
+            **layer_info,
+            "similarity": similarity,
+            "score_meaning": SCORE_MEANINGS.get(similarity, similarity),
+            "decision": decision,
+        },
+        "preprocessing": pre.description,
+        "methods": [
+            {"short": explainers()[n].short, "name": n, "cost": explainers()[n].cost,
+             "default": explainers()[n].default}
+            for n in chosen
+        ],
+        "query": {"name": query_item[0], "image": _display(query_item[1]), "size": list(query_item[1].shape[:2]),
+                  "input": q_seen[0], "note": q_note[0]},
+        "gallery": [
+            {"name": name, "score": float(scores[i]), "rank": int(ranks[i]), "explained": i in explained,
+             **_verdict(float(scores[i]), decision)}
+            for i, (name, _) in enumerate(gallery_items)
+        ],
+        "gallery_folders": gallery_given,
+        "top_k": k,
+        "faithfulness": {"steps": FAITHFULNESS_STEPS, "fill": None} if faithfulness else None,
+        "pairs": [],
+        "warnings": [],
+        "errors": [],
+        "seconds": seconds,
+    }
+    for i in explained:
+        name, image = gallery_items[i]
+        score = float(scores[i])
+        pair = {
+            "rank": int(ranks[i]),
+            "reference": name,
+            "reference_index": i,
+            "score": score,
+            **_verdict(score, decision),
+            "reference_image": _display(image),
+            "reference_size": list(image.shape[:2]),
+            "reference_input": ref_seen[i],
+            "reference_note": ref_notes[i],
+            "notes": _pair_notes(score, similarity, decision["threshold"] if decision else None),
+            "methods": {},
+        }
+        results["pairs"].append(pair)
+
+    tick = time.perf_counter()
+    failed: List[str] = []
+    for name in chosen:
+        spec = explainers()[name]
+        short = spec.short or name
+        for p, pair in enumerate(results["pairs"]):
+            entry: Dict[str, Any] = {"name": name, "seconds": None, "maps": None, "error": None}
+            pair["methods"][short] = entry
+            x1 = q_input
+            x2 = ref_inputs[pair["reference_index"] : pair["reference_index"] + 1]
+            if spec.needs_layer and layer_module is None:
+                entry["error"] = f"skipped: {name} explains a layer, and {layer_info['layer_choice']}"
+                continue
+            say.step(short, p, len(results["pairs"]))
+            began = time.perf_counter()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    a1, a2, extra = explain_pair_detailed(sim, x1, x2, layer_module, name)
+            except Exception as err:  # a method that cannot explain this model says so
+                entry["error"] = _error_text(err)
+                continue
+            finally:
+                entry["seconds"] = time.perf_counter() - began
+            entry["maps"] = [_numpy(a1[0]), _numpy(a2[0])]
+            if not (np.isfinite(entry["maps"][0]).all() and np.isfinite(entry["maps"][1]).all()):
+                results["warnings"].append(f"{short} on pair {p}: the maps contain NaN or infinite values")
+            _extra(entry, short, extra)
+        say.done(short, [pair["methods"][short] for pair in results["pairs"]])
+        errors = {pair["methods"][short]["error"] for pair in results["pairs"]} - {None}
+        for text in errors:
+            explicit = not spec.default or "default" not in _selection_items(methods)
+            message = f"{short} ({name}): {text}"
+            (results["errors"] if explicit else results["warnings"]).append(message)
+            if explicit:
+                failed.append(short)
+    seconds["explaining"] = time.perf_counter() - tick
+
+    if faithfulness:
+        tick = time.perf_counter()
+        results["faithfulness"]["fill"] = _faithfulness(results, sim, q_input, ref_inputs, say)
+        seconds["faithfulness"] = time.perf_counter() - tick
+    results["failed_methods"] = failed
+    seconds["total"] = time.perf_counter() - start
+    return results
+
+
+def _selection_items(methods: Union[str, Sequence[str]]) -> List[str]:
+    items = methods.split(",") if isinstance(methods, str) else list(methods)
+    return [str(m).strip() for m in items]
+
+
+def _methods(methods: Union[str, Sequence[str]]) -> List[str]:
+    try:
+        return resolve_methods(methods)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise UsageError(f"--device must be cpu, cuda or auto, got {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: this PyTorch has no CUDA device available (use cpu or auto)")
+    return dev
+
+
+def _load(spec: str, weights: Union[None, str, Path], device: torch.device) -> LoadedModel:
+    try:
+        return load_model(spec, weights, device)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        raise UsageError(str(err)) from err
+
+
+def _images(
+    query: Union[str, Path], references: Sequence[Union[str, Path]]
+) -> Tuple[Tuple[str, np.ndarray], List[Tuple[str, np.ndarray]], List[str]]:
+    """The query and the references, folders expanded."""
+    if not references:
+        raise UsageError("give at least one REFERENCE image or gallery folder")
+    if not str(query).startswith(SAMPLE_PREFIX) and Path(query).is_dir():
+        raise UsageError(f"QUERY must be one image, but {query} is a folder (folders go after it, as galleries)")
+    try:
+        query_item = load_image(query)
+        items: List[Tuple[str, np.ndarray]] = []
+        folders: List[str] = []
+        for ref in references:
+            if not str(ref).startswith(SAMPLE_PREFIX) and Path(ref).is_dir():
+                folders.append(str(ref))
+                items.extend(load_image(f) for f in gallery_files(ref))
+            else:
+                items.append(load_image(ref))
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(str(err)) from err
+    return query_item, items, folders
+
+
+def _normalization(normalize: str) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
+    if normalize in NORMALIZATIONS:
+        return NORMALIZATIONS[normalize]
+    try:
+        values = [float(v) for v in normalize.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 2:
+        return (values[0],) * 3, (values[1],) * 3
+    if len(values) == 6:
+        return tuple(values[:3]), tuple(values[3:])
+    raise UsageError(
+        f"--normalize must be imagenet, none, MEAN,STD or three means then three stds, got {normalize!r}"
+    )
+
+
+def _size(size: Optional[Sequence[int]], loaded: LoadedModel) -> Tuple[int, int]:
+    if size is not None:
+        size = (int(size[0]), int(size[1]))
+        if min(size) < 1:
+            raise UsageError(f"--size must be two positive integers, got {size}")
+        if loaded.input_size is not None and size != tuple(loaded.input_size):
+            raise UsageError(
+                f"--size {size[0]} {size[1]}: {loaded.spec} takes {loaded.input_size[0]}x"
+                f"{loaded.input_size[1]} inputs"
+            )
+        return size
+    return tuple(loaded.input_size) if loaded.input_size is not None else DEFAULT_SIZE
+
+
+class _Preprocess:
+    """Images as given -> model inputs, display images of what the model sees,
+    and a note per image."""
+
+    def __init__(self, loaded: LoadedModel, size: Tuple[int, int], mean_std) -> None:
+        self.faces = loaded.kind == DLIB_FACE
+        self.size = size
+        self.mean_std = mean_std
+        if self.faces:
+            how = (
+                "face chips as dlib makes them (5-point landmark alignment, dlib.get_face_chip, "
+                "padding 0.25)" if dlib_available() else
+                "padded to a square by repeating edge pixels, then resized (dlib is not installed: "
+                "no alignment)"
+            )
+            self.description = f"{how}, {size[0]}x{size[1]} RGB in [0, 1]; the model normalises itself"
+        else:
+            norm = "no normalisation" if mean_std is None else (
+                f"normalised with mean {list(mean_std[0])} and std {list(mean_std[1])}"
+            )
+            self.description = f"resized to {size[0]}x{size[1]} (aspect ratio not kept), RGB in [0, 1], {norm}"
+
+    def __call__(self, images: List[np.ndarray], say: Optional["_Reporter"] = None, what: str = ""):
+        if self.faces:
+            chips, detected = face_chips(images, align="auto", return_detected=True)
+            seen = chips
+            aligned = dlib_available()
+            notes = [
+                ("aligned on a detected face" if d else "no face detected: landmarks searched in the "
+                 "whole image") if aligned else "padded to a square and resized"
+                for d in detected.tolist()
+            ]
+            inputs = chips
+        else:
+            from skimage.transform import resize
+
+            seen_list, notes = [], []
+            for image in images:
+                arr = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+                if tuple(arr.shape[:2]) != tuple(self.size):
+                    arr = resize(arr, self.size, order=1, anti_aliasing=True).astype(np.float32)
+                    notes.append(f"resized from {image.shape[0]}x{image.shape[1]}")
+                else:
+                    notes.append("used at its size")
+                seen_list.append(torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))))
+            seen = torch.stack(seen_list)
+            inputs = seen
+            if self.mean_std is not None:
+                mean = torch.tensor(self.mean_std[0]).view(1, 3, 1, 1)
+                std = torch.tensor(self.mean_std[1]).view(1, 3, 1, 1)
+                inputs = (seen - mean) / std
+        display = [_display(s.permute(1, 2, 0).numpy()) for s in seen]
+        return inputs.float(), display, notes
+
+
+def _layer(loaded: LoadedModel, layer: Optional[str], example: Tensor) -> Dict[str, Any]:
+    if not loaded.layers:
+        if layer:
+            raise UsageError(f"--layer {layer}: the layers of a {loaded.kind} model cannot be hooked")
+        return {"layer": None, "layer_choice": f"a {loaded.kind} model's layers cannot be hooked", "layer_grid": None}
+    model = loaded.embedder
+    if layer:
+        try:
+            model.get_submodule(layer)
+        except AttributeError:
+            names = [n for n, _ in model.named_modules() if n]
+            raise UsageError(
+                f"--layer {layer!r} is not a submodule of the model; some are: {', '.join(names[-8:])}"
+            ) from None
+        grid = _grid_of(model, layer, example)
+        return {"layer": layer, "layer_choice": "given with --layer", "layer_grid": grid}
+    try:
+        chosen = default_layer(model, example)
+    except Exception as err:  # a model whose layers cannot be listed
+        return {"layer": None, "layer_choice": f"no layer could be listed ({_error_text(err)})", "layer_grid": None}
+    if chosen is None:
+        return {"layer": None, "layer_choice": "no layer of the model outputs a grid of cells: pass --layer",
+                "layer_grid": None}
+    return {
+        "layer": chosen.name,
+        "layer_choice": f"chosen by default: the last layer with a grid of at least "
+        f"{DEFAULT_MIN_GRID}x{DEFAULT_MIN_GRID} cells (captum_similarity.candidate_layers)",
+        "layer_grid": list(chosen.grid),
+    }
+
+
+def _grid_of(model, layer: str, example: Tensor) -> Optional[List[int]]:
+    try:
+        from .candidates import candidate_layers
+
+        for c in candidate_layers(model, example):
+            if c.name == layer:
+                return list(c.grid)
+    except Exception:
+        return None
+    return None
+
+
+def _decision(loaded: LoadedModel, similarity: str) -> Optional[Dict[str, Any]]:
+    if loaded.threshold is None or similarity != "euclidean":
+        return None
+    t = loaded.threshold
+    return {
+        "threshold": t,
+        "rule": f"dlib's verification rule: the same person when the distance d = -s is below {t}",
+        "accept": f"same person (d < {t})",
+        "reject": f"different people (d >= {t})",
+    }
+
+
+def _verdict(score: float, decision: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    if decision is None:
+        return {"verdict": None, "accepted": None}
+    accepted = -score < decision["threshold"]
+    return {"verdict": decision["accept" if accepted else "reject"], "accepted": accepted, "distance": -score}
+
+
+def near_identical(score: float, similarity: str, threshold: Optional[float]) -> bool:
+    """Whether a pair is so similar that gradient maps of the similarity show
+    how to raise it further rather than the evidence for it: a cosine of at
+    least :data:`NEAR_IDENTICAL_COSINE`, or a Euclidean distance under half
+    the model's verification threshold."""
+    if similarity == "cosine":
+        return score >= NEAR_IDENTICAL_COSINE
+    if similarity == "euclidean" and threshold is not None:
+        return -score < threshold / 2
+    return False
+
+
+def _pair_notes(score: float, similarity: str, threshold: Optional[float]) -> List[str]:
+    if not near_identical(score, similarity, threshold):
+        return []
+    why = (
+        f"cosine {score:.4f} >= {NEAR_IDENTICAL_COSINE}: the cosine's gradient "
+        "(f2/|f2| - s f1/|f1|)/|f1| nearly vanishes"
+        if similarity == "cosine"
+        else f"distance {-score:.3f} < half the threshold {threshold}: the distance's gradient "
+        "points along the small difference f1 - f2"
+    )
+    return [
+        f"Near-identical pair ({why}). Gradient maps of the similarity (gradcam-signed, "
+        "captum-gradcam, saliency, smoothgrad, ig) then show what would make the images even "
+        "more alike, not the evidence for the match: opposite colours on the two images do not "
+        "mean that one image argues against the match. gradcam (ReLU) has no negative part to "
+        "misread; for cosine models it uses the pair weighting, which does not vanish."
+    ]
+
+
+def _extra(entry: Dict[str, Any], short: str, extra: Any) -> None:
+    if extra is None:
+        return
+    if isinstance(extra, list) and extra and hasattr(extra[0], "points1"):
+        result = extra[0]
+        plausibility = {k: float(v[0]) for k, v in match_plausibility(result).items()} if len(result) else {}
+        entry["matches"] = {
+            "count": len(result),
+            "plausibility": plausibility,
+            **{f: _numpy(getattr(result, f)) for f in (
+                "points1", "points2", "cells1", "cells2", "distance", "relevance",
+                "layer_relevance1", "layer_relevance2")},
+            # per-match pixel maps summed over channels (what the figure draws), (k, 1, H, W)
+            **{f: _numpy(getattr(result, f).sum(1, keepdim=True)) for f in (
+                "pixel_relevance1", "pixel_relevance2")},
+        }
+    elif isinstance(extra, dict) and "relevance" in extra:
+        entry["links"] = {"relevance": _numpy(extra["relevance"][0]), "patch_size": int(extra["patch_size"])}
+
+
+def _faithfulness(results, sim, q_input, ref_inputs, say) -> str:
+    side = min(q_input.shape[-2:])
+    sigma = max(1.0, round(side / 30, 1))
+    fill = f"the image blurred (Gaussian, sigma {sigma:g} px)"
+    for p, pair in enumerate(results["pairs"]):
+        x1 = q_input
+        x2 = ref_inputs[pair["reference_index"] : pair["reference_index"] + 1]
+        for short, entry in pair["methods"].items():
+            if entry["maps"] is None:
+                continue
+            say.step(f"faithfulness {short}", p, len(results["pairs"]))
+            curves = {}
+            for which, x, a, ref in (("query", x1, entry["maps"][0], x2), ("reference", x2, entry["maps"][1], x1)):
+                r = insertion_deletion(
+                    sim, x, torch.as_tensor(a)[None].to(x), ref, n_steps=FAITHFULNESS_STEPS,
+                    baselines="blur", blur_sigma=sigma, max_examples_per_batch=64,
+                )
+                curves[which] = {
+                    "fractions": _numpy(r.fractions),
+                    "insertion_curve": _numpy(r.insertion_curve[0]),
+                    "deletion_curve": _numpy(r.deletion_curve[0]),
+                    "insertion_auc_normalized": float(r.insertion_auc_normalized[0]),
+                    "deletion_auc_normalized": float(r.deletion_auc_normalized[0]),
+                    "insertion_auc": float(r.insertion_auc[0]),
+                    "deletion_auc": float(r.deletion_auc[0]),
+                }
+            entry["faithfulness"] = curves
+        say.done("faithfulness", [])
+    return fill
+
+
+def _numpy(t: Any) -> np.ndarray:
+    if isinstance(t, Tensor):
+        t = t.detach().cpu()
+        return t.numpy().astype(np.float32) if t.is_floating_point() else t.numpy()
+    return np.asarray(t)
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    """An image for display: downscaled to at most DISPLAY_SIDE pixels, uint8."""
+    arr = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    scale = DISPLAY_SIDE / max(arr.shape[:2])
+    if scale < 1:
+        from skimage.transform import resize
+
+        shape = (max(1, round(arr.shape[0] * scale)), max(1, round(arr.shape[1] * scale)))
+        arr = resize(arr, shape, order=1, anti_aliasing=True)
+    return np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+def _error_text(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:400]}"
+
+
+def _versions() -> Dict[str, str]:
+    import captum
+
+    return {
+        "captum_similarity": __version__,
+        "torch": torch.__version__,
+        "captum": getattr(captum, "__version__", "?"),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+class _Reporter:
+    """Progress on standard error: a bar per method (over its pairs) on a
+    terminal, one plain line per step otherwise."""
+
+    def __init__(self, bars: bool) -> None:
+        self.bars = bars
+        self._bar = None
+        self._label = None
+
+    def line(self, text: str) -> None:
+        self._close()
+        print(text, file=sys.stderr, flush=True)
+
+    def step(self, label: str, index: int, total: int) -> None:
+        if self.bars:
+            if self._label != label:
+                self._close()
+                from tqdm.auto import tqdm
+
+                self._bar = tqdm(total=total, desc=label, unit="pair", file=sys.stderr, leave=True)
+                self._label = label
+            else:
+                self._bar.update(1)
+        else:
+            print(f"{label}: pair {index + 1} of {total}", file=sys.stderr, flush=True)
+
+    def done(self, label: str, entries: List[Dict[str, Any]]) -> None:
+        if self._bar is not None and self._label == label:
+            self._bar.update(1)
+        self._close()
+        if not self.bars and entries:
+            took = sum(e["seconds"] or 0.0 for e in entries)
+            failed = [e["error"] for e in entries if e["error"]]
+            print(f"{label}: {took:.1f} s" + (f" ({failed[0]})" if failed else ""), file=sys.stderr, flush=True)
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._label = None, None
+
+
+# -- the command line ------------------------------------------------------------
+
+
+def _method_help() -> str:
+    rows = []
+    for short, name in short_names().items():
+        spec = explainers()[name]
+        flag = " [default]" if spec.default else (" [baseline]" if spec.baseline else "")
+        rows.append(f"  {short:<15}{name}{flag}: {spec.cost}")
+    return "\n".join(rows)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captum-similarity",
+        description="Explain why a similarity model scores images alike.",
+    )
+    parser.add_argument("--version", action="version", version=f"captum-similarity {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    explain = sub.add_parser(
+        "explain",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="explain a query image against reference images or a gallery folder",
+        description="Explain a query image against reference images or a gallery folder, and "
+        "write report.html, results.json and maps.npz.",
+        epilog="methods (--methods, comma-separated; 'default' or 'all'):\n" + _method_help()
+        + "\n\nsample images (sample:NAME, ship with the install):\n  "
+        + ", ".join(sample_names()),
+    )
+    explain.add_argument("query", metavar="QUERY", help="an image file, or sample:NAME")
+    explain.add_argument(
+        "references", metavar="REFERENCE", nargs="+",
+        help="image files, sample:NAME entries or folders (a gallery: every image, "
+        "recursively, is scored against the query and ranked)",
+    )
+    explain.add_argument("--model", required=True, metavar="SPEC", help=MODEL_SPEC_FORMS)
+    explain.add_argument("--weights", metavar="FILE",
+                         help="state dict or checkpoint with 'state_dict' for a module:callable "
+                         "model (read with torch.load(weights_only=True))")
+    explain.add_argument("--layer", metavar="NAME",
+                         help="dotted name of the layer for layer methods (default: the last layer "
+                         f"with a grid of at least {DEFAULT_MIN_GRID}x{DEFAULT_MIN_GRID} cells)")
+    explain.add_argument("--methods", default="default", metavar="M,...",
+                         help="methods by short name (listed below); default: the fast ones")
+    explain.add_argument("--similarity", choices=list(SIMILARITIES), default=None,
+                         help="default: euclidean for dlib-face, else cosine")
+    explain.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None,
+                         help=f"resize images to H W (default: the model's size, else "
+                         f"{DEFAULT_SIZE[0]} {DEFAULT_SIZE[1]})")
+    explain.add_argument("--normalize", default="none", metavar="imagenet|none|MEAN,STD",
+                         help="input normalisation after resizing (default: none)")
+    explain.add_argument("--device", default="cpu", metavar="cpu|cuda|auto",
+                         help="where the model and every method run (default: cpu)")
+    explain.add_argument("--top-k", type=int, default=None, metavar="K",
+                         help=f"explain the K best ranked references (default: {DEFAULT_TOP_K})")
+    explain.add_argument("--faithfulness", action="store_true",
+                         help="also draw insertion/deletion curves of every map (about "
+                         f"{4 * FAITHFULNESS_STEPS} forward passes per method and pair)")
+    explain.add_argument("--out", type=Path, default=Path("captum_similarity_report"), metavar="DIR",
+                         help="output folder (default: captum_similarity_report)")
+    explain.add_argument("--seed", type=int, default=0, help="seed of torch and numpy (default: 0)")
+    explain.add_argument("--debug", action="store_true", help="show tracebacks")
+    samples = sub.add_parser(
+        "samples", help="write the images that ship with the install to a folder",
+        description="Write the sample images (astronaut, an altered copy, another face and a few "
+        "scikit-image photos) to a folder, as PNG files.",
+    )
+    samples.add_argument("out", type=Path, metavar="DIR")
+    samples.add_argument("--names", nargs="+", default=None, choices=list(sample_names()),
+                         metavar="NAME", help=f"which (default: {', '.join(SAMPLE_SET)})")
+    return parser
+
+
+#: What ``captum-similarity samples`` writes by default: three faces and two
+#: photos without one.
+SAMPLE_SET = ("astronaut", "astronaut-altered", "cameraman", "chelsea", "coffee")
+
+
+def _run_samples(args: argparse.Namespace) -> int:
+    from skimage import io
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.names or SAMPLE_SET:
+        path = args.out / f"{name}.png"
+        io.imsave(path, sample_image(name), check_contrast=False)
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``captum-similarity``; returns the exit status (0: done,
+    1: a requested method failed or nothing could be explained, 2: bad
+    arguments, images or model)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "samples":
+        return _run_samples(args)
+    command = "captum-similarity " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        results = explain_images(
+            args.query, args.references, args.model, weights=args.weights, layer=args.layer,
+            methods=args.methods, similarity=args.similarity, size=args.size,
+            normalize=args.normalize, device=args.device, top_k=args.top_k,
+            faithfulness=args.faithfulness, seed=args.seed, command=command,
+        )
+        tick = time.perf_counter()
+        args.out.mkdir(parents=True, exist_ok=True)
+        json_path, npz_path = save_results(results, args.out)
+        report = build_report(results, args.out / "report.html")
+        results["seconds"]["report"] = time.perf_counter() - tick
+        save_results(results, args.out)  # with the report's time
+    except UsageError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"captum-similarity: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # unexpected: one line, the traceback with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"captum-similarity: error: {_error_text(err)} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+    _summary(results, report, json_path, npz_path)
+    explained = any(e["maps"] is not None for pair in results["pairs"] for e in pair["methods"].values())
+    if results["failed_methods"] or not explained:
+        return 1
+    return 0
+
+
+def _summary(results: Dict[str, Any], report: Path, json_path: Path, npz_path: Path) -> None:
+    for pair in results["pairs"]:
+        verdict = f", {pair['verdict']}" if pair.get("verdict") else ""
+        print(f"rank {pair['rank']}: {pair['reference']}  s = {pair['score']:.4f}{verdict}")
+    for text in results["warnings"]:
+        print(f"warning: {text}", file=sys.stderr)
+    for text in results["errors"]:
+        print(f"error: {text}", file=sys.stderr)
+    print(f"done in {results['seconds']['total'] + results['seconds'].get('report', 0.0):.1f} s; "
+          f"results: {json_path}, maps: {npz_path}")
+    print(f"report: {report.resolve()}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
