@@ -34,14 +34,18 @@ def readme_line(readme: Path) -> str:
     """The README's main-job line: the first ``python3 -m venv`` line after
     the heading "Run it on a fresh machine"."""
     lines = readme.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("## Run it on a fresh machine"))
+    start = next(
+        i for i, line in enumerate(lines) if line.startswith("## Run it on a fresh machine")
+    )
     return next(line for line in lines[start:] if line.startswith("python3 -m venv"))
 
 
 def timed(command: str, cwd: Path, env: dict, log: Path) -> float:
     start = time.perf_counter()
     with log.open("w") as out:
-        result = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     seconds = time.perf_counter() - start
     if result.returncode:
         raise SystemExit(f"`{command}` exited {result.returncode}; see {log}")
@@ -71,8 +75,10 @@ def main(argv=None) -> None:
             load_after = os.getloadavg()[0]
             report = (clone / "report" / "report.html").is_file()
             rows.append((t_install, t_first, t_again, load_before, load_after, report))
-            print(f"clone {r + 1}: install {t_install:.1f} s, main job {t_first:.1f} s (first run), "
-                  f"{t_again:.1f} s (again); load average {load_before:.1f} -> {load_after:.1f}")
+            print(
+                f"clone {r + 1}: install {t_install:.1f} s, main job {t_first:.1f} s (first run), "
+                f"{t_again:.1f} s (again); load average {load_before:.1f} -> {load_after:.1f}"
+            )
     text = [
         "# The README's main job from a clean clone",
         "",
@@ -90,7 +96,9 @@ def main(argv=None) -> None:
         "| ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r, (a, b, c, l0, l1, ok) in enumerate(rows, 1):
-        text.append(f"| {r} | {a:.1f} | {b:.1f} | {c:.1f} | {a + b:.1f} | {l0:.1f} -> {l1:.1f} | {'yes' if ok else 'no'} |")
+        text.append(
+            f"| {r} | {a:.1f} | {b:.1f} | {c:.1f} | {a + b:.1f} | {l0:.1f} -> {l1:.1f} | {'yes' if ok else 'no'} |"
+        )
     args.out.write_text("\n".join(text) + "\n")
     print(f"wrote {args.out}")
 

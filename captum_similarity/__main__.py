@@ -1,4 +1,5 @@
-"""``python -m captum_similarity explain ...``: the command line (see :mod:`captum_similarity.cli`)."""
+"""``python -m captum_similarity explain ...``: the command line
+(see :mod:`captum_similarity.cli`)."""
 
 import sys
 

@@ -31,23 +31,18 @@ from torch import Tensor
 
 from ._version import __version__
 from .candidates import DEFAULT_MIN_GRID, default_layer
+from ._utils.progress import Progress
 from .data.files import SAMPLE_PREFIX, gallery_files, load_image, sample_image, sample_names
-from .explainers import explain_pair_detailed, explainers, resolve_methods, short_names
+from .data.prepare import ImagePreparation, display_image, parse_normalization
+from .explainers import SELECTIONS, explain_pair_detailed, explainers, resolve_methods, short_names
 from .metrics.insertion_deletion import insertion_deletion
 from .metrics.match_plausibility import match_plausibility
-from .models.face_preprocess import dlib_available, face_chips
 from .models.loading import DLIB_FACE, MODEL_SPEC_FORMS, LoadedModel, load_model
 from .report import build_report, save_results
 from .siamese import SiameseSimilarity
 from .similarity import SIMILARITIES
 
-__all__ = ["main", "explain_images", "near_identical", "NORMALIZATIONS", "NEAR_IDENTICAL_COSINE"]
-
-#: ``--normalize`` presets: per-channel mean and standard deviation.
-NORMALIZATIONS = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "none": None,
-}
+__all__ = ["main", "explain_images", "near_identical", "NEAR_IDENTICAL_COSINE", "UsageError"]
 
 #: Input size of models that do not fix one.
 DEFAULT_SIZE = (224, 224)
@@ -59,8 +54,8 @@ NEAR_IDENTICAL_COSINE = 0.99
 #: How many references are explained by default.
 DEFAULT_TOP_K = 5
 
-#: Longest side of the images as given, as the report and results keep them.
-DISPLAY_SIDE = 512
+#: Pairs explained per call of a method (the query runs once per call).
+PAIR_BATCH = 4
 
 #: Insertion/deletion steps of ``--faithfulness`` (SANE's 101).
 FAITHFULNESS_STEPS = 101
@@ -150,8 +145,7 @@ def explain_images(
     np.random.seed(seed)
     chosen = _methods(methods)
     dev = _device(device)
-    progress = sys.stderr.isatty() if progress is None else progress
-    say = _Reporter(progress)
+    say = Progress(progress)
 
     tick = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else _load(model, weights, dev)
@@ -159,17 +153,22 @@ def explain_images(
     seconds["model"] = time.perf_counter() - tick
     similarity = similarity or loaded.similarity
     if similarity not in SIMILARITIES:
-        raise UsageError(f"--similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}")
+        raise UsageError(
+            f"--similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}"
+        )
     sim = SiameseSimilarity(loaded.embedder, similarity)
     say.line(f"model: {loaded.description}")
 
     tick = time.perf_counter()
     query_item, gallery_items, gallery_given = _images(query, references)
-    mean_std = _normalization(normalize)
+    try:
+        mean_std = parse_normalization(normalize)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     size = _size(size, loaded)
-    pre = _Preprocess(loaded, size, mean_std)
+    pre = ImagePreparation(size, faces=loaded.kind == DLIB_FACE, mean_std=mean_std)
     q_input, q_seen, q_note = pre([query_item[1]])
-    ref_inputs, ref_seen, ref_notes = pre([img for _, img in gallery_items], say, "preparing")
+    ref_inputs, ref_seen, ref_notes = pre([img for _, img in gallery_items])
     seconds["images"] = time.perf_counter() - tick
     q_input, ref_inputs = q_input.to(dev), ref_inputs.to(dev)
 
@@ -183,7 +182,9 @@ def explain_images(
         )
     with torch.no_grad():
         q_emb = sim.embed(q_input)
-        scores = torch.cat([sim(q_emb, sim.embed(ref_inputs[s : s + 32])) for s in range(0, len(ref_inputs), 32)])
+        scores = torch.cat(
+            [sim(q_emb, sim.embed(ref_inputs[s : s + 32])) for s in range(0, len(ref_inputs), 32)]
+        )
     order = torch.argsort(scores.cpu(), descending=True, stable=True)
     ranks = torch.empty_like(order)
     ranks[order] = torch.arange(1, len(order) + 1)
@@ -194,7 +195,9 @@ def explain_images(
     explained = order[:k].tolist()
 
     layer_info = _layer(loaded, layer, q_input)
-    layer_module = loaded.embedder.get_submodule(layer_info["layer"]) if layer_info["layer"] else None
+    layer_module = (
+        loaded.embedder.get_submodule(layer_info["layer"]) if layer_info["layer"] else None
+    )
 
     decision = _decision(loaded, similarity)
     results: Dict[str, Any] = {
@@ -217,15 +220,29 @@ def explain_images(
         },
         "preprocessing": pre.description,
         "methods": [
-            {"short": explainers()[n].short, "name": n, "cost": explainers()[n].cost,
-             "default": explainers()[n].default}
+            {
+                "short": explainers()[n].short,
+                "name": n,
+                "cost": explainers()[n].cost,
+                "default": explainers()[n].default,
+            }
             for n in chosen
         ],
-        "query": {"name": query_item[0], "image": _display(query_item[1]), "size": list(query_item[1].shape[:2]),
-                  "input": q_seen[0], "note": q_note[0]},
+        "query": {
+            "name": query_item[0],
+            "image": display_image(query_item[1]),
+            "size": list(query_item[1].shape[:2]),
+            "input": q_seen[0],
+            "note": q_note[0],
+        },
         "gallery": [
-            {"name": name, "score": float(scores[i]), "rank": int(ranks[i]), "explained": i in explained,
-             **_verdict(float(scores[i]), decision)}
+            {
+                "name": name,
+                "score": float(scores[i]),
+                "rank": int(ranks[i]),
+                "explained": i in explained,
+                **_verdict(float(scores[i]), decision),
+            }
             for i, (name, _) in enumerate(gallery_items)
         ],
         "gallery_folders": gallery_given,
@@ -245,7 +262,7 @@ def explain_images(
             "reference_index": i,
             "score": score,
             **_verdict(score, decision),
-            "reference_image": _display(image),
+            "reference_image": display_image(image),
             "reference_size": list(image.shape[:2]),
             "reference_input": ref_seen[i],
             "reference_note": ref_notes[i],
@@ -255,40 +272,24 @@ def explain_images(
         results["pairs"].append(pair)
 
     tick = time.perf_counter()
+    named = _named(methods)
     failed: List[str] = []
     for name in chosen:
         spec = explainers()[name]
         short = spec.short or name
-        for p, pair in enumerate(results["pairs"]):
-            entry: Dict[str, Any] = {"name": name, "seconds": None, "maps": None, "error": None}
-            pair["methods"][short] = entry
-            x1 = q_input
-            x2 = ref_inputs[pair["reference_index"] : pair["reference_index"] + 1]
-            if spec.needs_layer and layer_module is None:
-                entry["error"] = f"skipped: {name} explains a layer, and {layer_info['layer_choice']}"
-                continue
-            say.step(short, p, len(results["pairs"]))
-            began = time.perf_counter()
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    a1, a2, extra = explain_pair_detailed(sim, x1, x2, layer_module, name)
-            except Exception as err:  # a method that cannot explain this model says so
-                entry["error"] = _error_text(err)
-                continue
-            finally:
-                entry["seconds"] = time.perf_counter() - began
-            entry["maps"] = [_numpy(a1[0]), _numpy(a2[0])]
-            if not (np.isfinite(entry["maps"][0]).all() and np.isfinite(entry["maps"][1]).all()):
-                results["warnings"].append(f"{short} on pair {p}: the maps contain NaN or infinite values")
-            _extra(entry, short, extra)
-        say.done(short, [pair["methods"][short] for pair in results["pairs"]])
-        errors = {pair["methods"][short]["error"] for pair in results["pairs"]} - {None}
-        for text in errors:
-            explicit = not spec.default or "default" not in _selection_items(methods)
+        entries = _run_method(
+            name, sim, q_input, ref_inputs, results["pairs"], layer_module, layer_info, say
+        )
+        for p, entry in enumerate(entries):
+            maps = entry["maps"]
+            if maps is not None and not (np.isfinite(maps[0]).all() and np.isfinite(maps[1]).all()):
+                results["warnings"].append(
+                    f"{short} on pair {p}: the maps contain NaN or infinite values"
+                )
+        for text in sorted({e["error"] for e in entries} - {None}):
             message = f"{short} ({name}): {text}"
-            (results["errors"] if explicit else results["warnings"]).append(message)
-            if explicit:
+            (results["errors"] if name in named else results["warnings"]).append(message)
+            if name in named and short not in failed:
                 failed.append(short)
     seconds["explaining"] = time.perf_counter() - tick
 
@@ -301,9 +302,60 @@ def explain_images(
     return results
 
 
-def _selection_items(methods: Union[str, Sequence[str]]) -> List[str]:
+def _named(methods: Union[str, Sequence[str]]) -> List[str]:
+    """The registered names of the methods named one by one (not through
+    ``default`` or ``all``): one of those failing is a failure of the command."""
     items = methods.split(",") if isinstance(methods, str) else list(methods)
-    return [str(m).strip() for m in items]
+    single = [i for i in (str(m).strip() for m in items) if i and i not in SELECTIONS]
+    return resolve_methods(single) if single else []
+
+
+def _run_method(
+    name: str,
+    sim: SiameseSimilarity,
+    q_input: Tensor,
+    ref_inputs: Tensor,
+    pairs: List[Dict[str, Any]],
+    layer_module: Any,
+    layer_info: Dict[str, Any],
+    say: Progress,
+) -> List[Dict[str, Any]]:
+    """Runs one registered method on every explained pair, :data:`PAIR_BATCH`
+    pairs per call (the query's rows are identical, so methods run it once),
+    and stores each pair's entry under the method's short name."""
+    spec = explainers()[name]
+    short = spec.short or name
+    entries = []
+    for pair in pairs:
+        entry: Dict[str, Any] = {"name": name, "seconds": None, "maps": None, "error": None}
+        pair["methods"][short] = entry
+        entries.append(entry)
+        if spec.needs_layer and layer_module is None:
+            entry["error"] = f"skipped: {name} explains a layer, and {layer_info['layer_choice']}"
+    todo = [p for p, e in enumerate(entries) if e["error"] is None]
+    say.start(short, len(todo))
+    for begin in range(0, len(todo), PAIR_BATCH):
+        chunk = todo[begin : begin + PAIR_BATCH]
+        x2 = ref_inputs[[pairs[p]["reference_index"] for p in chunk]]
+        x1 = q_input.expand(len(chunk), *q_input.shape[1:])
+        began = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                a1, a2, extra = explain_pair_detailed(sim, x1, x2, layer_module, name)
+            error = None
+        except Exception as err:  # a method that cannot explain this model says so
+            error = _error_text(err)
+        took = (time.perf_counter() - began) / len(chunk)  # per pair, averaged over the batch
+        for j, p in enumerate(chunk):
+            entry = entries[p]
+            entry["seconds"], entry["error"] = took, error
+            if error is None:
+                entry["maps"] = [_numpy(a1[j]), _numpy(a2[j])]
+                _extra(entry, extra, j)
+        say.advance(len(chunk))
+    say.done(entries)
+    return entries
 
 
 def _methods(methods: Union[str, Sequence[str]]) -> List[str]:
@@ -321,7 +373,9 @@ def _device(device: str) -> torch.device:
     except RuntimeError as err:
         raise UsageError(f"--device must be cpu, cuda or auto, got {device!r}") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: this PyTorch has no CUDA device available (use cpu or auto)")
+        raise UsageError(
+            "--device cuda: this PyTorch has no CUDA device available (use cpu or auto)"
+        )
     return dev
 
 
@@ -339,7 +393,9 @@ def _images(
     if not references:
         raise UsageError("give at least one REFERENCE image or gallery folder")
     if not str(query).startswith(SAMPLE_PREFIX) and Path(query).is_dir():
-        raise UsageError(f"QUERY must be one image, but {query} is a folder (folders go after it, as galleries)")
+        raise UsageError(
+            f"QUERY must be one image, but {query} is a folder (folders go after it, as galleries)"
+        )
     try:
         query_item = load_image(query)
         items: List[Tuple[str, np.ndarray]] = []
@@ -353,22 +409,6 @@ def _images(
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(str(err)) from err
     return query_item, items, folders
-
-
-def _normalization(normalize: str) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]:
-    if normalize in NORMALIZATIONS:
-        return NORMALIZATIONS[normalize]
-    try:
-        values = [float(v) for v in normalize.split(",")]
-    except ValueError:
-        values = []
-    if len(values) == 2:
-        return (values[0],) * 3, (values[1],) * 3
-    if len(values) == 6:
-        return tuple(values[:3]), tuple(values[3:])
-    raise UsageError(
-        f"--normalize must be imagenet, none, MEAN,STD or three means then three stds, got {normalize!r}"
-    )
 
 
 def _size(size: Optional[Sequence[int]], loaded: LoadedModel) -> Tuple[int, int]:
@@ -385,66 +425,17 @@ def _size(size: Optional[Sequence[int]], loaded: LoadedModel) -> Tuple[int, int]
     return tuple(loaded.input_size) if loaded.input_size is not None else DEFAULT_SIZE
 
 
-class _Preprocess:
-    """Images as given -> model inputs, display images of what the model sees,
-    and a note per image."""
-
-    def __init__(self, loaded: LoadedModel, size: Tuple[int, int], mean_std) -> None:
-        self.faces = loaded.kind == DLIB_FACE
-        self.size = size
-        self.mean_std = mean_std
-        if self.faces:
-            how = (
-                "face chips as dlib makes them (5-point landmark alignment, dlib.get_face_chip, "
-                "padding 0.25)" if dlib_available() else
-                "padded to a square by repeating edge pixels, then resized (dlib is not installed: "
-                "no alignment)"
-            )
-            self.description = f"{how}, {size[0]}x{size[1]} RGB in [0, 1]; the model normalises itself"
-        else:
-            norm = "no normalisation" if mean_std is None else (
-                f"normalised with mean {list(mean_std[0])} and std {list(mean_std[1])}"
-            )
-            self.description = f"resized to {size[0]}x{size[1]} (aspect ratio not kept), RGB in [0, 1], {norm}"
-
-    def __call__(self, images: List[np.ndarray], say: Optional["_Reporter"] = None, what: str = ""):
-        if self.faces:
-            chips, detected = face_chips(images, align="auto", return_detected=True)
-            seen = chips
-            aligned = dlib_available()
-            notes = [
-                ("aligned on a detected face" if d else "no face detected: landmarks searched in the "
-                 "whole image") if aligned else "padded to a square and resized"
-                for d in detected.tolist()
-            ]
-            inputs = chips
-        else:
-            from skimage.transform import resize
-
-            seen_list, notes = [], []
-            for image in images:
-                arr = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
-                if tuple(arr.shape[:2]) != tuple(self.size):
-                    arr = resize(arr, self.size, order=1, anti_aliasing=True).astype(np.float32)
-                    notes.append(f"resized from {image.shape[0]}x{image.shape[1]}")
-                else:
-                    notes.append("used at its size")
-                seen_list.append(torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))))
-            seen = torch.stack(seen_list)
-            inputs = seen
-            if self.mean_std is not None:
-                mean = torch.tensor(self.mean_std[0]).view(1, 3, 1, 1)
-                std = torch.tensor(self.mean_std[1]).view(1, 3, 1, 1)
-                inputs = (seen - mean) / std
-        display = [_display(s.permute(1, 2, 0).numpy()) for s in seen]
-        return inputs.float(), display, notes
-
-
 def _layer(loaded: LoadedModel, layer: Optional[str], example: Tensor) -> Dict[str, Any]:
     if not loaded.layers:
         if layer:
-            raise UsageError(f"--layer {layer}: the layers of a {loaded.kind} model cannot be hooked")
-        return {"layer": None, "layer_choice": f"a {loaded.kind} model's layers cannot be hooked", "layer_grid": None}
+            raise UsageError(
+                f"--layer {layer}: the layers of a {loaded.kind} model cannot be hooked"
+            )
+        return {
+            "layer": None,
+            "layer_choice": f"a {loaded.kind} model's layers cannot be hooked",
+            "layer_grid": None,
+        }
     model = loaded.embedder
     if layer:
         try:
@@ -459,10 +450,17 @@ def _layer(loaded: LoadedModel, layer: Optional[str], example: Tensor) -> Dict[s
     try:
         chosen = default_layer(model, example)
     except Exception as err:  # a model whose layers cannot be listed
-        return {"layer": None, "layer_choice": f"no layer could be listed ({_error_text(err)})", "layer_grid": None}
+        return {
+            "layer": None,
+            "layer_choice": f"no layer could be listed ({_error_text(err)})",
+            "layer_grid": None,
+        }
     if chosen is None:
-        return {"layer": None, "layer_choice": "no layer of the model outputs a grid of cells: pass --layer",
-                "layer_grid": None}
+        return {
+            "layer": None,
+            "layer_choice": "no layer of the model outputs a grid of cells: pass --layer",
+            "layer_grid": None,
+        }
     return {
         "layer": chosen.name,
         "layer_choice": f"chosen by default: the last layer with a grid of at least "
@@ -499,7 +497,11 @@ def _verdict(score: float, decision: Optional[Dict[str, Any]]) -> Dict[str, Any]
     if decision is None:
         return {"verdict": None, "accepted": None}
     accepted = -score < decision["threshold"]
-    return {"verdict": decision["accept" if accepted else "reject"], "accepted": accepted, "distance": -score}
+    return {
+        "verdict": decision["accept" if accepted else "reject"],
+        "accepted": accepted,
+        "distance": -score,
+    }
 
 
 def near_identical(score: float, similarity: str, threshold: Optional[float]) -> bool:
@@ -533,42 +535,73 @@ def _pair_notes(score: float, similarity: str, threshold: Optional[float]) -> Li
     ]
 
 
-def _extra(entry: Dict[str, Any], short: str, extra: Any) -> None:
+def _extra(entry: Dict[str, Any], extra: Any, j: int) -> None:
+    """Stores pair ``j``'s part of a method's detailed result (PAIR-X's
+    matches, BiLRP's links) in its entry."""
     if extra is None:
         return
     if isinstance(extra, list) and extra and hasattr(extra[0], "points1"):
-        result = extra[0]
-        plausibility = {k: float(v[0]) for k, v in match_plausibility(result).items()} if len(result) else {}
+        result = extra[j]
+        plausibility = (
+            {k: float(v[0]) for k, v in match_plausibility(result).items()} if len(result) else {}
+        )
         entry["matches"] = {
             "count": len(result),
             "plausibility": plausibility,
-            **{f: _numpy(getattr(result, f)) for f in (
-                "points1", "points2", "cells1", "cells2", "distance", "relevance",
-                "layer_relevance1", "layer_relevance2")},
+            **{
+                f: _numpy(getattr(result, f))
+                for f in (
+                    "points1",
+                    "points2",
+                    "cells1",
+                    "cells2",
+                    "distance",
+                    "relevance",
+                    "layer_relevance1",
+                    "layer_relevance2",
+                )
+            },
             # per-match pixel maps summed over channels (what the figure draws), (k, 1, H, W)
-            **{f: _numpy(getattr(result, f).sum(1, keepdim=True)) for f in (
-                "pixel_relevance1", "pixel_relevance2")},
+            **{
+                f: _numpy(getattr(result, f).sum(1, keepdim=True))
+                for f in ("pixel_relevance1", "pixel_relevance2")
+            },
         }
     elif isinstance(extra, dict) and "relevance" in extra:
-        entry["links"] = {"relevance": _numpy(extra["relevance"][0]), "patch_size": int(extra["patch_size"])}
+        entry["links"] = {
+            "relevance": _numpy(extra["relevance"][j]),
+            "patch_size": int(extra["patch_size"]),
+        }
 
 
 def _faithfulness(results, sim, q_input, ref_inputs, say) -> str:
+    """Insertion and deletion curves of every map, both sides of each pair;
+    returns what removed pixels become."""
     side = min(q_input.shape[-2:])
     sigma = max(1.0, round(side / 30, 1))
     fill = f"the image blurred (Gaussian, sigma {sigma:g} px)"
-    for p, pair in enumerate(results["pairs"]):
-        x1 = q_input
-        x2 = ref_inputs[pair["reference_index"] : pair["reference_index"] + 1]
-        for short, entry in pair["methods"].items():
-            if entry["maps"] is None:
-                continue
-            say.step(f"faithfulness {short}", p, len(results["pairs"]))
+    shorts = list(results["pairs"][0]["methods"]) if results["pairs"] else []
+    for short in shorts:
+        todo = [pair for pair in results["pairs"] if pair["methods"][short]["maps"] is not None]
+        say.start(f"faithfulness {short}", len(todo))
+        for pair in todo:
+            entry = pair["methods"][short]
+            x1 = q_input
+            x2 = ref_inputs[pair["reference_index"] : pair["reference_index"] + 1]
             curves = {}
-            for which, x, a, ref in (("query", x1, entry["maps"][0], x2), ("reference", x2, entry["maps"][1], x1)):
+            for which, x, a, ref in (
+                ("query", x1, entry["maps"][0], x2),
+                ("reference", x2, entry["maps"][1], x1),
+            ):
                 r = insertion_deletion(
-                    sim, x, torch.as_tensor(a)[None].to(x), ref, n_steps=FAITHFULNESS_STEPS,
-                    baselines="blur", blur_sigma=sigma, max_examples_per_batch=64,
+                    sim,
+                    x,
+                    torch.as_tensor(a)[None].to(x),
+                    ref,
+                    n_steps=FAITHFULNESS_STEPS,
+                    baselines="blur",
+                    blur_sigma=sigma,
+                    max_examples_per_batch=64,
                 )
                 curves[which] = {
                     "fractions": _numpy(r.fractions),
@@ -580,7 +613,8 @@ def _faithfulness(results, sim, q_input, ref_inputs, say) -> str:
                     "deletion_auc": float(r.deletion_auc[0]),
                 }
             entry["faithfulness"] = curves
-        say.done("faithfulness", [])
+            say.advance(1)
+        say.done([])
     return fill
 
 
@@ -589,18 +623,6 @@ def _numpy(t: Any) -> np.ndarray:
         t = t.detach().cpu()
         return t.numpy().astype(np.float32) if t.is_floating_point() else t.numpy()
     return np.asarray(t)
-
-
-def _display(image: np.ndarray) -> np.ndarray:
-    """An image for display: downscaled to at most DISPLAY_SIDE pixels, uint8."""
-    arr = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
-    scale = DISPLAY_SIDE / max(arr.shape[:2])
-    if scale < 1:
-        from skimage.transform import resize
-
-        shape = (max(1, round(arr.shape[0] * scale)), max(1, round(arr.shape[1] * scale)))
-        arr = resize(arr, shape, order=1, anti_aliasing=True)
-    return np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
 
 
 def _error_text(err: BaseException) -> str:
@@ -614,52 +636,12 @@ def _versions() -> Dict[str, str]:
     return {
         "captum_similarity": __version__,
         "torch": torch.__version__,
+        "torch_threads": str(torch.get_num_threads()),
         "captum": getattr(captum, "__version__", "?"),
         "numpy": np.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
-
-
-class _Reporter:
-    """Progress on standard error: a bar per method (over its pairs) on a
-    terminal, one plain line per step otherwise."""
-
-    def __init__(self, bars: bool) -> None:
-        self.bars = bars
-        self._bar = None
-        self._label = None
-
-    def line(self, text: str) -> None:
-        self._close()
-        print(text, file=sys.stderr, flush=True)
-
-    def step(self, label: str, index: int, total: int) -> None:
-        if self.bars:
-            if self._label != label:
-                self._close()
-                from tqdm.auto import tqdm
-
-                self._bar = tqdm(total=total, desc=label, unit="pair", file=sys.stderr, leave=True)
-                self._label = label
-            else:
-                self._bar.update(1)
-        else:
-            print(f"{label}: pair {index + 1} of {total}", file=sys.stderr, flush=True)
-
-    def done(self, label: str, entries: List[Dict[str, Any]]) -> None:
-        if self._bar is not None and self._label == label:
-            self._bar.update(1)
-        self._close()
-        if not self.bars and entries:
-            took = sum(e["seconds"] or 0.0 for e in entries)
-            failed = [e["error"] for e in entries if e["error"]]
-            print(f"{label}: {took:.1f} s" + (f" ({failed[0]})" if failed else ""), file=sys.stderr, flush=True)
-
-    def _close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-        self._bar, self._label = None, None
 
 
 # -- the command line ------------------------------------------------------------
@@ -687,51 +669,110 @@ def _parser() -> argparse.ArgumentParser:
         help="explain a query image against reference images or a gallery folder",
         description="Explain a query image against reference images or a gallery folder, and "
         "write report.html, results.json and maps.npz.",
-        epilog="methods (--methods, comma-separated; 'default' or 'all'):\n" + _method_help()
+        epilog="methods (--methods, comma-separated; 'default' or 'all'):\n"
+        + _method_help()
         + "\n\nsample images (sample:NAME, ship with the install):\n  "
         + ", ".join(sample_names()),
     )
     explain.add_argument("query", metavar="QUERY", help="an image file, or sample:NAME")
     explain.add_argument(
-        "references", metavar="REFERENCE", nargs="+",
+        "references",
+        metavar="REFERENCE",
+        nargs="+",
         help="image files, sample:NAME entries or folders (a gallery: every image, "
         "recursively, is scored against the query and ranked)",
     )
     explain.add_argument("--model", required=True, metavar="SPEC", help=MODEL_SPEC_FORMS)
-    explain.add_argument("--weights", metavar="FILE",
-                         help="state dict or checkpoint with 'state_dict' for a module:callable "
-                         "model (read with torch.load(weights_only=True))")
-    explain.add_argument("--layer", metavar="NAME",
-                         help="dotted name of the layer for layer methods (default: the last layer "
-                         f"with a grid of at least {DEFAULT_MIN_GRID}x{DEFAULT_MIN_GRID} cells)")
-    explain.add_argument("--methods", default="default", metavar="M,...",
-                         help="methods by short name (listed below); default: the fast ones")
-    explain.add_argument("--similarity", choices=list(SIMILARITIES), default=None,
-                         help="default: euclidean for dlib-face, else cosine")
-    explain.add_argument("--size", nargs=2, type=int, metavar=("H", "W"), default=None,
-                         help=f"resize images to H W (default: the model's size, else "
-                         f"{DEFAULT_SIZE[0]} {DEFAULT_SIZE[1]})")
-    explain.add_argument("--normalize", default="none", metavar="imagenet|none|MEAN,STD",
-                         help="input normalisation after resizing (default: none)")
-    explain.add_argument("--device", default="cpu", metavar="cpu|cuda|auto",
-                         help="where the model and every method run (default: cpu)")
-    explain.add_argument("--top-k", type=int, default=None, metavar="K",
-                         help=f"explain the K best ranked references (default: {DEFAULT_TOP_K})")
-    explain.add_argument("--faithfulness", action="store_true",
-                         help="also draw insertion/deletion curves of every map (about "
-                         f"{4 * FAITHFULNESS_STEPS} forward passes per method and pair)")
-    explain.add_argument("--out", type=Path, default=Path("captum_similarity_report"), metavar="DIR",
-                         help="output folder (default: captum_similarity_report)")
+    explain.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="state dict or checkpoint with 'state_dict' for a module:callable "
+        "model (read with torch.load(weights_only=True))",
+    )
+    explain.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="dotted name of the layer for layer methods (default: the last layer "
+        f"with a grid of at least {DEFAULT_MIN_GRID}x{DEFAULT_MIN_GRID} cells)",
+    )
+    explain.add_argument(
+        "--methods",
+        default="default",
+        metavar="M,...",
+        help="methods by short name (listed below); default: the fast ones",
+    )
+    explain.add_argument(
+        "--similarity",
+        choices=list(SIMILARITIES),
+        default=None,
+        help="default: euclidean for dlib-face, else cosine",
+    )
+    explain.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        default=None,
+        help=f"resize images to H W (default: the model's size, else "
+        f"{DEFAULT_SIZE[0]} {DEFAULT_SIZE[1]})",
+    )
+    explain.add_argument(
+        "--normalize",
+        default="none",
+        metavar="imagenet|none|MEAN,STD",
+        help="input normalisation after resizing (default: none)",
+    )
+    explain.add_argument(
+        "--device",
+        default="cpu",
+        metavar="cpu|cuda|auto",
+        help="where the model and every method run (default: cpu)",
+    )
+    explain.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"explain the K best ranked references (default: {DEFAULT_TOP_K})",
+    )
+    explain.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="also draw insertion/deletion curves of every map (about "
+        f"{4 * FAITHFULNESS_STEPS} forward passes per method and pair)",
+    )
+    explain.add_argument(
+        "--out",
+        type=Path,
+        default=Path("captum_similarity_report"),
+        metavar="DIR",
+        help="output folder (default: captum_similarity_report)",
+    )
     explain.add_argument("--seed", type=int, default=0, help="seed of torch and numpy (default: 0)")
+    explain.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads of torch (default: torch's own, one per core; 1 is "
+        "faster on a machine busy with other jobs)",
+    )
     explain.add_argument("--debug", action="store_true", help="show tracebacks")
     samples = sub.add_parser(
-        "samples", help="write the images that ship with the install to a folder",
+        "samples",
+        help="write the images that ship with the install to a folder",
         description="Write the sample images (astronaut, an altered copy, another face and a few "
         "scikit-image photos) to a folder, as PNG files.",
     )
     samples.add_argument("out", type=Path, metavar="DIR")
-    samples.add_argument("--names", nargs="+", default=None, choices=list(sample_names()),
-                         metavar="NAME", help=f"which (default: {', '.join(SAMPLE_SET)})")
+    samples.add_argument(
+        "--names",
+        nargs="+",
+        default=None,
+        choices=list(sample_names()),
+        metavar="NAME",
+        help=f"which (default: {', '.join(SAMPLE_SET)})",
+    )
     return parser
 
 
@@ -764,12 +805,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "samples":
         return _run_samples(args)
     command = "captum-similarity " + " ".join(shlex.quote(a) for a in argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     try:
         results = explain_images(
-            args.query, args.references, args.model, weights=args.weights, layer=args.layer,
-            methods=args.methods, similarity=args.similarity, size=args.size,
-            normalize=args.normalize, device=args.device, top_k=args.top_k,
-            faithfulness=args.faithfulness, seed=args.seed, command=command,
+            args.query,
+            args.references,
+            args.model,
+            weights=args.weights,
+            layer=args.layer,
+            methods=args.methods,
+            similarity=args.similarity,
+            size=args.size,
+            normalize=args.normalize,
+            device=args.device,
+            top_k=args.top_k,
+            faithfulness=args.faithfulness,
+            seed=args.seed,
+            command=command,
         )
         tick = time.perf_counter()
         args.out.mkdir(parents=True, exist_ok=True)
@@ -785,11 +840,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as err:  # unexpected: one line, the traceback with --debug
         if args.debug:
             traceback.print_exc()
-        print(f"captum-similarity: error: {_error_text(err)} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"captum-similarity: error: {_error_text(err)} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
     _summary(results, report, json_path, npz_path)
-    explained = any(e["maps"] is not None for pair in results["pairs"] for e in pair["methods"].values())
+    explained = any(
+        e["maps"] is not None for pair in results["pairs"] for e in pair["methods"].values()
+    )
     if results["failed_methods"] or not explained:
         return 1
     return 0
@@ -803,8 +862,10 @@ def _summary(results: Dict[str, Any], report: Path, json_path: Path, npz_path: P
         print(f"warning: {text}", file=sys.stderr)
     for text in results["errors"]:
         print(f"error: {text}", file=sys.stderr)
-    print(f"done in {results['seconds']['total'] + results['seconds'].get('report', 0.0):.1f} s; "
-          f"results: {json_path}, maps: {npz_path}")
+    print(
+        f"done in {results['seconds']['total'] + results['seconds'].get('report', 0.0):.1f} s; "
+        f"results: {json_path}, maps: {npz_path}"
+    )
     print(f"report: {report.resolve()}")
 
 

@@ -118,7 +118,8 @@ def register(
 ) -> Callable[[ExplainFn], ExplainFn]:
     """Decorator adding ``fn`` to the registry under ``name`` (and the short
     name ``short``); the arguments are :class:`PairExplainer`'s fields."""
-    if short is not None and (not short or short in SELECTIONS or not short.replace("-", "").isalnum()):
+    valid = short is None or (short.replace("-", "").isalnum() and short not in SELECTIONS)
+    if not valid:
         raise ValueError(
             f"short name {short!r} must be letters, digits and '-', and not one of {SELECTIONS}"
         )
@@ -127,7 +128,8 @@ def register(
         if name in _REGISTRY:
             raise ValueError(f"an explainer named {name!r} is already registered")
         if short is not None and short in short_names():
-            raise ValueError(f"the short name {short!r} is already taken by {short_names()[short]!r}")
+            taken = short_names()[short]
+            raise ValueError(f"the short name {short!r} is already taken by {taken!r}")
         _REGISTRY[name] = PairExplainer(
             name, fn, needs_layer, black_box, baseline, short, default, cost, detail
         )
@@ -183,7 +185,9 @@ def resolve_methods(selection: Union[str, Iterable[str]]) -> List[str]:
             )
         chosen.extend(n for n in names if n not in chosen)
     if not chosen:
-        raise ValueError(f"no method selected; choose from {', '.join(shorts)} or {' or '.join(SELECTIONS)}")
+        raise ValueError(
+            f"no method selected; choose from {', '.join(shorts)} or {' or '.join(SELECTIONS)}"
+        )
     return chosen
 
 

@@ -9,7 +9,8 @@ so it opens from the file system, offline, and can be mailed as is.
 arrays) and ``maps.npz`` (the arrays); each array's place in the JSON holds
 ``{"npz": KEY, "shape": [...]}``, its key in the ``.npz`` file.
 
-The results dict (arrays are numpy arrays; images ``(H, W, 3)`` uint8; maps ``(C, H, W)`` input attributions or ``(1, h, w)`` layer maps):
+The results dict (arrays are numpy arrays; images ``(H, W, 3)`` uint8; maps
+``(C, H, W)`` input attributions or ``(1, h, w)`` layer maps):
 
 - ``command``, ``created``, ``versions``, ``device``, ``seed``, ``seconds``
   (``model``, ``images``, ``scoring``, ``explaining``, ``faithfulness``,
@@ -127,7 +128,9 @@ def _split(value: Any, key: str, arrays: Dict[str, np.ndarray]) -> Any:
         arrays[key] = value
         return {"npz": key, "shape": list(value.shape)}
     if isinstance(value, dict):
-        return {str(k): _split(v, f"{key}/{k}" if key else str(k), arrays) for k, v in value.items()}
+        return {
+            str(k): _split(v, f"{key}/{k}" if key else str(k), arrays) for k, v in value.items()
+        }
     if isinstance(value, (list, tuple)):
         return [_split(v, f"{key}/{i}", arrays) for i, v in enumerate(value)]
     if isinstance(value, (np.floating, np.integer, np.bool_)):
@@ -201,12 +204,22 @@ def _header(results: Dict[str, Any]) -> List[str]:
     model = results["model"]
     rows = [
         ("command", f"<code>{_e(results['command'])}</code>"),
-        ("model", f"<code>{_e(model['spec'])}</code>: {_e(model['description'])}"
-         + (f"; weights <code>{_e(model['weights'])}</code>" if model.get("weights") else "")
-         + (f" ({_e('; '.join(model['notes']))})" if model.get("notes") else "")),
-        ("explained layer", (f"<code>{_e(model['layer'])}</code>" if model.get("layer") else "none")
-         + (f", grid {model['layer_grid'][0]}x{model['layer_grid'][1]}" if model.get("layer_grid") else "")
-         + f" ({_e(model['layer_choice'])})"),
+        (
+            "model",
+            f"<code>{_e(model['spec'])}</code>: {_e(model['description'])}"
+            + (f"; weights <code>{_e(model['weights'])}</code>" if model.get("weights") else "")
+            + (f" ({_e('; '.join(model['notes']))})" if model.get("notes") else ""),
+        ),
+        (
+            "explained layer",
+            (f"<code>{_e(model['layer'])}</code>" if model.get("layer") else "none")
+            + (
+                f", grid {model['layer_grid'][0]}x{model['layer_grid'][1]}"
+                if model.get("layer_grid")
+                else ""
+            )
+            + f" ({_e(model['layer_choice'])})",
+        ),
         ("score", f"s = {_e(model['score_meaning'])}; larger is more similar"),
     ]
     if model.get("decision"):
@@ -214,21 +227,36 @@ def _header(results: Dict[str, Any]) -> List[str]:
     rows += [
         ("images", _e(results["preprocessing"])),
         ("query", f"<code>{_e(results['query']['name'])}</code>"),
-        ("references", f"{len(results['gallery'])} scored"
-         + (f" (gallery folders: {_e(', '.join(results['gallery_folders']))})" if results.get("gallery_folders") else "")
-         + f"; the best {len(results['pairs'])} explained"),
+        (
+            "references",
+            f"{len(results['gallery'])} scored"
+            + (
+                f" (gallery folders: {_e(', '.join(results['gallery_folders']))})"
+                if results.get("gallery_folders")
+                else ""
+            )
+            + f"; the best {len(results['pairs'])} explained",
+        ),
         ("device", _e(results["device"])),
         ("created", _e(results["created"])),
     ]
     parts = ["<table>"] + [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows] + ["</table>"]
-    parts += ["<h3>Methods</h3>", "<table><tr><th>short name</th><th>method</th><th>cost per pair</th>"
-              "<th>time per pair (s)</th></tr>"]
+    parts += [
+        "<h3>Methods</h3>",
+        "<table><tr><th>short name</th><th>method</th><th>cost per pair</th>"
+        "<th>time per pair (s)</th></tr>",
+    ]
     for m in results["methods"]:
-        times = [pair["methods"].get(m["short"] or m["name"], {}).get("seconds") for pair in results["pairs"]]
+        times = [
+            pair["methods"].get(m["short"] or m["name"], {}).get("seconds")
+            for pair in results["pairs"]
+        ]
         times = [t for t in times if t is not None]
         mean = f"{sum(times) / len(times):.2f}" if times else "-"
-        parts.append(f"<tr><td><code>{_e(m['short'] or '')}</code></td><td>{_e(m['name'])}</td>"
-                     f"<td>{_e(m['cost'])}</td><td>{mean}</td></tr>")
+        parts.append(
+            f"<tr><td><code>{_e(m['short'] or '')}</code></td><td>{_e(m['name'])}</td>"
+            f"<td>{_e(m['cost'])}</td><td>{mean}</td></tr>"
+        )
     parts.append("</table>")
     for text in results.get("errors", []):
         parts.append(f'<div class="error">{_e(text)}</div>')
@@ -243,27 +271,41 @@ def _ranking(results: Dict[str, Any]) -> List[str]:
     pairs = results["pairs"]
     if pairs:
         hits = torch.stack([_image_tensor(p["reference_input"]) for p in pairs])
-        accepted = [bool(p["accepted"]) for p in pairs] if pairs[0].get("accepted") is not None else None
+        accepted = (
+            [bool(p["accepted"]) for p in pairs] if pairs[0].get("accepted") is not None else None
+        )
         decision = results["model"].get("decision")
         fig = visualize_ranking(
-            _image_tensor(results["query"]["input"]), hits, [p["score"] for p in pairs],
-            names=[p["reference"] for p in pairs], accepted=accepted,
-            decision_labels=(decision["accept"], decision["reject"]) if decision else ("accepted", "rejected"),
-            query_name=f"query: {results['query']['name']}", gallery_size=len(gallery),
+            _image_tensor(results["query"]["input"]),
+            hits,
+            [p["score"] for p in pairs],
+            names=[p["reference"] for p in pairs],
+            accepted=accepted,
+            decision_labels=(decision["accept"], decision["reject"])
+            if decision
+            else ("accepted", "rejected"),
+            query_name=f"query: {results['query']['name']}",
+            gallery_size=len(gallery),
         )
         parts.append(_img(fig, "the query and its best ranked references"))
-    parts.append("<table><tr><th>rank</th><th>reference</th><th>s</th><th>verdict</th><th>explained</th></tr>")
+    parts.append(
+        "<table><tr><th>rank</th><th>reference</th><th>s</th><th>verdict</th><th>explained</th></tr>"
+    )
     for g in gallery:
-        parts.append(f"<tr><td>{g['rank']}</td><td><code>{_e(g['name'])}</code></td><td>{g['score']:.4f}</td>"
-                     f"<td>{_e(g.get('verdict') or '')}</td><td>{'yes' if g['explained'] else ''}</td></tr>")
+        parts.append(
+            f"<tr><td>{g['rank']}</td><td><code>{_e(g['name'])}</code></td><td>{g['score']:.4f}</td>"
+            f"<td>{_e(g.get('verdict') or '')}</td><td>{'yes' if g['explained'] else ''}</td></tr>"
+        )
     parts.append("</table>")
     return parts
 
 
 def _pair_section(results: Dict[str, Any], p: int, pair: Dict[str, Any]) -> List[str]:
     query = results["query"]
-    parts = [f'<h2 id="pair-{p}">Rank {pair["rank"]}: <code>{_e(query["name"])}</code> vs '
-             f'<code>{_e(pair["reference"])}</code></h2>']
+    parts = [
+        f'<h2 id="pair-{p}">Rank {pair["rank"]}: <code>{_e(query["name"])}</code> vs '
+        f"<code>{_e(pair['reference'])}</code></h2>"
+    ]
     score = f"s = {pair['score']:.4f}"
     if pair.get("distance") is not None:
         score += f" (distance {pair['distance']:.4f})"
@@ -274,11 +316,17 @@ def _pair_section(results: Dict[str, Any], p: int, pair: Dict[str, Any]) -> List
     for label, image, note in (
         (f"query as given ({query['size'][0]}x{query['size'][1]})", query["image"], ""),
         ("query as the model sees it", query["input"], query.get("note", "")),
-        (f"reference as given ({pair['reference_size'][0]}x{pair['reference_size'][1]})", pair["reference_image"], ""),
+        (
+            f"reference as given ({pair['reference_size'][0]}x{pair['reference_size'][1]})",
+            pair["reference_image"],
+            "",
+        ),
         ("reference as the model sees it", pair["reference_input"], pair.get("reference_note", "")),
     ):
         caption = _e(label) + (f"<br><span class='small'>{_e(note)}</span>" if note else "")
-        parts.append(f"<figure>{_img_array(image, label)}<figcaption>{caption}</figcaption></figure>")
+        parts.append(
+            f"<figure>{_img_array(image, label)}<figcaption>{caption}</figcaption></figure>"
+        )
     parts.append("</div>")
     for text in pair.get("notes", []):
         parts.append(f'<div class="note">{_e(text)}</div>')
@@ -293,11 +341,16 @@ def _pair_section(results: Dict[str, Any], p: int, pair: Dict[str, Any]) -> List
     if chunks:
         parts.append("<h3>Maps</h3>")
     for chunk in chunks:
-        maps = {f"{s}: {drawn[s]['name']}": tuple(_map_tensor(m) for m in drawn[s]["maps"]) for s in chunk}
+        maps = {
+            f"{s}: {drawn[s]['name']}": tuple(_map_tensor(m) for m in drawn[s]["maps"])
+            for s in chunk
+        }
         suptitle = f"rank {pair['rank']}, s = {pair['score']:.4f}"
         if pair.get("notes"):  # said on the figure too, not only in the page
-            suptitle += ("\nnear-identical pair: gradient maps of s show what would make the "
-                         "images more alike, not the evidence (see the note)")
+            suptitle += (
+                "\nnear-identical pair: gradient maps of s show what would make the "
+                "images more alike, not the evidence (see the note)"
+            )
         fig = visualize_pair(x1, x2, maps, sign="all", titles=titles, suptitle=suptitle)
         parts.append(_img(fig, f"maps of {', '.join(chunk)} for pair {p}"))
     failed = {s: e for s, e in methods.items() if e.get("error")}
@@ -313,7 +366,9 @@ def _pair_section(results: Dict[str, Any], p: int, pair: Dict[str, Any]) -> List
     if bilrp and bilrp.get("links") is not None:
         relevance = torch.as_tensor(np.asarray(bilrp["links"]["relevance"]))[None]
         fig = Figure(figsize=(7, 4.2), layout="constrained")
-        visualize_links(x1, x2, relevance, int(bilrp["links"]["patch_size"]), k=12, ax=fig.add_subplot(1, 1, 1))
+        visualize_links(
+            x1, x2, relevance, int(bilrp["links"]["patch_size"]), k=12, ax=fig.add_subplot(1, 1, 1)
+        )
         parts += ["<h3>BiLRP: the strongest patch-to-patch links</h3>", _img(fig, "BiLRP links")]
     curves = {s: e["faithfulness"] for s, e in drawn.items() if e.get("faithfulness")}
     if curves:
@@ -328,9 +383,20 @@ def _pair_section(results: Dict[str, Any], p: int, pair: Dict[str, Any]) -> List
 def _pairx(x1, x2, m: Dict[str, Any], pair: Dict[str, Any], titles) -> List[str]:
     result = PairMatches(
         score=float(pair["score"]),
-        **{f: torch.as_tensor(np.asarray(m[f])) for f in (
-            "layer_relevance1", "layer_relevance2", "cells1", "cells2", "points1", "points2",
-            "relevance", "pixel_relevance1", "pixel_relevance2")},
+        **{
+            f: torch.as_tensor(np.asarray(m[f]))
+            for f in (
+                "layer_relevance1",
+                "layer_relevance2",
+                "cells1",
+                "cells2",
+                "points1",
+                "points2",
+                "relevance",
+                "pixel_relevance1",
+                "pixel_relevance2",
+            )
+        },
         distance=torch.zeros(int(m["count"])),
     )
     parts = ["<h3>PAIR-X: what the model matches between the two images</h3>"]
@@ -350,7 +416,9 @@ def _pairx(x1, x2, m: Dict[str, Any], pair: Dict[str, Any], titles) -> List[str]
     return parts
 
 
-def _faithfulness(results: Dict[str, Any], pair: Dict[str, Any], curves: Dict[str, Any]) -> List[str]:
+def _faithfulness(
+    results: Dict[str, Any], pair: Dict[str, Any], curves: Dict[str, Any]
+) -> List[str]:
     fill = (results.get("faithfulness") or {}).get("fill")
     parts = ["<h3>Faithfulness: insertion and deletion</h3>"]
     for which in ("query", "reference"):
@@ -364,17 +432,27 @@ def _faithfulness(results: Dict[str, Any], pair: Dict[str, Any], curves: Dict[st
                 torch.as_tensor(np.asarray(r["insertion_curve"]))[None, -1],
             )
         fig = visualize_insertion_deletion(
-            per_method, fill=fill, suptitle=f"{which} explained, scored against the other image",
+            per_method,
+            fill=fill,
+            suptitle=f"{which} explained, scored against the other image",
         )
         parts.append(_img(fig, f"insertion and deletion curves, {which}"))
-    parts.append("<table><tr><th>method</th><th>insertion AUC (query / reference)</th>"
-                 "<th>deletion AUC (query / reference)</th></tr>")
+    parts.append(
+        "<table><tr><th>method</th><th>insertion AUC (query / reference)</th>"
+        "<th>deletion AUC (query / reference)</th></tr>"
+    )
     for short, c in curves.items():
-        ins = " / ".join(_num(100 * c[w]["insertion_auc_normalized"], 1) for w in ("query", "reference"))
-        dele = " / ".join(_num(100 * c[w]["deletion_auc_normalized"], 1) for w in ("query", "reference"))
+        ins = " / ".join(
+            _num(100 * c[w]["insertion_auc_normalized"], 1) for w in ("query", "reference")
+        )
+        dele = " / ".join(
+            _num(100 * c[w]["deletion_auc_normalized"], 1) for w in ("query", "reference")
+        )
         parts.append(f"<tr><td><code>{_e(short)}</code></td><td>{ins}</td><td>{dele}</td></tr>")
-    parts.append("</table><p class='small'>Areas under the min-max normalised curves, x 100 (SANE): "
-                 "higher insertion and lower deletion mean a more faithful map.</p>")
+    parts.append(
+        "</table><p class='small'>Areas under the min-max normalised curves, x 100 (SANE): "
+        "higher insertion and lower deletion mean a more faithful map.</p>"
+    )
     return parts
 
 
@@ -405,7 +483,9 @@ def _pct(value: Optional[float]) -> str:
 
 
 def _num(value: Optional[float], digits: int = 2) -> str:
-    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
+    return (
+        "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
+    )
 
 
 def _image_tensor(image: Any) -> torch.Tensor:
@@ -432,7 +512,11 @@ def _img_array(image: Any, alt: str) -> str:
 
     buffer = io.BytesIO()
     arr = np.asarray(image)
-    mpimg.imsave(buffer, arr if arr.dtype == np.uint8 else np.clip(arr.astype(np.float32), 0, 1), format="png")
+    mpimg.imsave(
+        buffer,
+        arr if arr.dtype == np.uint8 else np.clip(arr.astype(np.float32), 0, 1),
+        format="png",
+    )
     return _img_bytes(buffer.getvalue(), alt)
 
 

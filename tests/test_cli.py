@@ -80,7 +80,9 @@ def workspace(tmp_path, monkeypatch):
     images = {}
     for name in ("query", "near", "far1", "far2", "far3"):
         images[name] = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    images["near"] = np.clip(images["query"].astype(int) + rng.integers(-8, 9, (16, 16, 3)), 0, 255).astype(np.uint8)
+    images["near"] = np.clip(
+        images["query"].astype(int) + rng.integers(-8, 9, (16, 16, 3)), 0, 255
+    ).astype(np.uint8)
     (tmp_path / "gallery" / "sub").mkdir(parents=True)
     for name, img in images.items():
         io.imsave(tmp_path / f"{name}.png", img, check_contrast=False)
@@ -98,7 +100,9 @@ def run(*args: str) -> int:
 
 def gradcam(sim, x1, x2):
     """What ``--methods gradcam`` computes for a cosine model (docs/embedding-gradcam.md)."""
-    return EmbeddingGradCAM(sim, "features").attribute((x1, x2), weighting="pair", relu_attributions=True)
+    return EmbeddingGradCAM(sim, "features").attribute(
+        (x1, x2), weighting="pair", relu_attributions=True
+    )
 
 
 def as_input(img: np.ndarray) -> torch.Tensor:
@@ -107,9 +111,23 @@ def as_input(img: np.ndarray) -> torch.Tensor:
 
 def test_python_file_model_with_weights_matches_the_methods_run_directly(workspace, capsys):
     out = workspace["root"] / "out"
-    status = run("explain", "query.png", "near.png", "far1.png", "--model", "usermodels.py:build",
-                 "--weights", "weights.pt", "--size", 16, 16, "--methods", "gradcam,saliency",
-                 "--out", out)
+    status = run(
+        "explain",
+        "query.png",
+        "near.png",
+        "far1.png",
+        "--model",
+        "usermodels.py:build",
+        "--weights",
+        "weights.pt",
+        "--size",
+        16,
+        16,
+        "--methods",
+        "gradcam,saliency",
+        "--out",
+        out,
+    )
     printed = capsys.readouterr()
     assert status == 0, printed.err
     assert f"report: {(out / 'report.html').resolve()}" in printed.out
@@ -122,7 +140,9 @@ def test_python_file_model_with_weights_matches_the_methods_run_directly(workspa
         expected = {f"{n}.png": float(sim(q, x)) for n, x in refs.items()}
     scores = {g["name"]: g["score"] for g in results["gallery"]}
     assert scores == pytest.approx(expected, abs=1e-5)  # the weights were loaded, not build()'s
-    assert [p["reference"] for p in results["pairs"]] == sorted(expected, key=expected.get, reverse=True)
+    assert [p["reference"] for p in results["pairs"]] == sorted(
+        expected, key=expected.get, reverse=True
+    )
     assert results["model"]["layer"] == "features"  # the last layer with a grid >= 7x7
     assert "chosen by default" in results["model"]["layer_choice"]
     for pair in results["pairs"]:
@@ -138,18 +158,36 @@ def test_python_file_model_with_weights_matches_the_methods_run_directly(workspa
     with np.load(out / "maps.npz") as arrays:
         key = document["pairs"][0]["methods"]["gradcam"]["maps"][0]["npz"]
         assert key == "pairs/0/methods/gradcam/maps/0"
-        np.testing.assert_array_equal(arrays[key], results["pairs"][0]["methods"]["gradcam"]["maps"][0])
+        np.testing.assert_array_equal(
+            arrays[key], results["pairs"][0]["methods"]["gradcam"]["maps"][0]
+        )
 
 
 def test_checkpoint_and_dotted_module_forms(workspace, capsys):
-    status = run("explain", "query.png", "near.png", "--model", "usermodels:build",
-                 "--weights", "checkpoint.pt", "--size", 16, 16, "--methods", "gradcam",
-                 "--out", "out")
+    status = run(
+        "explain",
+        "query.png",
+        "near.png",
+        "--model",
+        "usermodels:build",
+        "--weights",
+        "checkpoint.pt",
+        "--size",
+        16,
+        16,
+        "--methods",
+        "gradcam",
+        "--out",
+        "out",
+    )
     assert status == 0, capsys.readouterr().err
     results = load_results("out")
     with torch.no_grad():
-        expected = float(SiameseSimilarity(workspace["trained"], "cosine")(
-            as_input(workspace["images"]["query"]), as_input(workspace["images"]["near"])))
+        expected = float(
+            SiameseSimilarity(workspace["trained"], "cosine")(
+                as_input(workspace["images"]["query"]), as_input(workspace["images"]["near"])
+            )
+        )
     assert results["pairs"][0]["score"] == pytest.approx(expected, abs=1e-5)
     assert any("checkpoint's 'state_dict'" in n for n in results["model"]["notes"])
 
@@ -158,8 +196,9 @@ def test_torchscript_file_runs_gradient_methods_and_says_what_it_cannot(workspac
     model = workspace["trained"]
     with pytest.warns(DeprecationWarning) if _jit_deprecated() else _nothing():
         torch.jit.script(model).save("model.ts")
-    status = run("explain", "query.png", "near.png", "--model", "model.ts", "--size", 16, 16,
-                 "--out", "out")  # the default methods: the layer methods are skipped, not failed
+    status = run(
+        "explain", "query.png", "near.png", "--model", "model.ts", "--size", 16, 16, "--out", "out"
+    )  # the default methods: the layer methods are skipped, not failed
     err = capsys.readouterr().err
     assert status == 0, err
     results = load_results("out")
@@ -173,8 +212,23 @@ def test_torchscript_file_runs_gradient_methods_and_says_what_it_cannot(workspac
     a1, a2 = Saliency(SiameseSimilarity(model, "cosine")).attribute((q, x2))
     np.testing.assert_allclose(methods["saliency"]["maps"][0], a1[0].numpy(), rtol=1e-4, atol=1e-7)
     # asked for by name, a method that cannot run is a failure
-    assert run("explain", "query.png", "near.png", "--model", "model.ts", "--size", 16, 16,
-               "--methods", "gradcam", "--out", "out2") == 1
+    assert (
+        run(
+            "explain",
+            "query.png",
+            "near.png",
+            "--model",
+            "model.ts",
+            "--size",
+            16,
+            16,
+            "--methods",
+            "gradcam",
+            "--out",
+            "out2",
+        )
+        == 1
+    )
     assert "gradcam" in capsys.readouterr().err
 
 
@@ -200,16 +254,26 @@ def test_torch_export_program(workspace, capsys):
     x = torch.rand(2, 3, 16, 16)
     program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     torch.export.save(program, "model.pt2")
-    status = run("explain", "query.png", "near.png", "--model", "model.pt2", "--methods", "gradcam",
-                 "--out", "out")
+    status = run(
+        "explain",
+        "query.png",
+        "near.png",
+        "--model",
+        "model.pt2",
+        "--methods",
+        "gradcam",
+        "--out",
+        "out",
+    )
     assert status == 0, capsys.readouterr().err
     results = load_results("out")
     assert results["model"]["kind"] == "export" and results["model"]["layer"] == "features"
     assert "16x16" in " ".join(results["model"]["notes"])  # the size read off the program
     q, x2 = as_input(workspace["images"]["query"]), as_input(workspace["images"]["near"])
     m1, _ = gradcam(SiameseSimilarity(model, "cosine"), q, x2)
-    np.testing.assert_allclose(results["pairs"][0]["methods"]["gradcam"]["maps"][0], m1[0].numpy(),
-                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(
+        results["pairs"][0]["methods"]["gradcam"]["maps"][0], m1[0].numpy(), rtol=1e-4, atol=1e-7
+    )
     static = torch.export.export(model, (x[:1],))
     torch.export.save(static, "static.pt2")
     assert run("explain", "query.png", "near.png", "--model", "static.pt2", "--out", "o") == 2
@@ -217,13 +281,28 @@ def test_torch_export_program(workspace, capsys):
 
 
 def test_gallery_folder_is_ranked_and_the_top_k_explained(workspace, capsys):
-    status = run("explain", "query.png", "gallery", "--model", "usermodels.py:build",
-                 "--size", 16, 16, "--top-k", 2, "--methods", "gradcam", "--out", "out")
+    status = run(
+        "explain",
+        "query.png",
+        "gallery",
+        "--model",
+        "usermodels.py:build",
+        "--size",
+        16,
+        16,
+        "--top-k",
+        2,
+        "--methods",
+        "gradcam",
+        "--out",
+        "out",
+    )
     assert status == 0, capsys.readouterr().err
     results = load_results("out")
     gallery = results["gallery"]
     assert sorted(g["name"] for g in gallery) == sorted(
-        f"gallery/{n}" for n in ("near.png", "far1.png", "far2.png", "sub/far3.png"))
+        f"gallery/{n}" for n in ("near.png", "far1.png", "far2.png", "sub/far3.png")
+    )
     ranked = sorted(gallery, key=lambda g: g["rank"])
     assert [g["rank"] for g in ranked] == [1, 2, 3, 4]
     assert all(a["score"] >= b["score"] for a, b in zip(ranked, ranked[1:]))
@@ -231,7 +310,7 @@ def test_gallery_folder_is_ranked_and_the_top_k_explained(workspace, capsys):
     assert [p["reference"] for p in results["pairs"]] == [g["name"] for g in ranked[:2]]
     assert results["gallery_folders"] == ["gallery"]
     page = Path("out/report.html").read_text()
-    assert "Ranking" in page and page.count("<h2 id=\"pair-") == 2
+    assert "Ranking" in page and page.count('<h2 id="pair-') == 2
 
 
 @pytest.mark.parametrize(
@@ -244,7 +323,10 @@ def test_gallery_folder_is_ranked_and_the_top_k_explained(workspace, capsys):
         (["--model", "usermodels.py:not_a_model"], "returned a int, not a torch.nn.Module"),
         (["--model", "usermodels.py:needs_arguments"], "without arguments"),
         (["--model", "usermodels.py:build", "--weights", "nothere.pt"], "weights file not found"),
-        (["--model", "usermodels.py:pooled_map", "--weights", "weights.pt"], "do not fit the model"),
+        (
+            ["--model", "usermodels.py:pooled_map", "--weights", "weights.pt"],
+            "do not fit the model",
+        ),
         (["--model", "usermodels.py:build", "--weights", "usermodels.py"], "weights_only=True"),
         (["--model", "weights.pt"], "neither a TorchScript file nor a torch.export program"),
         (["--model", "usermodels.py:build", "--methods", "gradcam,nope"], "unknown method 'nope'"),
@@ -264,8 +346,17 @@ def test_bad_model_specs_and_options_get_one_line(workspace, capsys, args, messa
 def test_cuda_without_a_device_is_a_clear_error(workspace, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    status = run("explain", "query.png", "near.png", "--model", "usermodels.py:build",
-                 "--device", "cuda", "--out", "out")
+    status = run(
+        "explain",
+        "query.png",
+        "near.png",
+        "--model",
+        "usermodels.py:build",
+        "--device",
+        "cuda",
+        "--out",
+        "out",
+    )
     assert status == 2 and "no CUDA device" in capsys.readouterr().err
 
 
@@ -299,15 +390,38 @@ def test_empty_gallery_and_debug_traceback(workspace, capsys):
 
 
 def test_plain_progress_lines_off_a_terminal_and_python_m(workspace):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(workspace["root"])]), MPLBACKEND="Agg")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(workspace["root"])]),
+        MPLBACKEND="Agg",
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "captum_similarity", "explain", "query.png", "near.png", "far1.png",
-         "--model", "usermodels.py:build", "--size", "16", "16", "--methods", "gradcam,lrp",
-         "--out", "out"],
-        capture_output=True, text=True, env=env, cwd=workspace["root"], timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "captum_similarity",
+            "explain",
+            "query.png",
+            "near.png",
+            "far1.png",
+            "--model",
+            "usermodels.py:build",
+            "--size",
+            "16",
+            "16",
+            "--methods",
+            "gradcam,lrp",
+            "--out",
+            "out",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=workspace["root"],
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "gradcam: pair 1 of 2" in result.stderr and "lrp: pair 2 of 2" in result.stderr
+    assert "gradcam: pairs 1-2 of 2" in result.stderr and "lrp: pairs 1-2 of 2" in result.stderr
     assert "\r" not in result.stderr  # no progress bar off a terminal
     assert (workspace["root"] / "out" / "report.html").is_file()
 
@@ -328,3 +442,33 @@ def test_samples_command_writes_images(tmp_path, capsys):
     img = io.imread(tmp_path / "cameraman.png")
     assert img.shape == (160, 160, 3)
     assert "astronaut-altered.png" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_readmes_main_job(tmp_path, monkeypatch, capsys):
+    """The README's first command, as written (its output folder in tmp_path)."""
+    import shlex
+
+    pytest.importorskip("face_recognition_models", reason="needs the faces extra")
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(
+        i for i, line in enumerate(lines) if line.startswith("## Run it on a fresh machine")
+    )
+    line = next(line for line in lines[start:] if line.startswith("python3 -m venv"))
+    args = shlex.split(line.split(".venv/bin/captum-similarity ", 1)[1])
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 0, capsys.readouterr().err
+    out = tmp_path / args[args.index("--out") + 1]
+    results = load_results(out)
+    first, second = results["pairs"]
+    assert (
+        first["reference"] == "sample:astronaut-altered" and first["accepted"]
+    )  # dlib: same person
+    assert second["reference"] == "sample:cameraman" and not second["accepted"]
+    for pair in results["pairs"]:
+        for short in ("gradcam", "lrp", "pairx", "saliency"):
+            assert pair["methods"][short]["error"] is None, short
+        assert pair["methods"]["pairx"]["matches"]["count"] >= 3
+    assert results["pairs"][0]["notes"]  # near-identical: the note is in the report
+    assert (out / "report.html").stat().st_size > 500_000
+    assert f"report: {(out / 'report.html').resolve()}" in capsys.readouterr().out

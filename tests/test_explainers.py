@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from captum_similarity import EmbeddingGradCAM, LRPRelevancePairing, PairwiseIntermediateMatching, SiameseSimilarity
+from captum_similarity import (
+    EmbeddingGradCAM,
+    LRPRelevancePairing,
+    PairwiseIntermediateMatching,
+    SiameseSimilarity,
+)
 from captum_similarity.explainers import (
     PAIRX_MATCHES,
     explain_pair,
@@ -75,19 +80,25 @@ def test_detailed_bilrp_maps_are_the_marginals_of_the_patch_pairs(cnn_pair):
     torch.testing.assert_close(extra["relevance"], relevance)
     torch.testing.assert_close(a1.flatten(1), relevance.sum(2))
     torch.testing.assert_close(a2.flatten(1), relevance.sum(1))
-    torch.testing.assert_close(a1.sum((1, 2, 3)), a2.sum((1, 2, 3)))  # both total the pair relevance
+    torch.testing.assert_close(
+        a1.sum((1, 2, 3)), a2.sum((1, 2, 3))
+    )  # both total the pair relevance
 
 
 def test_gradcam_short_name_is_relu_with_the_sign_safe_weighting(cnn_pair):
     sim, layer, x1, x2 = cnn_pair
     a1, a2, extra = explain_pair_detailed(sim, x1, x2, layer, "gradcam")
-    b1, b2 = EmbeddingGradCAM(sim, layer).attribute((x1, x2), weighting="pair", relu_attributions=True)
+    b1, b2 = EmbeddingGradCAM(sim, layer).attribute(
+        (x1, x2), weighting="pair", relu_attributions=True
+    )
     torch.testing.assert_close(a1, b1)
     torch.testing.assert_close(a2, b2)
     assert extra is None and (a1 >= 0).all()
     euclid = SiameseSimilarity(sim.embedder, "euclidean")
     e1, _, _ = explain_pair_detailed(euclid, x1, x2, layer, "gradcam")
-    f1, _ = EmbeddingGradCAM(euclid, layer).attribute((x1, x2), weighting="similarity", relu_attributions=True)
+    f1, _ = EmbeddingGradCAM(euclid, layer).attribute(
+        (x1, x2), weighting="similarity", relu_attributions=True
+    )
     torch.testing.assert_close(e1, f1)
     signed, _, _ = explain_pair_detailed(sim, x1, x2, layer, "gradcam-signed")
     torch.testing.assert_close(signed, EmbeddingGradCAM(sim, layer).attribute((x1, x2))[0])

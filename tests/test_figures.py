@@ -77,12 +77,19 @@ def test_curves_figure_legend_gives_the_metric_areas():
 
 def test_ranking_strip_labels_ranks_and_the_decision():
     hits = torch.rand(3, 3, 8, 8)
-    fig = visualize_ranking(torch.rand(3, 8, 8), hits, [0.9, 0.5, 0.1], names=["a", "b", "c"],
-                            accepted=[True, False, False], decision_labels=("same", "other"))
+    fig = visualize_ranking(
+        torch.rand(3, 8, 8),
+        hits,
+        [0.9, 0.5, 0.1],
+        names=["a", "b", "c"],
+        accepted=[True, False, False],
+        decision_labels=("same", "other"),
+    )
     titles = [ax.get_title() for ax in fig.axes[1:]]
     assert titles[0].startswith("rank 1\ns = 0.900\na") and titles[2].startswith("rank 3")
     assert [s.get_edgecolor() for s in fig.axes[1].spines.values()][0][:3] == pytest.approx(
-        (0.172, 0.627, 0.172), abs=0.01)  # tab:green
+        (0.172, 0.627, 0.172), abs=0.01
+    )  # tab:green
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["same", "other"]
     with pytest.raises(ValueError, match="one entry per hit"):
         visualize_ranking(torch.rand(3, 8, 8), hits, [0.9])

@@ -10,7 +10,6 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,13 +53,21 @@ def report_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     rng = np.random.default_rng(0)
     for name in ("query", "a", "b"):
-        skio.imsave(root / f"{name}.png", rng.integers(0, 256, (24, 24, 3), dtype=np.uint8),
-                    check_contrast=False)
+        skio.imsave(
+            root / f"{name}.png",
+            rng.integers(0, 256, (24, 24, 3), dtype=np.uint8),
+            check_contrast=False,
+        )
     torch.manual_seed(0)
     loaded = LoadedModel(SimpleCNN(), "SimpleCNN", "callable", "a small CNN")
     results = explain_images(
-        root / "query.png", [root / "a.png", root / "b.png"], loaded, size=(24, 24),
-        methods="gradcam,lrp,pairx,bilrp", faithfulness=True, progress=False,
+        root / "query.png",
+        [root / "a.png", root / "b.png"],
+        loaded,
+        size=(24, 24),
+        methods="gradcam,lrp,pairx,bilrp",
+        faithfulness=True,
+        progress=False,
     )
     save_results(results, root)
     build_report(results, root / "report.html")
@@ -79,8 +86,16 @@ def test_report_is_self_contained_and_every_image_is_a_png(report_dir):
         assert image.shape[0] > 0 and image.shape[1] > 0, alt
     # what each pair shows
     assert page.count('<h2 id="pair-') == 2
-    for expected in ("as the model sees it", "Maps", "PAIR-X", "affine", "BiLRP", "insertion",
-                     "Ranking", "Reproducing this report"):
+    for expected in (
+        "as the model sees it",
+        "Maps",
+        "PAIR-X",
+        "affine",
+        "BiLRP",
+        "insertion",
+        "Ranking",
+        "Reproducing this report",
+    ):
         assert expected in page, expected
     assert html.escape(results["model"]["layer_choice"]) in page
 
@@ -101,8 +116,10 @@ def _browser() -> str:
     for name in BROWSERS:
         if shutil.which(name):
             return shutil.which(name)
-    pytest.skip("headless Chromium not found (Debian: apt-get install chromium); "
-                "the browser check of the report is skipped")
+    pytest.skip(
+        "headless Chromium not found (Debian: apt-get install chromium); "
+        "the browser check of the report is skipped"
+    )
 
 
 def test_report_loads_in_a_headless_browser(report_dir, tmp_path):
@@ -111,17 +128,32 @@ def test_report_loads_in_a_headless_browser(report_dir, tmp_path):
     page = (root / "report.html").read_text(encoding="utf-8")
     checked = tmp_path / "checked.html"
     checked.write_text(page.replace("<head>", "<head>" + CHECK, 1), encoding="utf-8")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
-             "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'profile'}"]
-    run = subprocess.run([browser, *flags, "--dump-dom", checked.as_uri()],
-                         capture_output=True, text=True, timeout=180)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--virtual-time-budget=20000",
+        "--enable-logging=stderr",
+        "--v=0",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    run = subprocess.run(
+        [browser, *flags, "--dump-dom", checked.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     found = re.search(r'data-check="([^"]*)"', run.stdout)
     assert found, f"the page did not finish loading:\n{run.stderr[-2000:]}"
     check = json.loads(html.unescape(found.group(1)))
     assert check["images"] == page.count("<img") and check["images"] > 5
     assert check["failed"] == [] and check["problems"] == []
     # the report itself, as a user opens it: nothing reaches the console
-    plain = subprocess.run([browser, *flags, "--dump-dom", (root / "report.html").as_uri()],
-                           capture_output=True, text=True, timeout=180)
+    plain = subprocess.run(
+        [browser, *flags, "--dump-dom", (root / "report.html").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert "Why does the model find these images similar?" in plain.stdout
     assert not [line for line in plain.stderr.splitlines() if ":CONSOLE" in line], plain.stderr

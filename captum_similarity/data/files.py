@@ -49,7 +49,9 @@ def sample_names() -> Dict[str, str]:
     """``{name: description}`` of the images :func:`sample_image` knows: three
     faces and scikit-image's bundled photos."""
     names = dict(_SAMPLES)
-    names.update({n: f"scikit-image's bundled image data.{n}()" for n in TRAINING_IMAGES if n not in names})
+    names.update(
+        {n: f"scikit-image's bundled image data.{n}()" for n in TRAINING_IMAGES if n not in names}
+    )
     return names
 
 
@@ -77,9 +79,7 @@ def sample_image(name: str) -> np.ndarray:
     elif name in sample_names():
         image = getattr(data, name)()
     else:
-        raise ValueError(
-            f"unknown sample image {name!r}; samples are {', '.join(sample_names())}"
-        )
+        raise ValueError(f"unknown sample image {name!r}; samples are {', '.join(sample_names())}")
     return _as_rgb(image, f"sample {name}")
 
 
@@ -123,9 +123,7 @@ def _as_rgb(image: np.ndarray, name: str) -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
-        raise ValueError(
-            f"{name} is not a 2-D grey or colour image: array of shape {arr.shape}"
-        )
+        raise ValueError(f"{name} is not a 2-D grey or colour image: array of shape {arr.shape}")
     if arr.dtype == np.uint8:
         return np.ascontiguousarray(arr)
     if arr.dtype == bool:

@@ -69,13 +69,18 @@ def visualize_insertion_deletion(
             count = curve.shape[0]
             row = curve[index : index + 1]
             auc = float(torch.trapezoid(min_max_normalize(row), fractions, dim=1)[0]) * 100
-            ax.plot(fractions.numpy(), row[0].numpy(), linewidth=1.4, label=f"{name}: AUC {auc:.1f}")
+            ax.plot(
+                fractions.numpy(), row[0].numpy(), linewidth=1.4, label=f"{name}: AUC {auc:.1f}"
+            )
     first = next(iter(curves.values()))
     score = float(_tensor(first.insertion_curve)[index, -1])
     for ax, what, better in ((axes[0], "inserted", "higher"), (axes[1], "deleted", "lower")):
         ax.axhline(score, color="0.4", linestyle="--", linewidth=0.8)
         ax.set_xlabel(f"fraction of pixels {what} (top of each map first)", fontsize=8)
-        ax.set_title(f"{'insertion' if what == 'inserted' else 'deletion'} ({better} AUC is better)", fontsize=9)
+        ax.set_title(
+            f"{'insertion' if what == 'inserted' else 'deletion'} ({better} AUC is better)",
+            fontsize=9,
+        )
         ax.legend(fontsize=7, title="normalised AUC x 100", title_fontsize=7)
         ax.tick_params(labelsize=7)
     axes[0].set_ylabel(score_label, fontsize=8)

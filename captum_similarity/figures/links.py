@@ -119,16 +119,29 @@ def visualize_links(
     ax.set_title(f"{len(values[0])} strongest BiLRP links", fontsize=9)
     if not float(relevance[index].abs().max()) > 0:
         warn_on_axes(ax, "all-zero BiLRP relevance: no link to draw")
-    handles = [Line2D([], [], color="tab:red", linewidth=2), Line2D([], [], color="tab:blue", linewidth=2)]
+    handles = [
+        Line2D([], [], color="tab:red", linewidth=2),
+        Line2D([], [], color="tab:blue", linewidth=2),
+    ]
     ax.legend(
-        handles, ["positive link (raises the score)", "negative link (lowers it)"],
-        loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7, frameon=False,
+        handles,
+        ["positive link (raises the score)", "negative link (lowers it)"],
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=2,
+        fontsize=7,
+        frameon=False,
     )
     ax.text(
-        0.5, -0.12,
+        0.5,
+        -0.12,
         f"{pair_label(index, int(relevance.shape[0]))}; width and opacity: |relevance| / "
         f"largest drawn ({top:.2g}); patches of {patch_size} px",
-        transform=ax.transAxes, ha="center", va="top", fontsize=7, color="0.25",
+        transform=ax.transAxes,
+        ha="center",
+        va="top",
+        fontsize=7,
+        color="0.25",
     )
     if path is not None:
         fig.savefig(path, dpi=110, bbox_inches="tight")

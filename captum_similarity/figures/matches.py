@@ -43,7 +43,9 @@ _FIELDS = (
 _GAP_FRACTION = 0.04
 
 
-def _arrays(x1: Tensor, x2: Tensor, matches: Any, index: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+def _arrays(
+    x1: Tensor, x2: Tensor, matches: Any, index: int
+) -> List[Tuple[np.ndarray, np.ndarray]]:
     """``[(layer relevance, image)]`` of both sides as display arrays, after
     checking that ``matches`` is a PairMatches of these images."""
     missing = [name for name in _FIELDS if not hasattr(matches, name)]
@@ -163,9 +165,7 @@ def visualize_matches(
         heat = side_by_side(heat1, heat2, gap, np.nan)[..., 0]
         finite = heat[np.isfinite(heat)]
         top = finite.max() if finite.size and finite.max() > 0 else 1.0
-        ax.imshow(
-            np.ma.masked_invalid(heat / top), cmap=RELEVANCE_CMAP, alpha=0.45, vmin=0, vmax=1
-        )
+        ax.imshow(np.ma.masked_invalid(heat / top), cmap=RELEVANCE_CMAP, alpha=0.45, vmin=0, vmax=1)
         bar = fig.colorbar(
             ScalarMappable(Normalize(0, 1), RELEVANCE_CMAP), ax=ax, shrink=0.8, pad=0.01
         )
@@ -200,8 +200,14 @@ def visualize_matches(
         handles = [Line2D([], [], color=colours[j], linewidth=2) for j in range(shown)]
         labels = [f"rank {j + 1}" for j in range(shown)]
         ax.legend(
-            handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=shown,
-            fontsize=7, frameon=False, title="matches (best first; colours repeat after 10)",
+            handles,
+            labels,
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            ncol=shown,
+            fontsize=7,
+            frameon=False,
+            title="matches (best first; colours repeat after 10)",
             title_fontsize=7,
         )
     elif len(matches) == 0:
@@ -227,7 +233,9 @@ def visualize_matches(
         empty = [j + 1 for j in range(n_maps) if not (maps1[j].max() > 0 or maps2[j].max() > 0)]
         if empty:
             warn_on_axes(axes[1], f"all-zero pixel maps for match ranks {empty}")
-    footnote(fig, pair_label(index, batch_count(x1)) + "; points are cell centres of the explained layer")
+    footnote(
+        fig, pair_label(index, batch_count(x1)) + "; points are cell centres of the explained layer"
+    )
     return finish(fig, suptitle, path, dpi=130)
 
 
@@ -286,9 +294,13 @@ def visualize_match_consistency(
         >>> visualize_match_consistency(x1, x2, result, path="affine.png")
     """
     if not isinstance(top, int) or top < 3:
-        raise ValueError(f"top must be an integer >= 3 (an affine fit needs 3 matches), got {top!r}")
+        raise ValueError(
+            f"top must be an integer >= 3 (an affine fit needs 3 matches), got {top!r}"
+        )
     (_, img1), (_, img2) = _arrays(x1, x2, matches, index)
-    fig = Figure(figsize=(width, width * 0.5 * img1.shape[0] / img1.shape[1] + 1.3), layout="constrained")
+    fig = Figure(
+        figsize=(width, width * 0.5 * img1.shape[0] / img1.shape[1] + 1.3), layout="constrained"
+    )
     ax1, ax2 = fig.subplots(1, 2)
     ax1.imshow(img1)
     ax2.imshow(img2)
@@ -312,11 +324,19 @@ def visualize_match_consistency(
             colour = "tab:green" if bool(inliers[j]) else "tab:red"
             # cell centres are at half-integer pixel coordinates; imshow puts pixel centres at integers
             (xa, ya), (xb, yb), (xp, yp) = ((p[j] - 0.5).tolist() for p in (p1, p2, predicted))
-            ax1.scatter([xa], [ya], s=40, color=colour, edgecolors="white", linewidths=0.6, zorder=3)
-            ax1.annotate(str(j + 1), (xa, ya), color="white", fontsize=6, ha="center", va="center", zorder=4)
+            ax1.scatter(
+                [xa], [ya], s=40, color=colour, edgecolors="white", linewidths=0.6, zorder=3
+            )
+            ax1.annotate(
+                str(j + 1), (xa, ya), color="white", fontsize=6, ha="center", va="center", zorder=4
+            )
             ax2.plot([xb, xp], [yb, yp], color=colour, linewidth=1.2)
-            ax2.scatter([xb], [yb], s=40, color=colour, edgecolors="white", linewidths=0.6, zorder=3)
-            ax2.annotate(str(j + 1), (xb, yb), color="white", fontsize=6, ha="center", va="center", zorder=4)
+            ax2.scatter(
+                [xb], [yb], s=40, color=colour, edgecolors="white", linewidths=0.6, zorder=3
+            )
+            ax2.annotate(
+                str(j + 1), (xb, yb), color="white", fontsize=6, ha="center", va="center", zorder=4
+            )
             ax2.scatter([xp], [yp], s=30, marker="x", color=colour, zorder=3)
         ax2.set_xlim(-0.5, img2.shape[1] - 0.5)
         ax2.set_ylim(img2.shape[0] - 0.5, -0.5)
@@ -336,8 +356,11 @@ def visualize_match_consistency(
             f"({float(inliers.double().mean()):.0%}); mean residual {float(residuals.mean()):.1f} px"
         )
     ax2.set_title(f"{titles[1]}\n{textwrap.fill(title, int(7 * width))}", fontsize=8)
-    footnote(fig, pair_label(index, batch_count(x1)) + "; numbers are match ranks; RANSAC affine fit of "
-             "image 1's points onto image 2's (mirror images and scalings beyond 4x rejected)")
+    footnote(
+        fig,
+        pair_label(index, batch_count(x1)) + "; numbers are match ranks; RANSAC affine fit of "
+        "image 1's points onto image 2's (mirror images and scalings beyond 4x rejected)",
+    )
     return finish(fig, suptitle, path, dpi=130)
 
 

@@ -246,10 +246,7 @@ def visualize_pair(
             elif scales[side] == 0.0 or not np.abs(maps[side]).max() > 0:
                 ax.imshow(img_np)
                 ax.axis("off")
-                what = (
-                    "all-zero map" if not np.abs(attr_np).max() > 0
-                    else f"no {sign} values"
-                )
+                what = "all-zero map" if not np.abs(attr_np).max() > 0 else f"no {sign} values"
                 warn_on_axes(ax, f"{name or titles[side]}: {what}, nothing to draw")
                 title = " ".join(t for t in (label, "(empty map)") if t)
             elif own:
@@ -257,16 +254,25 @@ def visualize_pair(
                     ax.imshow(img_np.mean(axis=2), cmap="gray", vmin=0, vmax=1)
                 ax.imshow(
                     np.clip(maps[side] / scales[side], low, 1.0),
-                    cmap=cmap, vmin=low, vmax=1.0,
+                    cmap=cmap,
+                    vmin=low,
+                    vmax=1.0,
                     alpha=0.6 if method == "blended_heat_map" else 1.0,
                 )
                 ax.axis("off")
-                scale_text = f"scale {scales[side]:.2g}" if side == 0 or normalize == "image" else ""
+                scale_text = (
+                    f"scale {scales[side]:.2g}" if side == 0 or normalize == "image" else ""
+                )
                 title = "\n".join(t for t in (label, scale_text) if t)
             else:
                 viz.visualize_image_attr(
-                    attr_np, img_np, method=method, sign=sign, outlier_perc=outlier_perc,
-                    plt_fig_axis=(fig, ax), use_pyplot=False,
+                    attr_np,
+                    img_np,
+                    method=method,
+                    sign=sign,
+                    outlier_perc=outlier_perc,
+                    plt_fig_axis=(fig, ax),
+                    use_pyplot=False,
                 )
                 title = label
             ax.set_title(_wrap(title), fontsize=9)
@@ -275,8 +281,12 @@ def visualize_pair(
             colorbar_label = (
                 f"map / scale: red {SIGNED_MEANING[1]}, blue {SIGNED_MEANING[0]}"
                 if sign == "all"
-                else {"positive": "positive part", "negative": "negative part (magnitude)",
-                      "absolute_value": "|map|"}[sign] + " / scale (0: none)"
+                else {
+                    "positive": "positive part",
+                    "negative": "negative part (magnitude)",
+                    "absolute_value": "|map|",
+                }[sign]
+                + " / scale (0: none)"
             )
         mappable = ScalarMappable(Normalize(low, 1.0), cmap)
         bar = fig.colorbar(mappable, ax=axes[:, offset:].ravel().tolist(), shrink=0.8, pad=0.02)

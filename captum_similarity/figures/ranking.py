@@ -65,9 +65,15 @@ def visualize_ranking(
         matplotlib.figure.Figure: the figure (also saved to ``path`` if given).
     """
     if hits.dim() != 4 or hits.shape[0] == 0:
-        raise ValueError(f"hits must be a non-empty batch (K, C, H, W), got shape {tuple(hits.shape)}")
+        raise ValueError(
+            f"hits must be a non-empty batch (K, C, H, W), got shape {tuple(hits.shape)}"
+        )
     k = hits.shape[0]
-    if len(scores) != k or (names is not None and len(names) != k) or (accepted is not None and len(accepted) != k):
+    if (
+        len(scores) != k
+        or (names is not None and len(names) != k)
+        or (accepted is not None and len(accepted) != k)
+    ):
         raise ValueError(f"scores, names and accepted must have one entry per hit ({k})")
     fig = Figure(figsize=(panel_size * (k + 1), panel_size + 1.3), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, k + 1))
@@ -92,10 +98,15 @@ def visualize_ranking(
     axes[0].axis("off")
     if accepted is not None:
         fig.legend(
-            [Patch(edgecolor="tab:green", facecolor="none", linewidth=2),
-             Patch(edgecolor="tab:red", facecolor="none", linewidth=2)],
+            [
+                Patch(edgecolor="tab:green", facecolor="none", linewidth=2),
+                Patch(edgecolor="tab:red", facecolor="none", linewidth=2),
+            ],
             list(decision_labels[:2]),
-            loc="outside lower center", ncol=2, fontsize=7, frameon=False,
+            loc="outside lower center",
+            ncol=2,
+            fontsize=7,
+            frameon=False,
         )
     total = f" of {gallery_size}" if gallery_size else ""
     caption = f"the {k} best ranked items{total}, best first (rank 1 = highest score)"

@@ -125,7 +125,9 @@ def load_model(
     elif Path(spec).suffix in (".pt", ".pth", ".pt2", ".ts", ".jit", ".zip"):
         raise FileNotFoundError(f"model file not found: {spec}")
     else:
-        raise ValueError(f"--model {spec!r} is not a file and has no ':'; it must be one of: {MODEL_SPEC_FORMS}")
+        raise ValueError(
+            f"--model {spec!r} is not a file and has no ':'; it must be one of: {MODEL_SPEC_FORMS}"
+        )
     if weights is not None:
         if loaded.kind != "callable":
             raise ValueError(
@@ -189,7 +191,9 @@ def _from_callable(spec: str) -> LoadedModel:
                 "the callable must build the model without arguments"
             ) from err
     else:
-        raise TypeError(f"--model {spec!r}: {attribute} is a {type(target).__name__}, not a callable")
+        raise TypeError(
+            f"--model {spec!r}: {attribute} is a {type(target).__name__}, not a callable"
+        )
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"--model {spec!r}: {attribute}() returned a {type(model).__name__}, not a "
@@ -212,7 +216,9 @@ def _import(where: str, spec: str) -> Any:
         try:
             module_spec.loader.exec_module(module)
         except Exception as err:
-            raise ValueError(f"--model {spec!r}: importing {where} failed ({type(err).__name__}: {err})") from err
+            raise ValueError(
+                f"--model {spec!r}: importing {where} failed ({type(err).__name__}: {err})"
+            ) from err
         finally:
             sys.path.remove(str(path.resolve().parent))
         return module
@@ -227,9 +233,13 @@ def _import(where: str, spec: str) -> Any:
                 f"--model {spec!r}: no module named {err.name!r} (give a module importable from the "
                 "current folder, or a file: path/to/file.py:callable)"
             ) from err
-        raise ValueError(f"--model {spec!r}: importing {where} failed ({type(err).__name__}: {err})") from err
+        raise ValueError(
+            f"--model {spec!r}: importing {where} failed ({type(err).__name__}: {err})"
+        ) from err
     except Exception as err:
-        raise ValueError(f"--model {spec!r}: importing {where} failed ({type(err).__name__}: {err})") from err
+        raise ValueError(
+            f"--model {spec!r}: importing {where} failed ({type(err).__name__}: {err})"
+        ) from err
     finally:
         if added:
             sys.path.remove(str(Path.cwd()))
@@ -267,7 +277,11 @@ def load_weights(model: nn.Module, weights: Union[str, Path]) -> str:
             "with torch.save(model.state_dict(), path)"
         ) from err
     where = "a state dict"
-    if isinstance(content, Mapping) and "state_dict" in content and isinstance(content["state_dict"], Mapping):
+    if (
+        isinstance(content, Mapping)
+        and "state_dict" in content
+        and isinstance(content["state_dict"], Mapping)
+    ):
         content, where = content["state_dict"], "the checkpoint's 'state_dict'"
     if not isinstance(content, Mapping) or not all(isinstance(v, Tensor) for v in content.values()):
         kind = type(content).__name__
@@ -293,9 +307,15 @@ def _check_fit(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> Non
     if not (missing or unexpected or shapes):
         return
     parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("with another shape", shapes)):
+    for label, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("with another shape", shapes),
+    ):
         if items:
-            parts.append(f"{len(items)} {label} ({'; '.join(items[:3])}{'; ...' if len(items) > 3 else ''})")
+            parts.append(
+                f"{len(items)} {label} ({'; '.join(items[:3])}{'; ...' if len(items) > 3 else ''})"
+            )
     hint = ""
     if unexpected and all(k.startswith("module.") for k in unexpected):
         hint = "; the file was saved from nn.DataParallel: strip the 'module.' prefix"
@@ -304,7 +324,11 @@ def _check_fit(model: nn.Module, state: Mapping[str, Tensor], path: Path) -> Non
 
 def _from_file(path: Path) -> LoadedModel:
     errors = []
-    readers = (_export_program, _torchscript) if path.suffix == ".pt2" else (_torchscript, _export_program)
+    readers = (
+        (_export_program, _torchscript)
+        if path.suffix == ".pt2"
+        else (_torchscript, _export_program)
+    )
     for reader in readers:
         try:
             return reader(path)
