@@ -39,6 +39,7 @@ from .metrics.insertion_deletion import insertion_deletion
 from .metrics.match_plausibility import match_plausibility
 from .models.loading import DLIB_FACE, MODEL_SPEC_FORMS, LoadedModel, load_model
 from .report import build_report, save_results
+from ._utils.state import preserved_state
 from .siamese import SiameseSimilarity
 from .similarity import SIMILARITIES
 
@@ -53,6 +54,9 @@ NEAR_IDENTICAL_COSINE = 0.99
 
 #: How many references are explained by default.
 DEFAULT_TOP_K = 5
+
+#: Gallery images read, prepared and embedded at a time.
+GALLERY_BATCH = 32
 
 #: Pairs explained per call of a method (the query runs once per call).
 PAIR_BATCH = 4
@@ -99,7 +103,10 @@ def explain_images(
         references (sequence): Image files, ``"sample:NAME"`` entries or
             folders (their images, recursively, form a gallery).
         model (str or LoadedModel): A ``--model`` specification (see
-            :func:`captum_similarity.models.loading.load_model`) or a loaded model.
+            :func:`captum_similarity.models.loading.load_model`), loaded onto
+            ``device``, or a loaded model, used on the device it is on; it
+            runs in eval mode and is left as found (training flags,
+            ``requires_grad``, ``.grad``).
         weights (str or Path, optional): Weights for a ``module:callable`` model.
             Default: None
         layer (str, optional): Dotted name of the layer for layer methods.
@@ -148,9 +155,55 @@ def explain_images(
     say = Progress(progress)
 
     tick = time.perf_counter()
-    loaded = model if isinstance(model, LoadedModel) else _load(model, weights, dev)
-    loaded.embedder = loaded.embedder.to(dev).eval()
+    if isinstance(model, LoadedModel):  # the caller's: used where it is, left as found
+        loaded = model
+        dev = next((t.device for t in loaded.embedder.parameters()), torch.device("cpu"))
+    else:
+        loaded = _load(model, weights, dev)
     seconds["model"] = time.perf_counter() - tick
+    with preserved_state(loaded.embedder, eval_mode=True):
+        return _explain(
+            loaded,
+            dev,
+            chosen,
+            say,
+            seconds,
+            start,
+            query=query,
+            references=references,
+            layer=layer,
+            methods=methods,
+            similarity=similarity,
+            size=size,
+            normalize=normalize,
+            top_k=top_k,
+            faithfulness=faithfulness,
+            seed=seed,
+            command=command,
+        )
+
+
+def _explain(
+    loaded: LoadedModel,
+    dev: torch.device,
+    chosen: List[str],
+    say: Progress,
+    seconds: Dict[str, float],
+    start: float,
+    *,
+    query,
+    references,
+    layer,
+    methods,
+    similarity,
+    size,
+    normalize,
+    top_k,
+    faithfulness,
+    seed,
+    command,
+) -> Dict[str, Any]:
+    """:func:`explain_images` with the model loaded and in eval mode."""
     similarity = similarity or loaded.similarity
     if similarity not in SIMILARITIES:
         raise UsageError(
@@ -160,17 +213,17 @@ def explain_images(
     say.line(f"model: {loaded.description}")
 
     tick = time.perf_counter()
-    query_item, gallery_items, gallery_given = _images(query, references)
+    query_source, sources, gallery_given = _sources(query, references)
     try:
         mean_std = parse_normalization(normalize)
     except ValueError as err:
         raise UsageError(str(err)) from err
     size = _size(size, loaded)
     pre = ImagePreparation(size, faces=loaded.kind == DLIB_FACE, mean_std=mean_std)
+    query_item = _read(query_source)
     q_input, q_seen, q_note = pre([query_item[1]])
-    ref_inputs, ref_seen, ref_notes = pre([img for _, img in gallery_items])
+    q_input = q_input.to(dev)
     seconds["images"] = time.perf_counter() - tick
-    q_input, ref_inputs = q_input.to(dev), ref_inputs.to(dev)
 
     tick = time.perf_counter()
     with torch.no_grad():
@@ -180,12 +233,8 @@ def explain_images(
             f"the model returns shape {tuple(probe.shape)} for one image; an embedder must return "
             "(N, D) embeddings (flatten or pool its output)"
         )
-    with torch.no_grad():
-        q_emb = sim.embed(q_input)
-        scores = torch.cat(
-            [sim(q_emb, sim.embed(ref_inputs[s : s + 32])) for s in range(0, len(ref_inputs), 32)]
-        )
-    order = torch.argsort(scores.cpu(), descending=True, stable=True)
+    scores = _scores(sim, q_input, sources, pre, dev, say)
+    order = torch.argsort(scores, descending=True, stable=True)
     ranks = torch.empty_like(order)
     ranks[order] = torch.arange(1, len(order) + 1)
     seconds["scoring"] = time.perf_counter() - tick
@@ -193,6 +242,10 @@ def explain_images(
     if k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     explained = order[:k].tolist()
+    # the explained references, read again (a gallery is never held in memory)
+    explained_items = [_read(sources[i]) for i in explained]
+    ref_inputs, ref_seen, ref_notes = pre([img for _, img in explained_items])
+    ref_inputs = ref_inputs.to(dev)
 
     layer_info = _layer(loaded, layer, q_input)
     layer_module = (
@@ -212,7 +265,7 @@ def explain_images(
             "kind": loaded.kind,
             "description": loaded.description,
             "weights": loaded.weights,
-            "notes": list(loaded.notes) + ["put in eval mode"],
+            "notes": list(loaded.notes) + ["run in eval mode"],
             **layer_info,
             "similarity": similarity,
             "score_meaning": SCORE_MEANINGS.get(similarity, similarity),
@@ -243,7 +296,7 @@ def explain_images(
                 "explained": i in explained,
                 **_verdict(float(scores[i]), decision),
             }
-            for i, (name, _) in enumerate(gallery_items)
+            for i, name in enumerate(sources)
         ],
         "gallery_folders": gallery_given,
         "top_k": k,
@@ -253,8 +306,8 @@ def explain_images(
         "errors": [],
         "seconds": seconds,
     }
-    for i in explained:
-        name, image = gallery_items[i]
+    for j, i in enumerate(explained):
+        name, image = explained_items[j]
         score = float(scores[i])
         pair = {
             "rank": int(ranks[i]),
@@ -264,8 +317,8 @@ def explain_images(
             **_verdict(score, decision),
             "reference_image": display_image(image),
             "reference_size": list(image.shape[:2]),
-            "reference_input": ref_seen[i],
-            "reference_note": ref_notes[i],
+            "reference_input": ref_seen[j],
+            "reference_note": ref_notes[j],
             "notes": _pair_notes(score, similarity, decision["threshold"] if decision else None),
             "methods": {},
         }
@@ -336,7 +389,7 @@ def _run_method(
     say.start(short, len(todo))
     for begin in range(0, len(todo), PAIR_BATCH):
         chunk = todo[begin : begin + PAIR_BATCH]
-        x2 = ref_inputs[[pairs[p]["reference_index"] for p in chunk]]
+        x2 = ref_inputs[chunk]  # the explained references, in the pairs' order
         x1 = q_input.expand(len(chunk), *q_input.shape[1:])
         began = time.perf_counter()
         try:
@@ -386,29 +439,64 @@ def _load(spec: str, weights: Union[None, str, Path], device: torch.device) -> L
         raise UsageError(str(err)) from err
 
 
-def _images(
+def _sources(
     query: Union[str, Path], references: Sequence[Union[str, Path]]
-) -> Tuple[Tuple[str, np.ndarray], List[Tuple[str, np.ndarray]], List[str]]:
-    """The query and the references, folders expanded."""
+) -> Tuple[str, List[str], List[str]]:
+    """The query's and the references' sources (files or ``sample:NAME``),
+    folders expanded to their image files, and the folders given."""
     if not references:
         raise UsageError("give at least one REFERENCE image or gallery folder")
     if not str(query).startswith(SAMPLE_PREFIX) and Path(query).is_dir():
         raise UsageError(
             f"QUERY must be one image, but {query} is a folder (folders go after it, as galleries)"
         )
+    sources: List[str] = []
+    folders: List[str] = []
+    for ref in references:
+        if not str(ref).startswith(SAMPLE_PREFIX) and Path(ref).is_dir():
+            folders.append(str(ref))
+            try:
+                sources.extend(str(f) for f in gallery_files(ref))
+            except (ValueError, FileNotFoundError) as err:
+                raise UsageError(str(err)) from err
+        else:
+            sources.append(str(ref))
+    return str(query), sources, folders
+
+
+def _read(source: str) -> Tuple[str, np.ndarray]:
     try:
-        query_item = load_image(query)
-        items: List[Tuple[str, np.ndarray]] = []
-        folders: List[str] = []
-        for ref in references:
-            if not str(ref).startswith(SAMPLE_PREFIX) and Path(ref).is_dir():
-                folders.append(str(ref))
-                items.extend(load_image(f) for f in gallery_files(ref))
-            else:
-                items.append(load_image(ref))
+        return load_image(source)
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(str(err)) from err
-    return query_item, items, folders
+
+
+def _scores(
+    sim: SiameseSimilarity,
+    q_input: Tensor,
+    sources: List[str],
+    pre: ImagePreparation,
+    dev: torch.device,
+    say: Progress,
+) -> Tensor:
+    """The query's score against every reference, read, prepared and embedded
+    :data:`GALLERY_BATCH` at a time."""
+    batches = range(0, len(sources), GALLERY_BATCH)
+    big = len(sources) > GALLERY_BATCH
+    if big:
+        say.start("scoring the gallery", len(sources), unit="image")
+    scores = []
+    with torch.no_grad():
+        q_emb = sim.embed(q_input)
+        for begin in batches:
+            chunk = sources[begin : begin + GALLERY_BATCH]
+            inputs, _, _ = pre([_read(src)[1] for src in chunk])
+            scores.append(sim(q_emb, sim.embed(inputs.to(dev))).cpu())
+            if big:
+                say.advance(len(chunk))
+    if big:
+        say.done([])
+    return torch.cat(scores).float()
 
 
 def _size(size: Optional[Sequence[int]], loaded: LoadedModel) -> Tuple[int, int]:
@@ -582,12 +670,13 @@ def _faithfulness(results, sim, q_input, ref_inputs, say) -> str:
     fill = f"the image blurred (Gaussian, sigma {sigma:g} px)"
     shorts = list(results["pairs"][0]["methods"]) if results["pairs"] else []
     for short in shorts:
-        todo = [pair for pair in results["pairs"] if pair["methods"][short]["maps"] is not None]
+        pairs = results["pairs"]
+        todo = [p for p, pair in enumerate(pairs) if pair["methods"][short]["maps"] is not None]
         say.start(f"faithfulness {short}", len(todo))
-        for pair in todo:
-            entry = pair["methods"][short]
+        for p in todo:
+            entry = pairs[p]["methods"][short]
             x1 = q_input
-            x2 = ref_inputs[pair["reference_index"] : pair["reference_index"] + 1]
+            x2 = ref_inputs[p : p + 1]
             curves = {}
             for which, x, a, ref in (
                 ("query", x1, entry["maps"][0], x2),

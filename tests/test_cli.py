@@ -472,3 +472,26 @@ def test_the_readmes_main_job(tmp_path, monkeypatch, capsys):
     assert results["pairs"][0]["notes"]  # near-identical: the note is in the report
     assert (out / "report.html").stat().st_size > 500_000
     assert f"report: {(out / 'report.html').resolve()}" in capsys.readouterr().out
+
+
+def test_a_loaded_model_from_python_is_left_as_found(tmp_path):
+    from captum_similarity.cli import explain_images
+    from captum_similarity.models.loading import LoadedModel
+    from conftest import assert_unchanged, snapshot
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+    ).train()  # in train mode, as a user may hand it over
+    net[0].weight.grad = torch.ones_like(net[0].weight)
+    before = snapshot(net)
+    rng = np.random.default_rng(0)
+    for name in ("q", "r"):
+        io.imsave(tmp_path / f"{name}.png", rng.integers(0, 256, (12, 12, 3), dtype=np.uint8),
+                  check_contrast=False)
+    results = explain_images(tmp_path / "q.png", [tmp_path / "r.png"], LoadedModel(net, "net", "callable", "a net"),
+                             size=(12, 12), methods="gradcam,lrp,saliency", progress=False)
+    assert all(e["error"] is None for e in results["pairs"][0]["methods"].values())
+    assert_unchanged(net, before)
+    assert net.training
