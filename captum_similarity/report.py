@@ -33,7 +33,9 @@ The results dict (arrays are numpy arrays; images ``(H, W, 3)`` uint8; maps
   reference map], matches (PAIR-X: points1, points2, cells1, cells2,
   relevance, layer_relevance1/2, pixel_relevance1/2, count, plausibility),
   links (BiLRP: relevance (P1, P2), patch_size), faithfulness ({query,
-  reference}: fractions, insertion_curve, deletion_curve and the four AUCs)}}``;
+  reference}: fractions, insertion_curve, deletion_curve and the four AUCs)}}``,
+  and optionally ``attributes`` (``{title: PNG bytes}``: figures of an
+  attribute explanation, e.g. SANE's, shown when present);
 - ``faithfulness``: None, or ``steps`` and ``fill``;
 - ``warnings``, ``errors``, ``failed_methods``.
 
@@ -127,6 +129,9 @@ def _split(value: Any, key: str, arrays: Dict[str, np.ndarray]) -> Any:
     if isinstance(value, np.ndarray):
         arrays[key] = value
         return {"npz": key, "shape": list(value.shape)}
+    if isinstance(value, bytes):  # e.g. a PNG figure
+        arrays[key] = np.frombuffer(value, dtype=np.uint8)
+        return {"npz": key, "shape": [len(value)], "bytes": True}
     if isinstance(value, dict):
         return {
             str(k): _split(v, f"{key}/{k}" if key else str(k), arrays) for k, v in value.items()
@@ -144,6 +149,8 @@ def _join(value: Any, arrays: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {"npz", "shape"}:
             return arrays[value["npz"]]
+        if set(value) == {"npz", "shape", "bytes"}:
+            return arrays[value["npz"]].tobytes()
         return {k: _join(v, arrays) for k, v in value.items()}
     if isinstance(value, list):
         return [_join(v, arrays) for v in value]

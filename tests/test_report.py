@@ -100,8 +100,11 @@ def test_report_is_self_contained_and_every_image_is_a_png(report_dir):
     assert html.escape(results["model"]["layer_choice"]) in page
 
 
-def test_results_round_trip_through_json_and_npz(report_dir):
+def test_results_round_trip_through_json_and_npz(report_dir, tmp_path):
     root, results = report_dir
+    with_attributes = dict(results, pairs=[dict(results["pairs"][0], attributes={"a figure": b"\x89PNG bytes"})])
+    save_results(with_attributes, tmp_path)
+    assert load_results(tmp_path)["pairs"][0]["attributes"] == {"a figure": b"\x89PNG bytes"}
     again = load_results(root)
     first = results["pairs"][0]["methods"]["gradcam"]["maps"][0]
     np.testing.assert_array_equal(again["pairs"][0]["methods"]["gradcam"]["maps"][0], first)
