@@ -4,9 +4,11 @@ virtual environment, the README's exact line.
 The line (the first ``python3 -m venv`` line under "Run it on a fresh
 machine") is split at the command it installs for: the install part
 (virtual environment, ``pip install``) and the main job (``captum-similarity
-explain ...``) are timed separately, the main job twice (first run with an
-empty matplotlib cache, as on a new machine, then again). The machine's load
-average is recorded before and after, since other jobs share it.
+explain ...``) are timed separately, the main job three times: first with an
+empty matplotlib cache, as on a new machine, then again, then with
+``--threads 1`` (torch's threads against the machine's other jobs). The
+machine's load average is recorded before and after, since other jobs share
+it.
 
 Usage: python benchmarks/main_job.py [--repeats N] [--out benchmarks/results/main_job.md]
 """
@@ -89,15 +91,17 @@ def main(argv=None) -> None:
         "Each row: a clean `git clone` of the checkout, then the line's install part (fresh "
         "virtual environment, `pip install`, with pip's own download cache) and its main job "
         "(`captum-similarity explain ...`, the first run with an empty matplotlib cache), timed "
-        "apart; the main job run once more. Load average: the machine's 1-minute load before "
-        "and after (2 cores; other jobs share the machine).",
+        "apart; the main job run once more, then once with `--threads 1` added. Load average: "
+        "the machine's 1-minute load before and after (2 cores; other jobs share the machine).",
         "",
-        "| clone | install (s) | main job, first run (s) | main job, again (s) | whole line (s) | load average | report written |",
-        "| ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| clone | install (s) | main job, first run (s) | main job, again (s) "
+        "| main job, --threads 1 (s) | whole line (s) | load average | report written |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
-    for r, (a, b, c, l0, l1, ok) in enumerate(rows, 1):
+    for r, (a, b, c, d, l0, l1, ok) in enumerate(rows, 1):
         text.append(
-            f"| {r} | {a:.1f} | {b:.1f} | {c:.1f} | {a + b:.1f} | {l0:.1f} -> {l1:.1f} | {'yes' if ok else 'no'} |"
+            f"| {r} | {a:.1f} | {b:.1f} | {c:.1f} | {d:.1f} | {a + b:.1f} | {l0:.1f} -> {l1:.1f} "
+            f"| {'yes' if ok else 'no'} |"
         )
     args.out.write_text("\n".join(text) + "\n")
     print(f"wrote {args.out}")
