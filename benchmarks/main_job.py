@@ -74,12 +74,14 @@ def main(argv=None) -> None:
             t_install = timed(install, clone, env, Path(tmp) / "install.log")
             t_first = timed(job, clone, env, Path(tmp) / "job1.log")
             t_again = timed(job, clone, env, Path(tmp) / "job2.log")
+            t_one = timed(job + " --threads 1", clone, env, Path(tmp) / "job3.log")
             load_after = os.getloadavg()[0]
             report = (clone / "report" / "report.html").is_file()
-            rows.append((t_install, t_first, t_again, load_before, load_after, report))
+            rows.append((t_install, t_first, t_again, t_one, load_before, load_after, report))
             print(
                 f"clone {r + 1}: install {t_install:.1f} s, main job {t_first:.1f} s (first run), "
-                f"{t_again:.1f} s (again); load average {load_before:.1f} -> {load_after:.1f}"
+                f"{t_again:.1f} s (again), {t_one:.1f} s (--threads 1); load average "
+                f"{load_before:.1f} -> {load_after:.1f}"
             )
     text = [
         "# The README's main job from a clean clone",

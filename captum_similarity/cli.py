@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._utils.progress import Progress
+from ._utils.state import preserved_state
 from ._version import __version__
 from .candidates import DEFAULT_MIN_GRID, default_layer
-from ._utils.progress import Progress
 from .data.files import SAMPLE_PREFIX, gallery_files, load_image, sample_image, sample_names
 from .data.prepare import ImagePreparation, display_image, parse_normalization
 from .explainers import SELECTIONS, explain_pair_detailed, explainers, resolve_methods, short_names
@@ -39,7 +40,6 @@ from .metrics.insertion_deletion import insertion_deletion
 from .metrics.match_plausibility import match_plausibility
 from .models.loading import DLIB_FACE, MODEL_SPEC_FORMS, LoadedModel, load_model
 from .report import build_report, save_results
-from ._utils.state import preserved_state
 from .siamese import SiameseSimilarity
 from .similarity import SIMILARITIES
 
@@ -72,8 +72,9 @@ SCORE_MEANINGS = {
 }
 
 
-class UsageError(Exception):
-    """A problem with what the user asked for: one line, exit status 2."""
+class UsageError(ValueError):
+    """A problem with what the user asked for (arguments, images, model): one
+    line on the command line, exit status 2."""
 
 
 # -- the job -------------------------------------------------------------------
@@ -145,6 +146,13 @@ def explain_images(
 
     Raises:
         UsageError: bad arguments, images or model (one line each).
+
+    Example::
+
+        >>> results = explain_images("query.png", ["gallery/"], "my_model.py:build",
+        ...                          methods="gradcam,lrp", size=(224, 224), normalize="imagenet")
+        >>> results["pairs"][0]["reference"], results["pairs"][0]["score"]
+        >>> build_report(results, "report.html")
     """
     start = time.perf_counter()
     seconds: Dict[str, float] = {}
