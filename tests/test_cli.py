@@ -389,6 +389,7 @@ def test_empty_gallery_and_debug_traceback(workspace, capsys):
     assert "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch: seconds
 def test_plain_progress_lines_off_a_terminal_and_python_m(workspace):
     env = dict(
         os.environ,

@@ -22,6 +22,9 @@ from captum_similarity.models import SimpleCNN
 from captum_similarity.models.loading import LoadedModel
 from captum_similarity.report import build_report, load_results, save_results
 
+#: A gallery run with faithfulness curves and four methods takes half a minute here.
+pytestmark = pytest.mark.slow
+
 #: Names of the Chromium command in Debian and elsewhere.
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
