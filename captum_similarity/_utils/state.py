@@ -108,37 +108,69 @@ def explained_module(model: Any) -> Any:
 
 
 def _lock(obj: Any) -> "threading.RLock":
-    with _LOCKS_GUARD:
-        try:
-            lock = _LOCKS.get(obj)
-            if lock is None:
-                lock = _LOCKS[obj] = threading.RLock()
-        except TypeError:  # not weakly referenceable (or not hashable)
-            lock = _FALLBACK_LOCK
-    return lock
+    try:
+        lock = _LOCKS.get(obj)  # a lookup needs no registry lock
+        if lock is not None:
+            return lock
+        with _LOCKS_GUARD:
+            return _LOCKS.setdefault(obj, threading.RLock())
+    except TypeError:  # not weakly referenceable (or not hashable)
+        return _FALLBACK_LOCK
 
 
-def _locks(target: Any) -> List["threading.RLock"]:
-    """The locks of every module of ``target`` (so that two wrappers around one
-    embedder share its modules' locks), in one global order (by id) so that
-    threads taking several never deadlock."""
-    objects = list(target.modules()) if isinstance(target, nn.Module) else [target]
-    unique = {id(o): o for o in objects}
-    locks = {id(lk): lk for lk in (_lock(unique[k]) for k in sorted(unique))}
+def _locks(objects: List[Any]) -> List["threading.RLock"]:
+    """The locks of ``objects`` (every module of a model, so that two wrappers
+    around one embedder share its modules' locks), in one global order (by
+    id) so that threads taking several never deadlock."""
+    locks = {id(lk): lk for lk in map(_lock, objects)}
     return [locks[k] for k in sorted(locks)]
 
 
-def _check_not_inference(target: Any, method: str) -> None:
+def _made_in_inference_mode(target: Any) -> bool:
+    """Whether ``target``'s first parameter (or buffer) is an inference tensor:
+    a model built inside ``torch.inference_mode()`` (a model loaded there
+    keeps normal tensors: ``load_state_dict`` copies in place)."""
     if not isinstance(target, nn.Module):
-        return
-    for name, t in list(target.named_parameters()) + list(target.named_buffers()):
-        if t.is_inference():
-            raise InferenceModeError(
-                f"{method} needs autograd, but the model's {name!r} is an inference tensor "
-                "(the model was created or loaded inside torch.inference_mode()); create or "
-                "load the model outside torch.inference_mode() (torch.no_grad() is fine), "
-                "then call the method inside or outside inference mode"
-            )
+        return False
+    first = next(target.parameters(), None)
+    if first is None:
+        first = next(target.buffers(), None)
+    return first is not None and first.is_inference()
+
+
+def _from_inference_tensors(error: BaseException) -> bool:
+    """Whether torch raised ``error`` (or an error it arose from) for an
+    inference tensor meeting autograd."""
+    seen = 0
+    while error is not None and seen < 8:
+        if "inference tensor" in str(error).lower():
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+def _inference_mode_error(method: str) -> InferenceModeError:
+    return InferenceModeError(
+        f"{method} needs autograd, but the model's parameters or buffers are inference "
+        "tensors (the model was built inside torch.inference_mode()); build it outside "
+        "torch.inference_mode() (loading weights inside is fine, as is torch.no_grad()), then "
+        "call the method inside or outside inference mode"
+    )
+
+
+@contextmanager
+def _eval_mode(modules: List[Any]) -> Iterator[None]:
+    """``modules`` in eval mode inside the block, their training flags restored
+    on exit (also on an exception); only the modules that were training are
+    written."""
+    training = [m for m in modules if isinstance(m, nn.Module) and m.training]
+    try:
+        for m in training:
+            m.training = False
+        yield
+    finally:
+        for m in training:
+            m.training = True
 
 
 @contextmanager
@@ -152,8 +184,11 @@ def explaining(model: Any, gradients: bool = True, method: str = "this method") 
       (or on wrappers sharing its modules) run one after another, and nested
       calls from the same thread (a method calling the LRP engine) pass;
     - **eval mode**: the model runs in eval mode (BatchNorm uses and keeps its
-      running statistics, Dropout is off); training flags, ``requires_grad``
-      and ``.grad`` are restored on exit, also when an exception is raised;
+      running statistics, Dropout is off); the training flags are restored on
+      exit, also when an exception is raised (the methods change neither
+      ``requires_grad`` nor ``.grad``: they take gradients with
+      ``torch.autograd.grad``, and the LRP engine restores what it changes
+      with :func:`preserved_state`);
     - **autograd** (``gradients=True``): enabled, also inside
       ``torch.no_grad()`` and ``torch.inference_mode()`` (which is left for
       the block); a model whose parameters or buffers are inference tensors
@@ -175,25 +210,34 @@ def explaining(model: Any, gradients: bool = True, method: str = "this method") 
         InferenceModeError: ``gradients`` with a model made of inference tensors.
     """
     target = explained_module(model)
+    modules = list(target.modules()) if isinstance(target, nn.Module) else [target]
     entered = getattr(_ENTERED, "depth", None)
     if entered is None:
         entered = _ENTERED.depth = {}
     key = id(target)
     with ExitStack() as stack:
-        for lock in _locks(target):
+        for lock in _locks(modules):
             stack.enter_context(lock)
         if entered.get(key, 0) == 0:
-            stack.enter_context(preserved_state(target, eval_mode=True))
+            stack.enter_context(_eval_mode(modules))
         entered[key] = entered.get(key, 0) + 1
         stack.callback(_leave, entered, key)
-        if gradients:
-            if torch.is_inference_mode_enabled():
-                stack.enter_context(torch.inference_mode(False))
-            _check_not_inference(target, method)
-            stack.enter_context(torch.enable_grad())
-        else:
+        if not gradients:
             stack.enter_context(torch.no_grad())
-        yield
+            yield
+            return
+        if _made_in_inference_mode(target):
+            raise _inference_mode_error(method)
+        if torch.is_inference_mode_enabled():
+            stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        try:
+            yield
+        except RuntimeError as error:
+            # torch's message when some other weight made in inference mode meets autograd
+            if _from_inference_tensors(error):
+                raise _inference_mode_error(method) from error
+            raise
 
 
 def _leave(entered: Dict[int, int], key: int) -> None:
