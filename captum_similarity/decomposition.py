@@ -191,7 +191,9 @@ class SimilarityDecomposition(LayerAttribution):
                 for a 1-tuple.
             - **delta** (*Tensor*, with ``return_convergence_delta``): ``(N,)``.
         """
-        images, reference, is_tuple = contract.format_inputs(inputs, additional_forward_args, _METHOD)
+        images, reference, is_tuple = contract.format_inputs(
+            inputs, additional_forward_args, _METHOD
+        )
         pair = tuple(images) if len(images) == 2 else (images[0], reference)
         matrix, f1, f2, grids = self._decompose(pair, attribute_to_layer_input, include_bias)
         single = len(images) == 1

@@ -293,7 +293,8 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
         query = contract.check_images(query, "query", _METHOD, self.model)
         if query.shape[0] != 1:
             raise ValueError(f"the query must be one image (1, ...), got batch {query.shape[0]}")
-        references = contract.check_finite(check_float_tensor(references, "references"), "references")
+        references = check_float_tensor(references, "references")
+        contract.check_finite(references, "references")
         with recording(self.layer, attribute_to_layer_input) as rec:
             f_q = contract.check_embedding(
                 self.model.embed(_grad_leaf(query)), name="the embedding of the query"

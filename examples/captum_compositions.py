@@ -39,7 +39,8 @@ def main() -> None:
     # SmoothGrad of Grad-CAM maps, and the same by hand from the same noisy inputs
     torch.manual_seed(1)
     smooth = NoiseTunnel(cam).attribute(
-        x, nt_type="smoothgrad", nt_samples=args.samples, stdevs=0.05, additional_forward_args=(ref,)
+        x, nt_type="smoothgrad", nt_samples=args.samples, stdevs=0.05,
+        additional_forward_args=(ref,),
     )
     torch.manual_seed(1)  # NoiseTunnel's draw: one normal sample per element of the repeated batch
     noisy = x.repeat_interleave(args.samples, 0)
@@ -58,7 +59,9 @@ def main() -> None:
         noise = torch.randn_like(inputs) * 0.02
         return noise, inputs - noise
 
-    infid = infidelity(sim, perturb, x, relevance, additional_forward_args=(ref,), n_perturb_samples=4)
+    infid = infidelity(
+        sim, perturb, x, relevance, additional_forward_args=(ref,), n_perturb_samples=4
+    )
     print(f"LRP max-sensitivity per query: {[round(float(v), 4) for v in sens]}")
     print(f"LRP infidelity per query: {[f'{float(v):.2e}' for v in infid]}")
 

@@ -32,8 +32,9 @@ def main() -> None:
     first = cam.attribute(x, additional_forward_args=(ref,))
     second = cam.attribute(x, additional_forward_args=(ref,))
     print(f"train-mode model: two calls give the same maps: {torch.equal(first, second)}")
-    unchanged = torch.equal(stats[0], bn.running_mean) and torch.equal(stats[1], bn.num_batches_tracked)
-    print(f"  BatchNorm statistics unchanged: {unchanged}; model still in train mode: {model.training}")
+    unchanged = all(torch.equal(a, b) for a, b in zip(stats, (bn.running_mean, bn.num_batches_tracked)))
+    print(f"  BatchNorm statistics unchanged: {unchanged}; "
+          f"model still in train mode: {model.training}")
 
     lrp = LRPRelevancePairing(sim)
     single = lrp.attribute(x, additional_forward_args=(ref,))

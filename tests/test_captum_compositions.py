@@ -184,3 +184,47 @@ def test_infidelity_of_each_method_equals_its_definition_on_the_same_perturbatio
     dot = (noise * attributions.repeat_interleave(SAMPLES, 0)).flatten(1).sum(1)
     expected = (dot - drop).pow(2).view(N, SAMPLES).mean(1)
     torch.testing.assert_close(value, expected.to(value.dtype))
+
+
+def test_the_compositions_of_issue_22():
+    """As a Captum user composes them: a small CNN, 24x24, batch-3 queries
+    against a batch-1 reference."""
+    from captum.attr import GuidedGradCam, KernelShap, Lime
+
+    from captum_similarity.models import SimpleCNN
+
+    torch.manual_seed(0)
+    model = SimpleCNN().eval()
+    sim = SiameseSimilarity(model, "cosine")
+    g = torch.Generator().manual_seed(0)
+    x, ref = torch.rand(3, 3, 24, 24, generator=g), torch.rand(1, 3, 24, 24, generator=g)
+    layer = model.features[3]
+    for method, kwargs in (
+        (EmbeddingGradCAM(sim, layer), {}),
+        (LRPRelevancePairing(sim), {}),
+        (PairwiseIntermediateMatching(sim, layer), {"k": 2}),
+        (SimilarityRISE(sim), {"n_masks": 8, "seed": 0}),
+    ):
+        smoothed = NoiseTunnel(method).attribute(
+            x, nt_type="smoothgrad", nt_samples=2, additional_forward_args=(ref,), **kwargs
+        )
+        assert smoothed.shape[0] == 3 and torch.isfinite(smoothed).all()
+    for method in (LRPRelevancePairing(sim), EmbeddingGradCAM(sim, layer)):
+        sens = sensitivity_max(method.attribute, x, additional_forward_args=(ref,), n_perturb_samples=2)
+        assert sens.shape == (3,) and torch.isfinite(sens).all()
+    with pytest.raises(ValueError, match="pass the reference as a precomputed embedding"):
+        GuidedGradCam(sim, layer).attribute(x, additional_forward_args=(ref,))
+    pytest.importorskip("sklearn", reason="Lime and KernelShap need captum-similarity[lime]")
+    for cls in (Lime, KernelShap):
+        assert cls(sim).attribute(x, additional_forward_args=(ref,), n_samples=8).shape == x.shape
+
+
+def test_lime_needs_the_lime_extra():
+    """The extra that installs scikit-learn for Lime and KernelShap exists, and
+    the docs name it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pyproject = (root / "pyproject.toml").read_text()
+    assert 'lime = ["scikit-learn' in pyproject
+    assert 'pip install "captum-similarity[lime]"' in (root / "docs" / "captum-methods.md").read_text()

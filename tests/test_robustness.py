@@ -21,13 +21,13 @@ from torch import Tensor, nn
 
 from captum_similarity import (
     EmbeddingGradCAM,
+    InferenceModeError,
     LRPRelevancePairing,
     PairwiseIntermediateMatching,
     SiameseSimilarity,
     SimilarityDecomposition,
     SimilarityRISE,
 )
-from captum_similarity._utils.state import InferenceModeError
 from captum_similarity.metrics import insertion_deletion, match_plausibility
 from conftest import snapshot
 
@@ -412,3 +412,17 @@ def test_a_damaged_model_cache_is_retrained_with_a_warning(tmp_path, monkeypatch
         torch.testing.assert_close(again.weight, build().weight)  # trained from a fresh build
     _, info = demo_models._cached("probe", {"a": 1}, build, train, cache=True)
     assert info["loaded_from_cache"]  # the file was rewritten
+
+
+def test_the_locks_do_not_keep_a_model_alive():
+    import gc
+    import weakref
+
+    model = make_model()
+    EmbeddingGradCAM(SiameseSimilarity(model, "cosine"), LAYER).attribute(
+        *make_data()[:1], additional_forward_args=(make_data()[1],)
+    )
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

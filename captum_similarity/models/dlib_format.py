@@ -345,10 +345,12 @@ def _read_fc(reader: DlibReader, version: str) -> DlibLayer:
     if fields["bias_mode"] == 0:  # FC_HAS_BIAS
         parts.append(("biases", biases))
     tensors = _split_params(reader, params, parts, what)
-    rows, cols = int(fields["num_inputs"]), int(fields["num_outputs"])  # type: ignore[call-overload]
+    rows = int(fields["num_inputs"])  # type: ignore[call-overload]
+    cols = int(fields["num_outputs"])  # type: ignore[call-overload]
     if rows * cols != tensors["weights"].size:
         raise reader.error(
-            f"{what}: {rows} inputs x {cols} outputs do not match its {tensors['weights'].size} weights"
+            f"{what}: {rows} inputs x {cols} outputs do not match its "
+            f"{tensors['weights'].size} weights"
         )
     tensors["weights"] = tensors["weights"].reshape(rows, cols)
     return DlibLayer("fc", version, fields, tensors)
