@@ -443,25 +443,27 @@ def _shapley_values() -> None:
       "`(x, additional_forward_args=(ref,), feature_mask=m)`; needs `captum-similarity[lime]`",
       "with a linear-regression surrogate on a model linear in `x`: equals FeatureAblation")
 def _lime() -> None:
-    needs_sklearn()
     from captum._utils.models.linear_model import SkLearnLinearRegression
 
-    sim, x, ref, _ = branch("linear")
-    mask = quarter_mask()
-    lime = Lime(sim, interpretable_model=SkLearnLinearRegression())
-    a = lime.attribute(x, additional_forward_args=(ref,), feature_mask=mask, n_samples=40)
-    expected = FeatureAblation(sim).attribute(x, additional_forward_args=(ref,), feature_mask=mask)
-    close(a, expected, atol=1e-8, rtol=1e-6)
+    _equals_ablation_on_a_linear_model(
+        lambda sim: Lime(sim, interpretable_model=SkLearnLinearRegression())
+    )
 
 
 @case("KernelShap", "perturbation",
       "`(x, additional_forward_args=(ref,), feature_mask=m)`; needs `captum-similarity[lime]`",
       "on a model linear in `x` Shapley values are the ablation effects: equals FeatureAblation")
 def _kernel_shap() -> None:
+    _equals_ablation_on_a_linear_model(KernelShap)
+
+
+def _equals_ablation_on_a_linear_model(make: Callable) -> None:
+    """``make(sim)`` (a surrogate-model method) on a model linear in ``x``
+    recovers each feature's ablation effect."""
     needs_sklearn()
     sim, x, ref, _ = branch("linear")
     mask = quarter_mask()
-    a = KernelShap(sim).attribute(x, additional_forward_args=(ref,), feature_mask=mask, n_samples=40)
+    a = make(sim).attribute(x, additional_forward_args=(ref,), feature_mask=mask, n_samples=40)
     expected = FeatureAblation(sim).attribute(x, additional_forward_args=(ref,), feature_mask=mask)
     close(a, expected, atol=1e-8, rtol=1e-6)
 

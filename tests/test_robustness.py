@@ -426,3 +426,25 @@ def test_the_locks_do_not_keep_a_model_alive():
     del model
     gc.collect()
     assert alive() is None
+
+
+def test_the_wrapper_names_dtype_and_missing_batch_dimension_and_passes_nan_through():
+    """SiameseSimilarity (a model, not a method): wrong dtype and a 3-D image
+    get errors naming them (they used to be torch's "expected input[1, 6, 8, 8]
+    to have 3 channels"); a NaN image gives a NaN score, as torch models do."""
+    model = make_model()
+    sim = SiameseSimilarity(model, "cosine")
+    x, ref = make_data()
+    for a, b in ((x[0], x[1]), (x[0], ref), (x, ref[0])):
+        with pytest.raises(ValueError, match=r"batch dimension is missing .* pass x\[None\]"):
+            sim(a, b)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        with pytest.raises(TypeError, match=f"x1 has dtype {dtype} but the model's parameters are"):
+            sim(x.to(dtype), ref)
+    single = SiameseSimilarity(make_model().float(), "cosine")
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts for the model
+        assert single(x.bfloat16(), ref.bfloat16()).shape == (2,)
+    nan = x.clone()
+    nan[1, 0, 0, 0] = float("nan")
+    scores = sim(nan, ref)
+    assert not torch.isnan(scores[0]) and torch.isnan(scores[1])

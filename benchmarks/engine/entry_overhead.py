@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
-from statistics import median
-from typing import Callable, Dict, List
+from typing import Callable, List
 
 import torch
 
@@ -34,25 +32,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from shared_models import LRP_MODELS  # noqa: E402
-from timing import command_line, forward_backward, machine  # noqa: E402
+from timing import command_line, forward_backward, machine, rounds  # noqa: E402
 
 from captum_similarity import EmbeddingGradCAM, SiameseSimilarity  # noqa: E402
 
 #: The layer Grad-CAM explains in each reference model.
 LAYERS = {"cnn": "features.4", "resnet": "layer2", "efficientnet": "blocks.2", "vit": "blocks.1"}
-
-
-def rounds(cases: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
-    """Median seconds of each case, all cases timed back to back in each round."""
-    times: Dict[str, List[float]] = {name: [] for name in cases}
-    for fn in cases.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: median(t) for name, t in times.items()}
 
 
 def measure(kind: str, repeats: int) -> List[str]:

@@ -180,10 +180,17 @@ def broadcast_pair(x1: Tensor, x2: Tensor) -> Tuple[Tensor, Tensor]:
         return x1, x2[:1].expand(n1, *x2.shape[1:])
     if rows_identical(x1):
         return x1[:1].expand(n2, *x1.shape[1:]), x2
+    hint = ""
+    if abs(x1.dim() - x2.dim()) == 1:
+        short = "x1" if x1.dim() < x2.dim() else "x2"
+        hint = (
+            f"; {short} has one dimension less than the other side: a batch dimension is "
+            f"missing if it is one image (C, H, W): pass x[None]"
+        )
     raise ValueError(
         f"cannot broadcast batch sizes {n1} (x1) and {n2} (x2): a reference must have the "
         f"queries' batch size, batch size 1, or identical rows (x1 has batch {n1}, x2 "
-        f"batch {n2})"
+        f"batch {n2}){hint}"
     )
 
 
