@@ -59,7 +59,8 @@ def orl_or_none() -> Optional[Path]:
 
 def test_every_example_is_tested():
     tested = {"siamese_wrapper.py", "faithfulness.py", "embedding_gradcam.py",
-              "face_verification.py", "lrp_orl_faces.py", "pairwise_matching_orl.py"}
+              "face_verification.py", "lrp_orl_faces.py", "pairwise_matching_orl.py",
+              "captum_compositions.py", "reliability.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -72,6 +73,25 @@ def test_siamese_wrapper(tmp_path):
     assert number_after("IG on both images: completeness error", out) < 1e-8
     assert number_after("summation error", out) < 1e-10
     assert number_after("|sum R1 - s| =", out) < 1e-5 and number_after("|sum R2 - s| =", out) < 1e-5
+
+
+@pytest.mark.slow
+def test_captum_compositions(tmp_path):
+    out = run_example("captum_compositions.py", "--samples", "2", "--out", str(tmp_path / "sg.png"),
+                      cwd=tmp_path)
+    assert_images(tmp_path / "sg.png")
+    assert "equals the mean over the same noisy inputs: True" in out
+    assert "LayerConductance with an image reference: ValueError: LayerConductance cannot" in out
+    assert out.count("per query:") == 2
+
+
+@pytest.mark.slow
+def test_reliability(tmp_path):
+    out = run_example("reliability.py", "--threads", "3", "--calls", "2", cwd=tmp_path)
+    assert out.count(": True") == 7 and ": False" not in out
+    assert "a NaN pixel: ValueError: NaN or infinite values in inputs (row 1 of 2)" in out
+    assert "float64 images on a float32 model: TypeError" in out
+    assert "pass x[None]" in out
 
 
 @pytest.mark.slow
