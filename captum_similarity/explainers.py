@@ -46,6 +46,9 @@ EXCLUDED = {
     ),
 }
 
+#: Where maps of a registered explainer survived model randomisation (measured).
+_DLIB = ("dlib face ResNet",)
+
 #: Masks of the registered SimilarityRISE: SANE's 2000. Lower it for quick checks.
 RISE_MASKS = 2000
 
@@ -64,6 +67,11 @@ class PairExplainer:
         black_box (bool): Uses only forward passes.
         baseline (bool): A reference point for benchmarks (e.g. a random
             map), not an explanation; the demo leaves it out.
+        survives_randomization (tuple of str): The models on which the
+            explainer's maps survived the model-parameter randomisation test
+            (they barely changed with every layer random, so there they do
+            not explain the model), as measured by
+            ``benchmarks/methods/sanity_checks.py`` (docs/sanity-checks.md).
     """
 
     name: str
@@ -71,20 +79,28 @@ class PairExplainer:
     needs_layer: bool = False
     black_box: bool = False
     baseline: bool = False
+    survives_randomization: Tuple[str, ...] = ()
 
 
 _REGISTRY: Dict[str, PairExplainer] = {}
 
 
 def register(
-    name: str, needs_layer: bool = False, black_box: bool = False, baseline: bool = False
+    name: str,
+    needs_layer: bool = False,
+    black_box: bool = False,
+    baseline: bool = False,
+    survives_randomization: Tuple[str, ...] = (),
 ) -> Callable[[ExplainFn], ExplainFn]:
-    """Decorator adding ``fn`` to the registry under ``name``."""
+    """Decorator adding ``fn`` to the registry under ``name`` (the arguments
+    are :class:`PairExplainer`'s fields)."""
 
     def add(fn: ExplainFn) -> ExplainFn:
         if name in _REGISTRY:
             raise ValueError(f"an explainer named {name!r} is already registered")
-        _REGISTRY[name] = PairExplainer(name, fn, needs_layer, black_box, baseline)
+        _REGISTRY[name] = PairExplainer(
+            name, fn, needs_layer, black_box, baseline, tuple(survives_randomization)
+        )
         return fn
 
     return add
@@ -180,12 +196,12 @@ def _lrp(model, x1, x2, layer):
     return LRP(model).attribute((x1, x2))
 
 
-@register("LRPRelevancePairing (epsilon_plus)")
+@register("LRPRelevancePairing (epsilon_plus)", survives_randomization=_DLIB)
 def _lrp_pairing(model, x1, x2, layer):
     return LRPRelevancePairing(model).attribute((x1, x2))
 
 
-@register("SimilarityRISE", black_box=True)
+@register("SimilarityRISE", black_box=True, survives_randomization=_DLIB)
 def _rise(model, x1, x2, layer):
     maps = SimilarityRISE(model).attribute((x1, x2), n_masks=RISE_MASKS, seed=0)
     # drop each map's offset (about the mean masked score) so that figures show contrast;
@@ -208,6 +224,6 @@ def _embedding_gradcam(model, x1, x2, layer):
     return EmbeddingGradCAM(model, layer).attribute((x1, x2))
 
 
-@register("PairwiseIntermediateMatching (PAIR-X)", needs_layer=True)
+@register("PairwiseIntermediateMatching (PAIR-X)", needs_layer=True, survives_randomization=_DLIB)
 def _pairx(model, x1, x2, layer):
     return PairwiseIntermediateMatching(model, layer).attribute((x1, x2))

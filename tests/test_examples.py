@@ -60,7 +60,7 @@ def orl_or_none() -> Optional[Path]:
 def test_every_example_is_tested():
     tested = {"siamese_wrapper.py", "faithfulness.py", "embedding_gradcam.py",
               "face_verification.py", "lrp_orl_faces.py", "pairwise_matching_orl.py",
-              "captum_compositions.py", "reliability.py"}
+              "captum_compositions.py", "reliability.py", "sanity_checks.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -153,3 +153,14 @@ def test_pairwise_matching_orl(orl_root, tmp_path):
     names = ["pairx_orl_same.png", "pairx_orl_same_raw.png", "pairx_orl_different.png"]
     assert_images(*(tmp_path / "figs" / name for name in names))
     assert out.count("inlier ratio") == 2
+
+
+@pytest.mark.slow
+def test_sanity_checks(tmp_path):
+    pytest.importorskip("face_recognition_models", reason="needs the faces extra")
+    out = run_example("sanity_checks.py", "--out", str(tmp_path / "sanity.png"), cwd=tmp_path)
+    assert_images(tmp_path / "sanity.png")
+    assert "a fixed map (ignores the model): similarity as layers go random from the top: " \
+        "1.00, 1.00, 1.00, 1.00, 1.00, 1.00, 1.00; survives: True" in out
+    assert "EmbeddingGradCAM: similarity" in out and "Captum Saliency: similarity" in out
+    assert out.count("survives: False") >= 2  # the gradient maps follow the weights
