@@ -52,6 +52,9 @@ EXCLUDED = {
     ),
 }
 
+#: Where maps of a registered explainer survived model randomisation (measured).
+_DLIB = ("dlib face ResNet",)
+
 #: Masks of the registered SimilarityRISE: SANE's 2000. Lower it for quick checks.
 RISE_MASKS = 2000
 
@@ -90,6 +93,11 @@ class PairExplainer:
             a2, extra)``: the same maps and the method's richer result
             (PAIR-X's matches, BiLRP's patch-pair relevance) from one run;
             see :func:`explain_pair_detailed`.
+        survives_randomization (tuple of str): The models on which the
+            explainer's maps survived the model-parameter randomisation test
+            (they barely changed with every layer random, so there they do
+            not explain the model), as measured by
+            ``benchmarks/methods/sanity_checks.py`` (docs/sanity-checks.md).
     """
 
     name: str
@@ -101,6 +109,7 @@ class PairExplainer:
     default: bool = False
     cost: str = ""
     detail: Optional[DetailFn] = None
+    survives_randomization: Tuple[str, ...] = ()
 
 
 _REGISTRY: Dict[str, PairExplainer] = {}
@@ -115,6 +124,7 @@ def register(
     default: bool = False,
     cost: str = "",
     detail: Optional[DetailFn] = None,
+    survives_randomization: Tuple[str, ...] = (),
 ) -> Callable[[ExplainFn], ExplainFn]:
     """Decorator adding ``fn`` to the registry under ``name`` (and the short
     name ``short``); the arguments are :class:`PairExplainer`'s fields."""
@@ -131,7 +141,8 @@ def register(
             taken = short_names()[short]
             raise ValueError(f"the short name {short!r} is already taken by {taken!r}")
         _REGISTRY[name] = PairExplainer(
-            name, fn, needs_layer, black_box, baseline, short, default, cost, detail
+            name, fn, needs_layer, black_box, baseline, short, default, cost, detail,
+            tuple(survives_randomization),
         )
         return fn
 
@@ -329,7 +340,7 @@ def _lrp(model, x1, x2, layer):
 
 @register(
     "LRPRelevancePairing (epsilon_plus)", short="lrp", default=True,
-    cost="1 forward and 1 relevance backward pass",
+    cost="1 forward and 1 relevance backward pass", survives_randomization=_DLIB,
 )
 def _lrp_pairing(model, x1, x2, layer):
     return LRPRelevancePairing(model).attribute((x1, x2))
@@ -338,6 +349,7 @@ def _lrp_pairing(model, x1, x2, layer):
 @register(
     "SimilarityRISE", black_box=True, short="rise",
     cost=f"{RISE_MASKS} masked forward passes per image (SANE's setting): minutes on a CPU",
+    survives_randomization=_DLIB,
 )
 def _rise(model, x1, x2, layer):
     maps = SimilarityRISE(model).attribute((x1, x2), n_masks=RISE_MASKS, seed=0)
@@ -392,7 +404,7 @@ def _pairx_detail(model, x1, x2, layer):
 @register(
     "PairwiseIntermediateMatching (PAIR-X)", needs_layer=True, short="pairx", default=True,
     cost=f"1 forward pass and relevance backward passes for {PAIRX_MATCHES} matches",
-    detail=_pairx_detail,
+    detail=_pairx_detail, survives_randomization=_DLIB,
 )
 def _pairx(model, x1, x2, layer):
     return PairwiseIntermediateMatching(model, layer).attribute((x1, x2), k=PAIRX_MATCHES)

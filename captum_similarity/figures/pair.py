@@ -43,6 +43,11 @@ def _select(t: Tensor, index: int, name: str, max_dim: int) -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     t = t.detach()
     if t.dim() == max_dim + 1:
+        if isinstance(index, bool) or not isinstance(index, int) or not -len(t) <= index < len(t):
+            raise ValueError(
+                f"index {index!r} is not a sample of {name}, a batch of {len(t)} "
+                f"(use 0 to {len(t) - 1})"
+            )
         t = t[index]
     if t.dim() == 2:
         t = t[None]
@@ -199,6 +204,14 @@ def visualize_pair(
     columns = dict(attributions) if isinstance(attributions, Mapping) else {"": attributions}
     if not columns:
         raise ValueError("attributions is empty")
+    for arg, value, known in (
+        ("method", method, viz.ImageVisualizationMethod.__members__),
+        ("sign", sign, viz.VisualizeSign.__members__),
+    ):
+        if value not in known:
+            raise ValueError(
+                f"{arg} must be one of Captum's {', '.join(map(repr, known))}, got {value!r}"
+            )
     for name, pair in columns.items():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(f"attributions for {name or 'the pair'} must be a pair (a1, a2)")

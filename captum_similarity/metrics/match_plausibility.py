@@ -22,10 +22,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
+import math
+
 import torch
 from torch import Tensor
 
 from .._utils.affine import ransac_affine
+from .._utils.inputs import check_finite
 from .retrieval import auroc
 
 if TYPE_CHECKING:  # the metric reads results; it does not need the method
@@ -78,6 +81,17 @@ def match_plausibility(
     results = [matches] if hasattr(matches, "points1") else list(matches)
     if not results:
         raise ValueError("matches is empty")
+    if residual_threshold is not None and not (
+        not isinstance(residual_threshold, bool)
+        and isinstance(residual_threshold, (int, float, Tensor))
+        and 0 < float(residual_threshold) < math.inf
+    ):
+        raise ValueError(
+            f"residual_threshold must be a positive number of pixels or None (one cell), "
+            f"got {residual_threshold!r}"
+        )
+    for i, r in enumerate(results):
+        _check_matches(r, f"matches[{i}]" if len(results) > 1 else "matches")
     if not isinstance(top, int) or top < 3:
         raise ValueError(
             f"top must be an integer >= 3 (an affine fit needs 3 matches), got {top!r}"
@@ -88,7 +102,11 @@ def match_plausibility(
     for r in results:
         m = min(top, len(r))
         grid, size = r.layer_relevance2.shape, r.image_size2
-        threshold = residual_threshold or max(size[0] / grid[0], size[1] / grid[1])
+        threshold = (
+            max(size[0] / grid[0], size[1] / grid[1])
+            if residual_threshold is None
+            else float(residual_threshold)
+        )
         if m >= 3:
             _, inliers, residuals = ransac_affine(
                 r.points1[:m], r.points2[:m], threshold, trials, generator, max_scale
@@ -101,6 +119,15 @@ def match_plausibility(
         out["relevance_on_matches"].append(_relevance_on_matches(r))
         out["matches"].append(float(len(r)))
     return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items()}
+
+
+def _check_matches(r: "PairMatches", name: str) -> None:
+    """Raises for a PAIR-X result holding a NaN or infinite score, point or relevance."""
+    if not math.isfinite(r.score):
+        raise ValueError(f"{name} has a non-finite score ({r.score}); its matches mean nothing")
+    for field in ("points1", "points2", "relevance", "layer_relevance1", "layer_relevance2"):
+        value = getattr(r, field)
+        check_finite(value.reshape(1, -1), f"{name}.{field}")
 
 
 def _relevance_on_matches(r: "PairMatches") -> float:
