@@ -5,12 +5,17 @@ saved weights) on 16x16 generated images, so every run takes seconds. The
 oracles: the maps and scores of the registered methods called directly, one
 pair at a time; the single-process table (sharded runs, resumed runs, runs
 under ``torchrun`` must give the same rows); every pair x method exactly once.
+The multi-process tests (``python -m torch.distributed.run``, loopback, gloo)
+are marked slow: three launches of a few seconds each.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -33,6 +38,7 @@ from captum_similarity.explainers import PairExplainer, explainers, resolve_meth
 from captum_similarity.job import UsageError
 from captum_similarity.models import SimpleCNN
 from captum_similarity.runs import (
+    EXIT_AFTER_ENV,
     Launch,
     RunFolder,
     assign_units,
@@ -45,6 +51,7 @@ from captum_similarity.runs import (
 )
 from captum_similarity.siamese import SiameseSimilarity
 
+ROOT = Path(__file__).resolve().parents[1]
 SPEC = "captum_similarity.models:SimpleCNN"
 METHODS = "gradcam,lrp"
 #: Columns that differ between launches (who computed a row, and when).
@@ -272,3 +279,71 @@ def test_command_line(dataset, tmp_path, capsys):
     assert "another configuration" in capsys.readouterr().err
     assert main([a for a in args if a != "--pairs" and a != "same:2,different:1"]) == 2
     assert "give --pairs" in capsys.readouterr().err
+
+
+def launch(args: List[str], out: Path, env: Dict[str, str], nproc: int = 0, restarts: int = 0,
+           port: int = 0):
+    """Runs the command line in a subprocess, under torch.distributed.run when ``nproc``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    prefix = [sys.executable]
+    if nproc:
+        prefix += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                   "--max-restarts", str(restarts), "--master-addr", "127.0.0.1",
+                   "--master-port", str(port)]
+    return subprocess.run(
+        prefix + ["-m", "captum_similarity", "explain-dataset", *args, "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def cli_args(dataset: Path) -> List[str]:
+    return [str(dataset / "pairs.csv"), "--model", SPEC, "--weights", str(dataset / "weights.pt"),
+            "--size", "16", "16", "--methods", METHODS, "--chunk", "2", "--faithfulness",
+            "--steps", "5", "--threads", "1"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_gives_the_single_process_rows_also_after_a_worker_dies(dataset, tmp_path):
+    single = launch(cli_args(dataset), tmp_path / "single", {})
+    assert single.returncode == 0, single.stderr
+    reference = rows_of(tmp_path / "single" / "table.csv")
+    assert len(reference) == 10
+
+    two = launch(cli_args(dataset), tmp_path / "two", {}, nproc=2, port=free_port())
+    assert two.returncode == 0, two.stderr
+    rows = rows_of(tmp_path / "two" / "table.csv")
+    assert {r["rank"] for r in rows} == {"0", "1"}
+    assert "[rank 1/2]" in two.stderr
+    assert_same_rows(reference, rows)
+
+    # rank 1 dies after one unit, its next unit's file half written; torchrun restarts the group
+    died = launch(cli_args(dataset), tmp_path / "died", {EXIT_AFTER_ENV: "1:1"}, nproc=2,
+                  restarts=1, port=free_port())
+    assert died.returncode == 0, died.stderr
+    assert "exitcode: 17" in died.stderr
+    assert_same_rows(reference, rows_of(tmp_path / "died" / "table.csv"))
+    assert not list((tmp_path / "died").rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_plain_rerun_completes_a_killed_run(dataset, tmp_path):
+    killed = launch(cli_args(dataset), tmp_path / "run", {EXIT_AFTER_ENV: "0:3"})
+    assert killed.returncode == 17
+    assert not (tmp_path / "run" / "table.csv").exists()
+    assert len(list((tmp_path / "run" / "units").glob("*.json"))) == 3
+    assert len(list((tmp_path / "run" / "units").glob(".*.tmp"))) == 1  # the half-written one
+    again = launch(cli_args(dataset), tmp_path / "run", {})
+    assert again.returncode == 0, again.stderr
+    assert "3 finished before" in again.stderr
+    reference = launch(cli_args(dataset), tmp_path / "single", {})
+    assert reference.returncode == 0
+    assert_same_rows(rows_of(tmp_path / "single" / "table.csv"), rows_of(tmp_path / "run" / "table.csv"))
