@@ -17,7 +17,8 @@ into ``table.csv`` at the end.
 
 A run folder holds ``config.json`` (the configuration and its hash),
 ``units/`` (one verified JSON file per finished unit), ``maps/`` (one
-``.npz`` per unit) and, when every unit is done, ``table.csv``. Re-running
+``.npz`` per unit), ``processes/`` (``rank-R.json``: where each process of
+the last launch spent its time) and, when every unit is done, ``table.csv``. Re-running
 the same command skips the finished units; a run with another configuration
 (model, weights, layer, methods, method options, pairs, seed, library
 version; not the number of processes or threads) is refused in that folder.
@@ -41,7 +42,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -180,6 +181,7 @@ class Unit:
 
     @property
     def id(self) -> str:
+        """``SHORT-CHUNK``: the unit's file name (``gradcam-00003``)."""
         return f"{self.short}-{self.chunk:05d}"
 
 
@@ -242,6 +244,7 @@ class RunFolder:
         self.maps = self.out / "maps"
         self.config_path = self.out / "config.json"
         self.table = self.out / "table.csv"
+        self.processes = self.out / "processes"
 
     def check_config(self, config: Mapping[str, Any], digest: str) -> None:
         """Raises :class:`UsageError` when the folder holds another run."""
@@ -263,6 +266,8 @@ class RunFolder:
             )
 
     def write_config(self, config: Mapping[str, Any], digest: str) -> None:
+        """Creates the folders and writes ``config.json`` when absent (every
+        process writes the same bytes, atomically)."""
         for d in (self.out, self.units, self.maps):
             d.mkdir(parents=True, exist_ok=True)
         if not self.config_path.is_file():
@@ -270,6 +275,7 @@ class RunFolder:
             _write_atomic(self.config_path, (json.dumps(body, indent=1, default=str) + "\n").encode())
 
     def unit_path(self, unit_id: str) -> Path:
+        """The file that says a unit is done."""
         return self.units / f"{unit_id}.json"
 
     def write_unit(
@@ -325,8 +331,10 @@ class RunFolder:
 class _Job:
     """A loaded model, its preparation and layer, and how one unit is computed."""
 
-    def __init__(self, loaded, sim, pre, layer_module, pairs, specs, fills, steps, sigma, seed, dev):
+    def __init__(self, loaded, sim, pre, layer_module, pairs, specs, fills, steps, sigma, seed, dev,
+                 images=None):
         self.loaded, self.sim, self.pre, self.layer_module = loaded, sim, pre, layer_module
+        self.images = images
         self.pairs, self.specs, self.fills, self.steps = pairs, specs, fills, steps
         self.sigma, self.seed, self.dev = sigma, seed, dev
         self._cached: Tuple[Optional[int], Any] = (None, None)
@@ -336,6 +344,15 @@ class _Job:
         """The chunk's prepared images (the last chunk's are kept), the
         indices of the pairs read and the errors of the others."""
         if self._cached[0] == unit.chunk:
+            return self._cached[1]
+        if self.images is not None:  # the caller's tensors
+            ok, errors = list(range(unit.start, unit.stop)), {}
+            try:
+                x1, x2 = (x.to(self.dev) for x in self.images(self.pairs[unit.start : unit.stop]))
+            except Exception as err:
+                errors = {p: f"images failed: {error_text(err)}" for p in ok}
+                ok, x1, x2 = [], None, None
+            self._cached = (unit.chunk, (ok, errors, x1, x2))
             return self._cached[1]
         ok, errors, images = [], {}, []
         for p in range(unit.start, unit.stop):
@@ -367,8 +384,9 @@ class _Job:
         try:
             return self._call(spec, x1, x2), [None] * len(x1)
         except Exception as err:
+            first = error_text(err)
             if len(x1) == 1:
-                return None, [error_text(err)]
+                return None, [first]
         maps1, maps2, errors = [], [], []
         for i in range(len(x1)):
             try:
@@ -380,6 +398,8 @@ class _Job:
                 maps1.append(None)
                 maps2.append(None)
                 errors.append(error_text(err))
+        if all(e is not None for e in errors):  # the method fails on every pair: its first error
+            return None, [first] * len(x1)
         return (maps1, maps2), errors
 
     def _call(self, spec, x1, x2):
@@ -497,6 +517,7 @@ def explain_dataset(
     options: Optional[Mapping[str, Any]] = None,
     launch: Optional[Launch] = None,
     progress: Optional[bool] = None,
+    images: Optional[Callable[[Sequence[ImagePair]], Tuple[Tensor, Tensor]]] = None,
 ) -> Dict[str, Any]:
     r"""Explains every pair with every method, in resumable units (see the module).
 
@@ -542,6 +563,11 @@ def explain_dataset(
             Default: None (:func:`launch_from_env`)
         progress (bool, optional): A bar (rank 0) or rank-prefixed lines.
             Default: None (a bar on a terminal)
+        images (Callable, optional): ``images(pairs) -> (x1, x2)``, the
+            model's inputs ``(n, C, H, W)`` of a list of pairs, instead of
+            reading the files and preparing them (``size`` and ``normalize``
+            are then unused; put what defines the images in ``options``).
+            Default: None
 
     Returns:
         dict: ``"table"`` (the merged CSV's path, None on ranks other than
@@ -573,20 +599,24 @@ def explain_dataset(
     say = Progress(bars and launch.rank == 0)
     loaded = model if isinstance(model, LoadedModel) else load_job_model(model, weights, dev)
     similarity = check_similarity(similarity, loaded)
-    pre = preparation(loaded, size, normalize)
-    sigma = blur_sigma if blur_sigma is not None else max(1.0, round(min(pre.size) / 30, 1))
-    example = torch.zeros(1, 3, *pre.size, device=dev)
+    if images is None:
+        pre = preparation(loaded, size, normalize)
+        shape, prepared = (3, *pre.size), pre.description
+    else:
+        pre, shape, prepared = None, tuple(images(pairs[:1])[0].shape[1:]), "given by the caller"
+    sigma = blur_sigma if blur_sigma is not None else max(1.0, round(min(shape[-2:]) / 30, 1))
+    example = torch.zeros(1, *shape, device=dev)
     with preserved_state(loaded.embedder, eval_mode=True):
         layer_info = choose_layer(loaded, layer, example)
     shorts = {name: spec.short or name.replace(" ", "_") for name, spec in methods.items()}
     config = {
         "model": loaded.spec,
-        "weights": _file_digest(weights or loaded.weights),
+        "weights": _model_digest(loaded.embedder),
         "layer": layer_info["layer"],
         "methods": list(methods),
         "similarity": similarity,
-        "size": list(pre.size),
-        "preprocessing": pre.description,
+        "input": list(shape),
+        "preprocessing": prepared,
         "fills": {k: str(v) for k, v in (fills or {}).items()},
         "steps": steps if fills else None,
         "blur_sigma": sigma if fills else None,
@@ -621,7 +651,7 @@ def explain_dataset(
                 loaded.embedder.get_submodule(layer_info["layer"]) if layer_info["layer"] else None
             )
             job = _Job(loaded, sim, pre, layer_module, list(pairs), dict(methods),
-                       dict(fills or {}), steps, sigma, seed, dev)
+                       dict(fills or {}), steps, sigma, seed, dev, images)
             setup = time.perf_counter() - start
             exit_after = _exit_after(launch)
             if bars and launch.rank == 0:
@@ -654,6 +684,18 @@ def explain_dataset(
             _barrier(launch)
     finally:
         _finish_distributed(launch)
+    seconds = {
+        "total": time.perf_counter() - start,
+        "methods": job.method_seconds,
+        "setup": setup,
+        "merge": merge,
+    }
+    record = {
+        "rank": launch.rank, "world": launch.world, "host": socket.gethostname(), "device": str(dev),
+        "threads": torch.get_num_threads(), "units": len(mine), "seconds": seconds,
+    }
+    folder.processes.mkdir(exist_ok=True)
+    _write_atomic(folder.processes / f"rank-{launch.rank}.json", json.dumps(record).encode())
     if table is not None:
         say.line(f"{tag}table: {table} ({n_failed} failed rows)")
     return {
@@ -664,22 +706,19 @@ def explain_dataset(
         "hash": digest,
         "layer": layer_info,
         "failed": n_failed,
-        "seconds": {
-            "total": time.perf_counter() - start,
-            "methods": job.method_seconds,
-            "setup": setup,
-            "merge": merge,
-        },
+        "seconds": seconds,
     }
 
 
-def _file_digest(path: Union[None, str, Path]) -> Optional[str]:
-    if not path:
-        return None
+def _model_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes,
+    values): two loads of the same weights agree, a model built with other
+    (e.g. random) weights does not."""
     h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
