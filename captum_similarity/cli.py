@@ -5,8 +5,11 @@ explains why a similarity model scores a query image against reference
 images, or against a gallery folder (every image is scored, ranked, and the
 top ``--top-k`` are explained), with the registered methods picked by their
 short names, and writes ``report.html`` (self-contained),
-``results.json`` and ``maps.npz`` to ``--out``. ``captum-similarity
-samples DIR`` writes the images that ship with the install as files.
+``results.json`` and ``maps.npz`` to ``--out``.
+``captum-similarity explain-dataset PAIRS --model SPEC --out DIR`` explains
+a list of pairs, sharded under ``torchrun`` and resumable
+(:mod:`captum_similarity.runs`). ``captum-similarity samples DIR`` writes
+the images that ship with the install as files.
 
 From Python, :func:`explain_images` runs the same job and returns the
 results that :func:`captum_similarity.report.build_report` draws.

@@ -31,6 +31,7 @@ and paired comparisons of methods on the same pairs.
 from __future__ import annotations
 
 import csv
+import datetime
 import hashlib
 import io
 import json
@@ -96,6 +97,11 @@ FAITHFULNESS_STEPS = 101
 #: units, leaving the temporary file of its next unit half written; only in a
 #: first attempt (``TORCHELASTIC_RESTART_COUNT`` unset or 0).
 EXIT_AFTER_ENV = "CAPTUM_SIMILARITY_TEST_EXIT_AFTER"
+
+#: How long a process waits for the others at a barrier (the one before the
+#: merge waits for the slowest process's last unit). A process that dies is
+#: not waited for: ``torchrun`` stops the group.
+BARRIER_TIMEOUT = datetime.timedelta(days=7)
 
 #: Columns of ``table.csv`` before the faithfulness columns (see docs/running-at-scale.md).
 COLUMNS = (
@@ -226,8 +232,8 @@ def _write_atomic(path: Path, data: bytes, crash: bool = False) -> None:
             handle.flush()
             os._exit(17)
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    # no fsync: a file cut short by a crash of the machine fails its size or checksum on
+    # reading and is computed again
     os.replace(tmp, path)
 
 
@@ -339,12 +345,29 @@ class _Job:
         self.sigma, self.seed, self.dev = sigma, seed, dev
         self._cached: Tuple[Optional[int], Any] = (None, None)
         self.method_seconds = 0.0
+        self.image_seconds = 0.0
+        self.score_seconds = 0.0
 
     def inputs(self, unit: Unit):
         """The chunk's prepared images (the last chunk's are kept), the
         indices of the pairs read and the errors of the others."""
         if self._cached[0] == unit.chunk:
             return self._cached[1]
+        tick = time.perf_counter()
+        try:
+            ok, errors, x1, x2 = self._read(unit)
+        finally:
+            self.image_seconds += time.perf_counter() - tick
+        scores: List[float] = []
+        if ok:  # the model's scores of the chunk, once for all its methods
+            tick = time.perf_counter()
+            with torch.no_grad():
+                scores = self.sim(x1, x2).float().cpu().tolist()
+            self.score_seconds += time.perf_counter() - tick
+        self._cached = (unit.chunk, (ok, errors, x1, x2, scores))
+        return self._cached[1]
+
+    def _read(self, unit: Unit):
         if self.images is not None:  # the caller's tensors
             ok, errors = list(range(unit.start, unit.stop)), {}
             try:
@@ -352,8 +375,7 @@ class _Job:
             except Exception as err:
                 errors = {p: f"images failed: {error_text(err)}" for p in ok}
                 ok, x1, x2 = [], None, None
-            self._cached = (unit.chunk, (ok, errors, x1, x2))
-            return self._cached[1]
+            return ok, errors, x1, x2
         ok, errors, images = [], {}, []
         for p in range(unit.start, unit.stop):
             pair = self.pairs[p]
@@ -373,8 +395,7 @@ class _Job:
             except Exception as err:
                 errors.update({p: f"preparation failed: {error_text(err)}" for p in ok})
                 ok = []
-        self._cached = (unit.chunk, (ok, errors, x1, x2))
-        return self._cached[1]
+        return ok, errors, x1, x2
 
     def explain(self, name: str, x1: Tensor, x2: Tensor):
         """Maps of one method on pairs; a failing batch is retried pair by pair."""
@@ -430,7 +451,7 @@ class _Job:
 
     def unit(self, unit: Unit, launch: Launch) -> Tuple[List[Dict[str, Any]], Dict[str, np.ndarray]]:
         """The rows and maps of one unit."""
-        ok, errors, x1, x2 = self.inputs(unit)
+        ok, errors, x1, x2, scores = self.inputs(unit)
         base = {"rank": launch.rank, "host": socket.gethostname(), "unit": unit.id}
         rows: Dict[int, Dict[str, Any]] = {}
         for p in range(unit.start, unit.stop):
@@ -442,8 +463,6 @@ class _Job:
             }
         maps: Dict[str, List[np.ndarray]] = {"pair": [], "map1": [], "map2": []}
         if ok:
-            with torch.no_grad():
-                scores = self.sim(x1, x2).float().cpu().tolist()
             tick = time.perf_counter()
             result, method_errors = self.explain(unit.method, x1, x2)
             per_pair = (time.perf_counter() - tick) / len(ok)
@@ -576,7 +595,9 @@ def explain_dataset(
         ``"hash"``, ``"layer"`` (``"layer"``: the explained layer's name,
         ``"layer_choice"``: how it was chosen),
         ``"seconds"`` (``"total"``, ``"methods"``: inside the methods and
-        the faithfulness scoring, ``"setup"``, ``"merge"``), ``"failed"``
+        the faithfulness scoring, ``"images"``: reading and preparing
+        images, ``"scores"``: the model's scores of the pairs, ``"setup"``: loading the model, the configuration, listing
+        finished units, ``"merge"``), ``"failed"``
         (failed rows in the table, rank 0).
 
     Raises:
@@ -687,6 +708,8 @@ def explain_dataset(
     seconds = {
         "total": time.perf_counter() - start,
         "methods": job.method_seconds,
+        "images": job.image_seconds,
+        "scores": job.score_seconds,
         "setup": setup,
         "merge": merge,
     }
@@ -767,6 +790,7 @@ def _init_distributed(launch: Launch, dev: torch.device) -> None:
             store=dist.PrefixStore(f"captum-similarity/attempt-{attempt}", store),
             rank=rank,
             world_size=world,
+            timeout=BARRIER_TIMEOUT,  # a process may finish its share hours before the last
         )
 
 

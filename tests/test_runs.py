@@ -146,6 +146,11 @@ def test_rows_equal_the_methods_run_one_pair_at_a_time(dataset, tmp_path):
             np.testing.assert_allclose(maps["map2"][r["map_row"]], a2[0].detach().numpy(), atol=1e-6)
         assert r["map1_sum"] == pytest.approx(float(a1.double().sum()), abs=1e-6)
         assert r["map2_max"] == pytest.approx(float(a2.max()), abs=1e-6)
+    # where the process spent its time: the parts add up to at most the whole
+    record = json.loads((tmp_path / "run" / "processes" / "rank-0.json").read_text())
+    parts = record["seconds"]
+    assert record["units"] == 4 and parts["methods"] > 0 and parts["scores"] > 0
+    assert parts["methods"] + parts["images"] + parts["scores"] + parts["setup"] <= parts["total"]
 
 
 def test_shards_resume_and_damaged_units(dataset, tmp_path):
