@@ -60,7 +60,8 @@ def orl_or_none() -> Optional[Path]:
 def test_every_example_is_tested():
     tested = {"siamese_wrapper.py", "faithfulness.py", "embedding_gradcam.py",
               "face_verification.py", "lrp_orl_faces.py", "pairwise_matching_orl.py",
-              "captum_compositions.py", "reliability.py", "sanity_checks.py"}
+              "command_line.py", "captum_compositions.py", "reliability.py",
+              "sanity_checks.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -153,6 +154,23 @@ def test_pairwise_matching_orl(orl_root, tmp_path):
     names = ["pairx_orl_same.png", "pairx_orl_same_raw.png", "pairx_orl_different.png"]
     assert_images(*(tmp_path / "figs" / name for name in names))
     assert out.count("inlier ratio") == 2
+
+
+@pytest.mark.slow
+def test_command_line_gallery(tmp_path):
+    pytest.importorskip("face_recognition_models", reason="needs the faces extra")
+    import shutil
+
+    shot = ["--screenshot", str(tmp_path / "shot.png")] if shutil.which("chromium") else []
+    out = run_example("command_line.py", "--out", str(tmp_path / "ex"), "--methods", "gradcam",
+                      *shot, cwd=tmp_path)
+    ranks = re.findall(r"rank (\d): (\S+)\s+distance ([0-9.]+)", out)
+    assert [r[0] for r in ranks] == ["1", "2", "3", "4"]
+    assert ranks[0][1] == "astronaut-altered.png" and float(ranks[0][2]) < 0.6  # the same person
+    assert all(float(r[2]) >= 0.6 for r in ranks[1:])  # the others are not
+    assert (tmp_path / "ex" / "gallery_report" / "report.html").stat().st_size > 100_000
+    if shot:
+        assert_images(tmp_path / "shot.png")
 
 
 @pytest.mark.slow
