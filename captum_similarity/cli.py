@@ -5,8 +5,11 @@ explains why a similarity model scores a query image against reference
 images, or against a gallery folder (every image is scored, ranked, and the
 top ``--top-k`` are explained), with the registered methods picked by their
 short names, and writes ``report.html`` (self-contained),
-``results.json`` and ``maps.npz`` to ``--out``. ``captum-similarity
-samples DIR`` writes the images that ship with the install as files.
+``results.json`` and ``maps.npz`` to ``--out``.
+``captum-similarity explain-dataset PAIRS --model SPEC --out DIR`` explains
+a list of pairs, sharded under ``torchrun`` and resumable
+(:mod:`captum_similarity.runs`). ``captum-similarity samples DIR`` writes
+the images that ship with the install as files.
 
 From Python, :func:`explain_images` runs the same job and returns the
 results that :func:`captum_similarity.report.build_report` draws.
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import shlex
 import sys
 import time
@@ -32,21 +34,33 @@ from torch import Tensor
 from ._utils.progress import Progress
 from ._utils.state import preserved_state
 from ._version import __version__
-from .candidates import DEFAULT_MIN_GRID, default_layer
-from .data.files import SAMPLE_PREFIX, gallery_files, load_image, sample_image, sample_names
-from .data.prepare import ImagePreparation, display_image, parse_normalization
+from .candidates import DEFAULT_MIN_GRID
+from .data.files import SAMPLE_PREFIX, gallery_files, sample_image, sample_names
+from .data.prepare import ImagePreparation, display_image
+from .data.pair_lists import draw_identity_pairs, parse_pair_counts, read_pairs_csv
 from .explainers import SELECTIONS, explain_pair_detailed, explainers, resolve_methods, short_names
+from .job import (
+    DEFAULT_SIZE,
+    UsageError,
+    as_numpy,
+    check_similarity,
+    choose_layer,
+    error_text,
+    load_job_model,
+    preparation,
+    read_source,
+    resolve_device,
+    versions,
+)
 from .metrics.insertion_deletion import insertion_deletion
 from .metrics.match_plausibility import match_plausibility
-from .models.loading import DLIB_FACE, MODEL_SPEC_FORMS, LoadedModel, load_model
+from .models.loading import MODEL_SPEC_FORMS, LoadedModel
 from .report import build_report, save_results
+from .runs import CHUNK, explain_dataset
 from .siamese import SiameseSimilarity
 from .similarity import SIMILARITIES
 
 __all__ = ["main", "explain_images", "near_identical", "NEAR_IDENTICAL_COSINE", "UsageError"]
-
-#: Input size of models that do not fix one.
-DEFAULT_SIZE = (224, 224)
 
 #: Cosine similarity from which a pair counts as near-identical (the report
 #: then says what gradient maps of the similarity show there).
@@ -70,11 +84,6 @@ SCORE_MEANINGS = {
     "euclidean": "minus the Euclidean distance d between the embeddings (0: identical)",
     "squared_euclidean": "minus the squared Euclidean distance between the embeddings (0: identical)",
 }
-
-
-class UsageError(ValueError):
-    """A problem with what the user asked for (arguments, images, model): one
-    line on the command line, exit status 2."""
 
 
 # -- the job -------------------------------------------------------------------
@@ -159,7 +168,7 @@ def explain_images(
     torch.manual_seed(seed)
     np.random.seed(seed)
     chosen = _methods(methods)
-    dev = _device(device)
+    dev = resolve_device(device)
     say = Progress(progress)
 
     tick = time.perf_counter()
@@ -167,7 +176,7 @@ def explain_images(
         loaded = model
         dev = next((t.device for t in loaded.embedder.parameters()), torch.device("cpu"))
     else:
-        loaded = _load(model, weights, dev)
+        loaded = load_job_model(model, weights, dev)
     seconds["model"] = time.perf_counter() - tick
     with preserved_state(loaded.embedder, eval_mode=True):
         return _explain(
@@ -212,23 +221,14 @@ def _explain(
     command,
 ) -> Dict[str, Any]:
     """:func:`explain_images` with the model loaded and in eval mode."""
-    similarity = similarity or loaded.similarity
-    if similarity not in SIMILARITIES:
-        raise UsageError(
-            f"--similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}"
-        )
+    similarity = check_similarity(similarity, loaded)
     sim = SiameseSimilarity(loaded.embedder, similarity)
     say.line(f"model: {loaded.description}")
 
     tick = time.perf_counter()
     query_source, sources, gallery_given = _sources(query, references)
-    try:
-        mean_std = parse_normalization(normalize)
-    except ValueError as err:
-        raise UsageError(str(err)) from err
-    size = _size(size, loaded)
-    pre = ImagePreparation(size, faces=loaded.kind == DLIB_FACE, mean_std=mean_std)
-    query_item = _read(query_source)
+    pre = preparation(loaded, size, normalize)
+    query_item = read_source(query_source)
     q_input, q_seen, q_note = pre([query_item[1]])
     q_input = q_input.to(dev)
     seconds["images"] = time.perf_counter() - tick
@@ -251,11 +251,11 @@ def _explain(
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     explained = order[:k].tolist()
     # the explained references, read again (a gallery is never held in memory)
-    explained_items = [_read(sources[i]) for i in explained]
+    explained_items = [read_source(sources[i]) for i in explained]
     ref_inputs, ref_seen, ref_notes = pre([img for _, img in explained_items])
     ref_inputs = ref_inputs.to(dev)
 
-    layer_info = _layer(loaded, layer, q_input)
+    layer_info = choose_layer(loaded, layer, q_input)
     layer_module = (
         loaded.embedder.get_submodule(layer_info["layer"]) if layer_info["layer"] else None
     )
@@ -265,7 +265,7 @@ def _explain(
         "format": "captum-similarity results 1",
         "command": command or "(from Python: captum_similarity.cli.explain_images)",
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": versions(),
         "device": str(dev),
         "seed": seed,
         "model": {
@@ -406,13 +406,13 @@ def _run_method(
                 a1, a2, extra = explain_pair_detailed(sim, x1, x2, layer_module, name)
             error = None
         except Exception as err:  # a method that cannot explain this model says so
-            error = _error_text(err)
+            error = error_text(err)
         took = (time.perf_counter() - began) / len(chunk)  # per pair, averaged over the batch
         for j, p in enumerate(chunk):
             entry = entries[p]
             entry["seconds"], entry["error"] = took, error
             if error is None:
-                entry["maps"] = [_numpy(a1[j]), _numpy(a2[j])]
+                entry["maps"] = [as_numpy(a1[j]), as_numpy(a2[j])]
                 _extra(entry, extra, j)
         say.advance(len(chunk))
     say.done(entries)
@@ -423,27 +423,6 @@ def _methods(methods: Union[str, Sequence[str]]) -> List[str]:
     try:
         return resolve_methods(methods)
     except ValueError as err:
-        raise UsageError(str(err)) from err
-
-
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise UsageError(f"--device must be cpu, cuda or auto, got {device!r}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(
-            "--device cuda: this PyTorch has no CUDA device available (use cpu or auto)"
-        )
-    return dev
-
-
-def _load(spec: str, weights: Union[None, str, Path], device: torch.device) -> LoadedModel:
-    try:
-        return load_model(spec, weights, device)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         raise UsageError(str(err)) from err
 
 
@@ -472,13 +451,6 @@ def _sources(
     return str(query), sources, folders
 
 
-def _read(source: str) -> Tuple[str, np.ndarray]:
-    try:
-        return load_image(source)
-    except (ValueError, FileNotFoundError) as err:
-        raise UsageError(str(err)) from err
-
-
 def _scores(
     sim: SiameseSimilarity,
     q_input: Tensor,
@@ -498,83 +470,13 @@ def _scores(
         q_emb = sim.embed(q_input)
         for begin in batches:
             chunk = sources[begin : begin + GALLERY_BATCH]
-            inputs, _, _ = pre([_read(src)[1] for src in chunk])
+            inputs, _, _ = pre([read_source(src)[1] for src in chunk])
             scores.append(sim(q_emb, sim.embed(inputs.to(dev))).cpu())
             if big:
                 say.advance(len(chunk))
     if big:
         say.done([])
     return torch.cat(scores).float()
-
-
-def _size(size: Optional[Sequence[int]], loaded: LoadedModel) -> Tuple[int, int]:
-    if size is not None:
-        size = (int(size[0]), int(size[1]))
-        if min(size) < 1:
-            raise UsageError(f"--size must be two positive integers, got {size}")
-        if loaded.input_size is not None and size != tuple(loaded.input_size):
-            raise UsageError(
-                f"--size {size[0]} {size[1]}: {loaded.spec} takes {loaded.input_size[0]}x"
-                f"{loaded.input_size[1]} inputs"
-            )
-        return size
-    return tuple(loaded.input_size) if loaded.input_size is not None else DEFAULT_SIZE
-
-
-def _layer(loaded: LoadedModel, layer: Optional[str], example: Tensor) -> Dict[str, Any]:
-    if not loaded.layers:
-        if layer:
-            raise UsageError(
-                f"--layer {layer}: the layers of a {loaded.kind} model cannot be hooked"
-            )
-        return {
-            "layer": None,
-            "layer_choice": f"a {loaded.kind} model's layers cannot be hooked",
-            "layer_grid": None,
-        }
-    model = loaded.embedder
-    if layer:
-        try:
-            model.get_submodule(layer)
-        except AttributeError:
-            names = [n for n, _ in model.named_modules() if n]
-            raise UsageError(
-                f"--layer {layer!r} is not a submodule of the model; some are: {', '.join(names[-8:])}"
-            ) from None
-        grid = _grid_of(model, layer, example)
-        return {"layer": layer, "layer_choice": "given with --layer", "layer_grid": grid}
-    try:
-        chosen = default_layer(model, example)
-    except Exception as err:  # a model whose layers cannot be listed
-        return {
-            "layer": None,
-            "layer_choice": f"no layer could be listed ({_error_text(err)})",
-            "layer_grid": None,
-        }
-    if chosen is None:
-        return {
-            "layer": None,
-            "layer_choice": "no layer of the model outputs a grid of cells: pass --layer",
-            "layer_grid": None,
-        }
-    return {
-        "layer": chosen.name,
-        "layer_choice": f"chosen by default: the last layer with a grid of at least "
-        f"{DEFAULT_MIN_GRID}x{DEFAULT_MIN_GRID} cells (captum_similarity.candidate_layers)",
-        "layer_grid": list(chosen.grid),
-    }
-
-
-def _grid_of(model, layer: str, example: Tensor) -> Optional[List[int]]:
-    try:
-        from .candidates import candidate_layers
-
-        for c in candidate_layers(model, example):
-            if c.name == layer:
-                return list(c.grid)
-    except Exception:
-        return None
-    return None
 
 
 def _decision(loaded: LoadedModel, similarity: str) -> Optional[Dict[str, Any]]:
@@ -645,7 +547,7 @@ def _extra(entry: Dict[str, Any], extra: Any, j: int) -> None:
             "count": len(result),
             "plausibility": plausibility,
             **{
-                f: _numpy(getattr(result, f))
+                f: as_numpy(getattr(result, f))
                 for f in (
                     "points1",
                     "points2",
@@ -659,13 +561,13 @@ def _extra(entry: Dict[str, Any], extra: Any, j: int) -> None:
             },
             # per-match pixel maps summed over channels (what the figure draws), (k, 1, H, W)
             **{
-                f: _numpy(getattr(result, f).sum(1, keepdim=True))
+                f: as_numpy(getattr(result, f).sum(1, keepdim=True))
                 for f in ("pixel_relevance1", "pixel_relevance2")
             },
         }
     elif isinstance(extra, dict) and "relevance" in extra:
         entry["links"] = {
-            "relevance": _numpy(extra["relevance"][j]),
+            "relevance": as_numpy(extra["relevance"][j]),
             "patch_size": int(extra["patch_size"]),
         }
 
@@ -701,9 +603,9 @@ def _faithfulness(results, sim, q_input, ref_inputs, say) -> str:
                     max_examples_per_batch=64,
                 )
                 curves[which] = {
-                    "fractions": _numpy(r.fractions),
-                    "insertion_curve": _numpy(r.insertion_curve[0]),
-                    "deletion_curve": _numpy(r.deletion_curve[0]),
+                    "fractions": as_numpy(r.fractions),
+                    "insertion_curve": as_numpy(r.insertion_curve[0]),
+                    "deletion_curve": as_numpy(r.deletion_curve[0]),
                     "insertion_auc_normalized": float(r.insertion_auc_normalized[0]),
                     "deletion_auc_normalized": float(r.deletion_auc_normalized[0]),
                     "insertion_auc": float(r.insertion_auc[0]),
@@ -713,32 +615,6 @@ def _faithfulness(results, sim, q_input, ref_inputs, say) -> str:
             say.advance(1)
         say.done([])
     return fill
-
-
-def _numpy(t: Any) -> np.ndarray:
-    if isinstance(t, Tensor):
-        t = t.detach().cpu()
-        return t.numpy().astype(np.float32) if t.is_floating_point() else t.numpy()
-    return np.asarray(t)
-
-
-def _error_text(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:400]}"
-
-
-def _versions() -> Dict[str, str]:
-    import captum
-
-    return {
-        "captum_similarity": __version__,
-        "torch": torch.__version__,
-        "torch_threads": str(torch.get_num_threads()),
-        "captum": getattr(captum, "__version__", "?"),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 # -- the command line ------------------------------------------------------------
@@ -751,6 +627,67 @@ def _method_help() -> str:
         flag = " [default]" if spec.default else (" [baseline]" if spec.baseline else "")
         rows.append(f"  {short:<15}{name}{flag}: {spec.cost}")
     return "\n".join(rows)
+
+
+def _model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments ``explain`` and ``explain-dataset`` share: the model, layer,
+    methods, image preparation, device, seed, threads."""
+    parser.add_argument("--model", required=True, metavar="SPEC", help=MODEL_SPEC_FORMS)
+    parser.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="state dict or checkpoint with 'state_dict' for a module:callable "
+        "model (read with torch.load(weights_only=True))",
+    )
+    parser.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="dotted name of the layer for layer methods (default: the last layer "
+        f"with a grid of at least {DEFAULT_MIN_GRID}x{DEFAULT_MIN_GRID} cells)",
+    )
+    parser.add_argument(
+        "--methods",
+        default="default",
+        metavar="M,...",
+        help="methods by short name (listed below); default: the fast ones",
+    )
+    parser.add_argument(
+        "--similarity",
+        choices=list(SIMILARITIES),
+        default=None,
+        help="default: euclidean for dlib-face, else cosine",
+    )
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        default=None,
+        help=f"resize images to H W (default: the model's size, else "
+        f"{DEFAULT_SIZE[0]} {DEFAULT_SIZE[1]})",
+    )
+    parser.add_argument(
+        "--normalize",
+        default="none",
+        metavar="imagenet|none|MEAN,STD",
+        help="input normalisation after resizing (default: none)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        metavar="cpu|cuda|auto",
+        help="where the model and every method run (default: cpu)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of torch and numpy (default: 0)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads of torch (default: torch's own, one per core; 1 is "
+        "faster on a machine busy with other jobs)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -779,52 +716,7 @@ def _parser() -> argparse.ArgumentParser:
         help="image files, sample:NAME entries or folders (a gallery: every image, "
         "recursively, is scored against the query and ranked)",
     )
-    explain.add_argument("--model", required=True, metavar="SPEC", help=MODEL_SPEC_FORMS)
-    explain.add_argument(
-        "--weights",
-        metavar="FILE",
-        help="state dict or checkpoint with 'state_dict' for a module:callable "
-        "model (read with torch.load(weights_only=True))",
-    )
-    explain.add_argument(
-        "--layer",
-        metavar="NAME",
-        help="dotted name of the layer for layer methods (default: the last layer "
-        f"with a grid of at least {DEFAULT_MIN_GRID}x{DEFAULT_MIN_GRID} cells)",
-    )
-    explain.add_argument(
-        "--methods",
-        default="default",
-        metavar="M,...",
-        help="methods by short name (listed below); default: the fast ones",
-    )
-    explain.add_argument(
-        "--similarity",
-        choices=list(SIMILARITIES),
-        default=None,
-        help="default: euclidean for dlib-face, else cosine",
-    )
-    explain.add_argument(
-        "--size",
-        nargs=2,
-        type=int,
-        metavar=("H", "W"),
-        default=None,
-        help=f"resize images to H W (default: the model's size, else "
-        f"{DEFAULT_SIZE[0]} {DEFAULT_SIZE[1]})",
-    )
-    explain.add_argument(
-        "--normalize",
-        default="none",
-        metavar="imagenet|none|MEAN,STD",
-        help="input normalisation after resizing (default: none)",
-    )
-    explain.add_argument(
-        "--device",
-        default="cpu",
-        metavar="cpu|cuda|auto",
-        help="where the model and every method run (default: cpu)",
-    )
+    _model_arguments(explain)
     explain.add_argument(
         "--top-k",
         type=int,
@@ -845,16 +737,62 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="output folder (default: captum_similarity_report)",
     )
-    explain.add_argument("--seed", type=int, default=0, help="seed of torch and numpy (default: 0)")
-    explain.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="CPU threads of torch (default: torch's own, one per core; 1 is "
-        "faster on a machine busy with other jobs)",
+    dataset = sub.add_parser(
+        "explain-dataset",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="explain a list of pairs (PAIRS.csv or an identity folder), sharded under torchrun "
+        "and resumable",
+        description="Explain every pair of PAIRS.csv (image1,image2[,label], paths relative to "
+        "the file) or of pairs drawn from a folder with one sub-folder per identity (--pairs), "
+        "with every method, one unit (a chunk of pairs x a method) at a time; write each "
+        "unit's rows and maps to --out as it finishes and, at the end, table.csv. Under "
+        "torchrun every process takes its share of the units; re-running the same command "
+        "skips the finished ones.",
+        epilog="examples:\n"
+        "  captum-similarity explain-dataset pairs.csv --model my_model.py:build --methods "
+        "gradcam,rise --out run1\n"
+        "  torchrun --nproc-per-node 2 -m captum_similarity explain-dataset faces/ --pairs "
+        "same:50,different:50 --model dlib-face --methods gradcam --faithfulness --out run2\n\n"
+        "methods (--methods, comma-separated; 'default' or 'all'):\n" + _method_help(),
     )
-    explain.add_argument("--debug", action="store_true", help="show tracebacks")
+    dataset.add_argument(
+        "pairs_source",
+        metavar="PAIRS",
+        help="a CSV file with columns image1,image2[,label], or a folder of identity folders "
+        "(with --pairs)",
+    )
+    dataset.add_argument(
+        "--pairs",
+        dest="pair_counts",
+        metavar="same:N,different:M",
+        default=None,
+        help="draw this many pairs from an identity folder (reproducibly, with --seed)",
+    )
+    _model_arguments(dataset)
+    dataset.add_argument(
+        "--faithfulness",
+        action="store_true",
+        help="also score every map with insertion and deletion (columns per --fill)",
+    )
+    dataset.add_argument(
+        "--fill",
+        default="blur",
+        metavar="blur|VALUE,...",
+        help="with --faithfulness: what removed pixels become, comma-separated: 'blur' "
+        "(Gaussian, --blur-sigma) or a constant in the model's input (default: blur)",
+    )
+    dataset.add_argument(
+        "--blur-sigma", type=float, default=None, metavar="PX",
+        help="blur of the 'blur' fill (default: the image side / 30)",
+    )
+    dataset.add_argument(
+        "--steps", type=int, default=FAITHFULNESS_STEPS,
+        help=f"insertion/deletion steps (default: {FAITHFULNESS_STEPS})",
+    )
+    dataset.add_argument(
+        "--chunk", type=int, default=CHUNK, help=f"pairs per unit (default: {CHUNK})"
+    )
+    dataset.add_argument("--out", type=Path, required=True, metavar="DIR", help="the run folder")
     samples = sub.add_parser(
         "samples",
         help="write the images that ship with the install to a folder",
@@ -906,6 +844,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.threads < 1:
             parser.error(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.command == "explain-dataset":
+        return _run_dataset(args)
     try:
         results = explain_images(
             args.query,
@@ -929,25 +869,86 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = build_report(results, args.out / "report.html")
         results["seconds"]["report"] = time.perf_counter() - tick
         save_results(results, args.out)  # with the report's time
-    except UsageError as err:
-        if args.debug:
-            traceback.print_exc()
-        print(f"captum-similarity: error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # unexpected: one line, the traceback with --debug
-        if args.debug:
-            traceback.print_exc()
-        print(
-            f"captum-similarity: error: {_error_text(err)} (run with --debug for the traceback)",
-            file=sys.stderr,
-        )
-        return 1
+    except Exception as err:
+        return _failure(err, args.debug)
     _summary(results, report, json_path, npz_path)
     explained = any(
         e["maps"] is not None for pair in results["pairs"] for e in pair["methods"].values()
     )
     if results["failed_methods"] or not explained:
         return 1
+    return 0
+
+
+def _failure(err: BaseException, debug: bool) -> int:
+    """One line on standard error (the traceback with ``--debug``); the exit
+    status: 2 for a :class:`UsageError`, else 1."""
+    if debug:
+        traceback.print_exc()
+    if isinstance(err, UsageError):
+        print(f"captum-similarity: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"captum-similarity: error: {error_text(err)} (run with --debug for the traceback)",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _run_dataset(args: argparse.Namespace) -> int:
+    """``captum-similarity explain-dataset``: the pairs, the methods, then
+    :func:`captum_similarity.runs.explain_dataset`."""
+    try:
+        source = Path(args.pairs_source)
+        if source.is_dir():
+            if not args.pair_counts:
+                raise UsageError(
+                    f"{source} is a folder: give --pairs same:N,different:M to draw pairs from "
+                    "its identity sub-folders (or a PAIRS.csv file)"
+                )
+            n_same, n_different = parse_pair_counts(args.pair_counts)
+            pairs = draw_identity_pairs(source, n_same, n_different, args.seed)
+            drawn = {"drawn": args.pair_counts, "from": str(source)}
+        else:
+            if args.pair_counts:
+                raise UsageError("--pairs draws pairs from an identity folder, not from a CSV file")
+            pairs = read_pairs_csv(source)
+            drawn = {}
+        fills: Dict[str, Union[str, float]] = {}
+        if args.faithfulness:
+            for item in filter(None, (f.strip() for f in args.fill.split(","))):
+                try:
+                    fills[item] = item if item == "blur" else float(item)
+                except ValueError:
+                    raise UsageError(f"--fill takes blur or numbers, got {item!r}") from None
+        chosen = _methods(args.methods)
+        result = explain_dataset(
+            pairs,
+            args.model,
+            {name: explainers()[name] for name in chosen},
+            args.out,
+            weights=args.weights,
+            layer=args.layer,
+            similarity=args.similarity,
+            size=args.size,
+            normalize=args.normalize,
+            device=args.device,
+            fills=fills,
+            steps=args.steps,
+            blur_sigma=args.blur_sigma,
+            seed=args.seed,
+            chunk=args.chunk,
+            options=drawn,
+        )
+    except (ValueError, FileNotFoundError) as err:  # the pairs' list: the user's to fix
+        return _failure(UsageError(str(err)) if not isinstance(err, UsageError) else err, args.debug)
+    except Exception as err:
+        return _failure(err, args.debug)
+    if result["table"] is not None:
+        print(
+            f"{result['units']} units ({len(result['skipped'])} finished before this launch), "
+            f"{result['failed']} failed rows; table: {result['table']}"
+        )
     return 0
 
 

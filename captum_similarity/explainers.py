@@ -335,7 +335,17 @@ def _layer_gradcam(model, x1, x2, layer):
 
 @register("Captum LRP", short="captum-lrp", cost="1 forward+backward pass (Captum's rules)")
 def _lrp(model, x1, x2, layer):
-    return LRP(model).attribute((x1, x2))
+    # Captum's LRP gives layers a `rule` attribute and removes them when it ends, but not
+    # when it raises midway (a layer without a rule): the rules left would then be read by
+    # the next LRP method run on the model (captum_similarity.lrp honours `module.rule`)
+    found = {id(m) for m in model.modules() if "rule" in vars(m)}
+    try:
+        return LRP(model).attribute((x1, x2))
+    except Exception:
+        for m in model.modules():
+            if id(m) not in found and "rule" in vars(m):
+                del m.rule
+        raise
 
 
 @register(

@@ -46,6 +46,8 @@ LAYERS: Dict[str, int] = {
     # level); the command line runs the registry and the report
     "captum_similarity.demo": 6,
     "captum_similarity.report": 6,
+    "captum_similarity.job": 6,
+    "captum_similarity.runs": 6,
     "captum_similarity.cli": 6,
     "captum_similarity.__main__": 6,
 }

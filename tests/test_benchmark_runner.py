@@ -68,6 +68,9 @@ def test_smoke_run_scores_every_registered_method(orl_root, tmp_path, monkeypatc
     assert page.endswith("<!-- benchmark:end -->\noutro\n")
     assert "old table" not in page and "| Centre bump (test) |" in page
     assert 0 <= report["embedder"]["recall_at_1"] <= 1
+    # the tables summarise an explain-dataset run: one row per pair x method
+    assert report["run"]["units"] == len(registry.explainers())  # 3 pairs: one chunk each
+    assert report["run"]["failed"] == sum(3 for r in report["results"].values() if "error" in r)
 
 
 @pytest.mark.slow

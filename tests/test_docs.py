@@ -27,6 +27,9 @@ PUBLIC_MODULES = (
     "captum_similarity.cli",
     "captum_similarity.models.loading",
     "captum_similarity.data.files",
+    "captum_similarity.data.pair_lists",
+    "captum_similarity.job",
+    "captum_similarity.runs",
 )
 #: Sphinx markup that must not reach the built site.
 RAW_MARKUP = re.compile(r":(?:py:)?(?:func|class|meth|mod|data|attr|obj|exc):[`<]|Examples?::")

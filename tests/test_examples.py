@@ -61,7 +61,7 @@ def test_every_example_is_tested():
     tested = {"siamese_wrapper.py", "faithfulness.py", "embedding_gradcam.py",
               "face_verification.py", "lrp_orl_faces.py", "pairwise_matching_orl.py",
               "command_line.py", "captum_compositions.py", "reliability.py",
-              "sanity_checks.py"}
+              "sanity_checks.py", "dataset_run.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -182,3 +182,12 @@ def test_sanity_checks(tmp_path):
         "1.00, 1.00, 1.00, 1.00, 1.00, 1.00, 1.00; survives: True" in out
     assert "EmbeddingGradCAM: similarity" in out and "Captum Saliency: similarity" in out
     assert out.count("survives: False") >= 2  # the gradient maps follow the weights
+
+
+@pytest.mark.slow
+def test_dataset_run(tmp_path):
+    out = run_example("dataset_run.py", "--out", str(tmp_path / "ex"), "--pairs", "3", cwd=tmp_path)
+    assert "computed again, the same rows: True" in out
+    assert "rows: 12 (6 pairs x 2 methods), failed: 0" in out
+    assert number_after("paired over", out) == 6
+    assert (tmp_path / "ex" / "run" / "table.csv").is_file()

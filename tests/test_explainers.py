@@ -18,6 +18,7 @@ from captum_similarity.explainers import (
     resolve_methods,
     short_names,
 )
+from captum_similarity.models import SimpleCNN
 from conftest import make_reference_model
 
 
@@ -104,3 +105,20 @@ def test_gradcam_short_name_is_relu_with_the_sign_safe_weighting(cnn_pair):
     torch.testing.assert_close(signed, EmbeddingGradCAM(sim, layer).attribute((x1, x2))[0])
     with pytest.raises(ValueError, match="explains a layer"):
         explain_pair_detailed(sim, x1, x2, None, "gradcam")
+
+
+def test_captum_lrp_failing_midway_leaves_no_rules_for_the_next_method():
+    """Captum's LRP raises on a layer without a rule (here the identity head)
+    after giving rules to the layers before it; the registry removes them, so
+    that LRP pairing run next on the model gives what it gives alone."""
+    torch.manual_seed(0)
+    model = SimpleCNN(head="identity").eval()
+    sim = SiameseSimilarity(model, "cosine")
+    x1, x2 = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    alone = explainers()["LRPRelevancePairing (epsilon_plus)"].fn(sim, x1, x2, None)
+    with pytest.raises(TypeError, match="no rule"):
+        explainers()["Captum LRP"].fn(sim, x1, x2, None)
+    assert not [n for n, m in model.named_modules() if "rule" in vars(m)]
+    after = explainers()["LRPRelevancePairing (epsilon_plus)"].fn(sim, x1, x2, None)
+    for a, b in zip(alone, after):
+        torch.testing.assert_close(a, b)

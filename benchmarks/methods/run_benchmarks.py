@@ -16,9 +16,13 @@
    different people) with every explainer registered in
    :mod:`captum_similarity.explainers` when it runs (methods of other modules
    plug in by registering there), and scores both images' maps with SANE's
-   insertion/deletion protocol (:func:`captum_similarity.metrics.insertion_deletion`).
-3. Times each method on the same batches, as a ratio to one forward+backward
-   of the wrapper on that batch (``benchmarks/timing.py``).
+   insertion/deletion protocol (:func:`captum_similarity.metrics.insertion_deletion`),
+   as an ``explain-dataset`` run (:func:`captum_similarity.runs.explain_dataset`:
+   units of ``--batch`` pairs x a method, in ``--run-dir``, resumable, and
+   shared by the processes under ``torchrun``); the tables are its summary.
+3. Times each method on the same batches (the run's per-pair seconds), as a
+   ratio to one forward+backward of the wrapper on a batch of that size
+   (``benchmarks/timing.py``).
 4. Writes a Markdown table with the command, date and machine to
    ``benchmarks/results/`` and, for the full run, into ``docs/faithfulness.md``
    (between its ``benchmark`` markers).
@@ -27,6 +31,8 @@ Usage:
     python benchmarks/methods/run_benchmarks.py --orl ../shared/data/orl_faces --model dlib  # dlib
     python benchmarks/methods/run_benchmarks.py --orl ../shared/data/orl_faces          # ORL model
     python benchmarks/methods/run_benchmarks.py --orl ../shared/data/orl_faces --smoke  # tiny, CI
+    torchrun --nproc-per-node 2 benchmarks/methods/run_benchmarks.py --orl ../shared/data/orl_faces \
+        --pairs 50 --impostor-pairs 50 --run-dir runs/faithfulness  # sharded, resumable
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import argparse
 import math
 import re
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -42,7 +49,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
@@ -51,9 +57,12 @@ from timing import command_line, forward_backward, machine, median_seconds  # no
 
 from captum_similarity import SiameseSimilarity  # noqa: E402
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
-from captum_similarity.explainers import explain_pair, explainers  # noqa: E402
-from captum_similarity.metrics import insertion_deletion, retrieval_metrics  # noqa: E402
+from captum_similarity.data.pair_lists import ImagePair, select_pairs  # noqa: E402
+from captum_similarity.explainers import explainers  # noqa: E402
+from captum_similarity.metrics import retrieval_metrics  # noqa: E402
 from captum_similarity.models import dlib_face_resnet, face_chips  # noqa: E402
+from captum_similarity.models.loading import LoadedModel  # noqa: E402
+from captum_similarity.runs import explain_dataset, launch_from_env, read_table  # noqa: E402
 from captum_similarity.training.demo_models import orl_embedder  # noqa: E402
 
 #: Configuration changes of the tiny smoke-mode embedder (see ``ORL_CONFIG``).
@@ -140,6 +149,13 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the pair selection")
     parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="the explain-dataset run folder: kept, resumable, shared by the processes under "
+        "torchrun (default: a temporary folder, removed at the end; required under torchrun)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -179,104 +195,80 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def select_pairs(
-    labels: Tensor, n_same: int, n_other: int, seed: int
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """Indices ``(i, j)`` of ``n_same`` same-identity pairs (spread over identities in
-    turn) followed by ``n_other`` different-identity pairs, and whether each is same."""
-    g = torch.Generator().manual_seed(seed)
-    per_identity = []
-    for ident in torch.unique(labels):
-        idx = torch.nonzero(labels == ident).flatten()
-        pairs = torch.combinations(idx, 2)
-        per_identity.append(pairs[torch.randperm(len(pairs), generator=g)])
-    per_identity = [
-        per_identity[k] for k in torch.randperm(len(per_identity), generator=g).tolist()
-    ]
-    same = [per_identity[k % len(per_identity)][k // len(per_identity)] for k in range(n_same)]
-    other = []
-    while len(other) < n_other:
-        i, j = torch.randint(len(labels), (2,), generator=g)
-        if labels[i] != labels[j]:
-            other.append(torch.stack([i, j]))
-    pairs = torch.stack(same + other) if same or other else torch.empty(0, 2, dtype=torch.long)
-    is_same = torch.tensor([True] * len(same) + [False] * len(other))
-    return pairs[:, 0], pairs[:, 1], is_same
-
-
 def altered_copy(x: Tensor) -> Tensor:
     """Images mirrored left-right, then raised to the power ``COPY_GAMMA``
     (values in [0, 1]): a near-identical view of the same image."""
     return x.flip(-1).clamp(0, 1) ** COPY_GAMMA
 
 
-def explain_and_time(
-    sim: SiameseSimilarity, x1: Tensor, x2: Tensor, layer, names: List[str], batch: int
-) -> Dict[str, dict]:
-    """Maps of both images for every method, with its time relative to forward+backward."""
-    chunks = [slice(s, min(s + batch, len(x1))) for s in range(0, len(x1), batch)]
-    units = {}
-    for c in chunks:  # one forward+backward of each chunk: the unit of the time ratio
-        units[c.stop - c.start] = median_seconds(forward_backward(sim, x1[c], x2[c]), repeats=5)
-    results: Dict[str, dict] = {}
-    bar = tqdm(total=len(names) * len(chunks), desc="explaining", unit="batch")
-    for name in names:
-        maps1, maps2, seconds, unit = [], [], 0.0, 0.0
-        try:
-            for c in chunks:
-                bar.set_postfix_str(name)
-                start = time.perf_counter()
-                ((a1, a2),) = explain_pair(sim, x1[c], x2[c], layer=layer, methods=[name]).values()
-                seconds += time.perf_counter() - start
-                unit += units[c.stop - c.start]
-                maps1.append(a1)
-                maps2.append(a2)
-                bar.update(1)
-            results[name] = {
-                "maps": (torch.cat(maps1), torch.cat(maps2)),
-                "ratio": seconds / unit,
-                "seconds": seconds,
-            }
-        except Exception as exc:  # a method that fails on this model is reported, not fatal
-            message = " ".join(f"{type(exc).__name__}: {exc}".split())
-            results[name] = {"error": message[:120].replace("|", "/")}
-            bar.update(len(chunks) - len(maps1))
-    bar.close()
-    return results
-
-
-def faithfulness(
-    sim: SiameseSimilarity,
-    x1: Tensor,
-    x2: Tensor,
-    maps: Tuple[Tensor, Tensor],
-    fill,
-    n_steps: int,
-    blur_sigma: float,
-) -> Dict[str, Tensor]:
-    """Per-image AUCs of both sides' maps: ``x1`` against ``x2`` and ``x2`` against ``x1``."""
-    sides = [
-        insertion_deletion(
-            sim,
-            x,
-            a,
-            ref,
-            n_steps=n_steps,
-            baselines=fill,
-            blur_sigma=blur_sigma,
-            max_examples_per_batch=256,
+def run_units(args, sim, images: Tensor, idx1: Tensor, idx2: Tensor, same: Tensor, names,
+              fills: Dict[str, object], layer: str, options: Dict[str, object]):
+    """Every method on every pair as an ``explain-dataset`` run
+    (:func:`captum_similarity.runs.explain_dataset`) in ``--run-dir``: units
+    of ``--batch`` pairs x a method, resumable, sharded under torchrun.
+    Returns the run's result (``"table"`` on rank 0)."""
+    files = [f"test[{i}]" for i in range(len(images))]
+    pairs = [
+        ImagePair(
+            files[i], f"{files[i]} altered" if args.altered_copies else files[j], str(i),
+            f"copy:{i}" if args.altered_copies else str(j), "same" if s else "different",
         )
-        for x, a, ref in ((x1, maps[0], x2), (x2, maps[1], x1))
+        for i, j, s in zip(idx1.tolist(), idx2.tolist(), same.tolist())
     ]
-    out = {}
-    for key in (
-        "insertion_auc_normalized",
-        "deletion_auc_normalized",
-        "insertion_auc",
-        "deletion_auc",
-    ):
-        out[key] = torch.cat([getattr(r, key) for r in sides])
-    return out
+
+    def inputs(chunk):
+        x1 = images[[int(p.path1) for p in chunk]]
+        if args.altered_copies:
+            return x1, altered_copy(x1)
+        return x1, images[[int(p.path2) for p in chunk]]
+
+    loaded = LoadedModel(
+        sim.embedder, f"benchmark:{args.model}", "callable", f"the benchmark's {args.model} model",
+        similarity=sim.similarity.name,
+    )
+    return explain_dataset(
+        pairs, loaded, {n: explainers()[n] for n in names}, args.run_dir, layer=layer,
+        fills=fills, steps=args.n_steps, blur_sigma=args.blur_sigma, chunk=args.batch,
+        options=options, images=inputs,
+    )
+
+
+#: Columns of the run's table behind each AUC of ``insertion_deletion`` (image 1's side, image 2's).
+AUC_COLUMNS = {
+    "insertion_auc_normalized": ("insertion1", "insertion2"),
+    "deletion_auc_normalized": ("deletion1", "deletion2"),
+    "insertion_auc": ("insertion1_raw", "insertion2_raw"),
+    "deletion_auc": ("deletion1_raw", "deletion2_raw"),
+}
+
+
+def summary(rows, names, n_pairs: int, fills: Sequence[str], unit_seconds: Dict[int, float], batch: int):
+    """The run's table as the report's tables take it: per method its time
+    ratio (or error) and, per fill, each AUC over both sides of every pair
+    (image 1's side, then image 2's; NaN where the method failed)."""
+    results: Dict[str, dict] = {}
+    aucs: Dict[str, Dict[str, Dict[str, Tensor]]] = {fill: {} for fill in fills}
+    chunks = [min(batch, n_pairs - s) for s in range(0, n_pairs, batch)]
+    for name in names:
+        mine = sorted((r for r in rows if r["method_name"] == name), key=lambda r: r["pair"])
+        ok = [r for r in mine if r["status"] == "ok"]
+        if not ok:
+            error = mine[0]["error"] if mine else "no rows"
+            results[name] = {"error": error[:120].replace("|", "/")}
+            continue
+        seconds = sum(r["seconds"] for r in mine if r["seconds"] == r["seconds"])
+        results[name] = {
+            "ratio": seconds / sum(unit_seconds[c] for c in chunks),
+            "seconds": seconds,
+        }
+        for fill in fills:
+            aucs[fill][name] = {
+                key: torch.tensor(
+                    [r[f"{fill}_{side}"] if r["status"] == "ok" else math.nan for side in sides for r in mine]
+                )
+                for key, sides in AUC_COLUMNS.items()
+            }
+    return results, aucs
 
 
 def _mean(values: Tensor) -> str:
@@ -435,22 +427,38 @@ def main(argv: Optional[Sequence[str]] = None, command: Optional[str] = None) ->
     if args.altered_copies:
         x2 = altered_copy(x1)
 
-    layer = model.get_submodule(args.layer)  # a dotted name, as model.named_modules() lists it
-    results = explain_and_time(sim, x1, x2, layer, names, args.batch)
-    done = [n for n in names if "error" not in results[n]]
+    model.get_submodule(args.layer)  # a dotted name, as model.named_modules() lists it
     fills = fill_values(args.fill, train_images, args.blur_sigma)
-    aucs: Dict[str, Dict[str, Dict[str, Tensor]]] = {label: {} for label in fills}
-    bar = tqdm(total=len(done) * len(fills), desc="insertion/deletion", unit="method")
-    for label, fill in fills.items():
-        for name in done:
-            maps = results[name]["maps"]
-            aucs[label][name] = faithfulness(sim, x1, x2, maps, fill, args.n_steps, args.blur_sigma)
-            bar.update(1)
-    bar.close()
+    keys = dict(zip(args.fill, fills.values()))  # the table's column prefixes: mean, blur, 0.5
+    options = {  # the model's weights are in the run's configuration hash
+        "benchmark": args.model, "smoke": args.smoke, "altered_copies": args.altered_copies,
+        "pairs": [args.pairs, args.impostor_pairs, args.seed],
+    }
+    launch = launch_from_env()
+    temporary = None
+    if args.run_dir is None:
+        if launch.distributed:
+            raise SystemExit("under torchrun, give --run-dir (one folder all processes share)")
+        temporary = tempfile.TemporaryDirectory()
+        args.run_dir = Path(temporary.name) / "run"
+    run = run_units(args, sim, test_set.images, idx1, idx2, same, names, keys, args.layer, options)
+    if run["table"] is None:  # another process merges and reports
+        return {"run": run}
+    rows = read_table(run["table"])
+    chunks = {min(args.batch, len(x1) - s) for s in range(0, len(x1), args.batch)}
+    units = {  # one forward+backward of a chunk: the unit of the time ratio
+        n: median_seconds(forward_backward(sim, x1[:n], x2[:n]), repeats=5) for n in chunks
+    }
+    results, by_key = summary(rows, names, len(x1), list(keys), units, args.batch)
+    aucs = {label: by_key[key] for key, label in zip(keys, fills)}
     with torch.no_grad():
         scores = sim(x1, x2)
+    if temporary is not None:
+        temporary.cleanup()
 
     command = command or command_line(__file__, argv)
+    if launch.distributed:
+        command = command.replace("python ", f"torchrun --nproc-per-node {launch.world} ", 1)
     text = report(args, command, info["description"], same, scores, results, aucs, time.perf_counter() - start)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("# Faithfulness benchmark\n\n" + text)
@@ -459,7 +467,8 @@ def main(argv: Optional[Sequence[str]] = None, command: Optional[str] = None) ->
     if args.docs is not None:
         write_docs_block(args.docs, text, args.docs_block)
         print(f"updated {args.docs}")
-    return {"embedder": info, "results": results, "aucs": aucs, "out": args.out, "text": text}
+    return {"embedder": info, "results": results, "aucs": aucs, "out": args.out, "text": text,
+            "run": run}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,163 @@
+"""Throughput of ``captum-similarity explain-dataset``: 1 process x 2 threads
+against 2 processes x 1 thread (``torchrun``), and the time spent outside
+the methods.
+
+For each method (Grad-CAM, cheap; RISE, 2000 masked forward passes per
+image) the same command runs on ORL pairs with dlib's face model, in a fresh
+run folder, once as one process with ``--threads 2`` and once under
+``python -m torch.distributed.run --nproc-per-node 2`` with ``--threads 1``,
+alternating, ``--repeats`` times. Throughput: pairs x methods per second of
+the whole command (interpreter start, model loading, the run and the merge).
+Outside the methods: 1 - (seconds inside the methods, summed over the
+processes) / (seconds of ``explain_dataset``, summed over the processes),
+read from the run folder's ``processes/rank-R.json``, and its parts: reading
+and preparing images, the model's scores of the pairs, the setup (model
+loading, the configuration, listing finished units) and the rest, the run machinery (unit files, barriers,
+progress, merge).
+
+Usage:
+    python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces
+    python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --gradcam-pairs 8 --rise-pairs 2 --repeats 1  # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from timing import command_line, machine  # noqa: E402
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orl", type=Path, default=ROOT.parent / "shared" / "data" / "orl_faces")
+    parser.add_argument("--model", default="dlib-face", help="a --model specification")
+    parser.add_argument("--gradcam-pairs", type=int, default=32, help="pairs for Grad-CAM")
+    parser.add_argument("--rise-pairs", type=int, default=2, help="pairs for RISE")
+    parser.add_argument(
+        "--chunks", type=int, nargs=2, default=[4, 1], metavar=("GRADCAM", "RISE"),
+        help="pairs per unit of each method (RISE: 1, so that few pairs make units for both "
+        "processes)",
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "dataset_runs.md"
+    )
+    return parser.parse_args(argv)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_run(args, method: str, pairs: int, chunk: int, processes: int, out: Path) -> Dict[str, float]:
+    """Runs the command once; its wall time and the processes' records."""
+    same = pairs // 2
+    command = [
+        "-m", "captum_similarity", "explain-dataset", str(args.orl), "--pairs",
+        f"same:{same},different:{pairs - same}", "--model", args.model, "--methods", method,
+        "--threads", str(2 // processes), "--chunk", str(chunk), "--out", str(out),
+    ]
+    if processes > 1:
+        command = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes),
+                   "--master-addr", "127.0.0.1", "--master-port", str(free_port())] + command
+    env = dict(os.environ, OMP_NUM_THREADS=str(2 // processes))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    tick = time.perf_counter()
+    done = subprocess.run([sys.executable] + command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - tick
+    if done.returncode != 0:
+        raise SystemExit(f"{method} with {processes} process(es) failed:\n{done.stderr[-3000:]}")
+    records = [json.loads(p.read_text()) for p in sorted((out / "processes").glob("rank-*.json"))]
+    assert len(records) == processes, records
+    total = sum(r["seconds"]["total"] for r in records)
+    part = {
+        k: sum(r["seconds"][k] for r in records) / total
+        for k in ("methods", "images", "scores", "setup")
+    }
+    return {
+        "wall": wall,
+        "throughput": pairs / wall,
+        "outside": 1 - part["methods"],
+        "images": part["images"],
+        "scores": part["scores"],
+        "setup_share": part["setup"],
+        "machinery": 1 - part["methods"] - part["images"] - part["scores"] - part["setup"],
+        "setup": max(r["seconds"]["setup"] for r in records),
+        "merge": max(r["seconds"]["merge"] for r in records),
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    load = os.getloadavg()
+    rows: List[str] = [
+        "| method | pairs | pairs per unit | processes x threads | wall (s) | pairs x methods / s "
+        "| outside the methods | of which: images | scores | setup | run machinery | merge (s) |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for method, pairs, chunk in (("gradcam", args.gradcam_pairs, args.chunks[0]),
+                                     ("rise", args.rise_pairs, args.chunks[1])):
+            measured: Dict[int, List[Dict[str, float]]] = {1: [], 2: []}
+            for k in range(args.repeats):  # alternating, so that a load change hits both
+                for processes in (1, 2):
+                    out = Path(tmp) / f"{method}-{processes}-{k}"
+                    measured[processes].append(one_run(args, method, pairs, chunk, processes, out))
+                    print(method, processes, measured[processes][-1], flush=True)
+            for processes in (1, 2):
+                runs = measured[processes]
+                med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+                rows.append(
+                    f"| {method} | {pairs} | {chunk} | {processes} x {2 // processes} | {med['wall']:.1f} | "
+                    f"{med['throughput']:.3f} | {100 * med['outside']:.1f} % | "
+                    f"{100 * med['images']:.1f} % | {100 * med['scores']:.1f} % | "
+                    f"{100 * med['setup_share']:.1f} % | "
+                    f"{100 * med['machinery']:.1f} % | {med['merge']:.2f} |"
+                )
+    load_after = os.getloadavg()
+    text = "\n".join(
+        [
+            "# explain-dataset: one process or two",
+            "",
+            f"Command: `{command_line(__file__, argv)}`. Machine: {machine()}. Load average "
+            f"(1 min) {load[0]:.1f} before, {load_after[0]:.1f} after (other jobs shared the "
+            "2 cores: throughputs are indicative, ratios between rows timed back to back).",
+            "",
+            f"Model `{args.model}` on ORL pairs (half same person, half different people), "
+            "medians of "
+            f"{args.repeats} alternating runs per row. Wall: the whole command (interpreter start, "
+            "model loading, the run, the merge). Outside the methods: the share of the processes' "
+            "time in `explain_dataset` (summed over the processes) not spent inside the methods, "
+            "split into reading and preparing the images (for `dlib-face`: face detection and "
+            "alignment), the model's scores of the pairs (one forward pass per chunk), the setup (loading the model, the configuration, listing finished units) "
+            "and the run machinery (writing and checksumming units, barriers, progress, the merge).",
+            "",
+            *rows,
+            "",
+        ]
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    print(f"wrote {args.out}")
+    return text
+
+
+if __name__ == "__main__":
+    main()

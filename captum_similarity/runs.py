@@ -1,0 +1,865 @@
+"""Dataset-scale runs: ``captum-similarity explain-dataset``, sharded, resumable.
+
+A run explains a list of image pairs with a few registered methods. Its work
+is cut into **units**: a chunk of :data:`CHUNK` consecutive pairs x one
+method. Each unit's rows and maps are written to the run folder as soon as
+it is done, atomically (a temporary file, then ``os.replace``), with the
+SHA-256 of its maps and of its own content, so that a unit file is either
+complete and verified or ignored and recomputed.
+
+Run alone, a run is one plain process. Under ``torchrun`` (``WORLD_SIZE``,
+``RANK`` and ``LOCAL_RANK`` set), every process takes every ``WORLD_SIZE``-th
+of the unfinished units, in method-major order, so that each method's units
+(an expensive method's too) are spread evenly over the processes; a process
+on CUDA uses ``cuda:LOCAL_RANK``. ``torch.distributed`` (gloo on CPU, nccl on
+CUDA) is used for barriers only: the units are files, and rank 0 merges them
+into ``table.csv`` at the end.
+
+A run folder holds ``config.json`` (the configuration and its hash),
+``units/`` (one verified JSON file per finished unit), ``maps/`` (one
+``.npz`` per unit), ``processes/`` (``rank-R.json``: where each process of
+the last launch spent its time) and, when every unit is done, ``table.csv``. Re-running
+the same command skips the finished units; a run with another configuration
+(model, weights, layer, methods, method options, pairs, seed, library
+version; not the number of processes or threads) is refused in that folder.
+
+:func:`explain_dataset` runs from Python; :func:`read_table` and
+:func:`summarize` turn the table into per-method means with standard errors
+and paired comparisons of methods on the same pairs.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import io
+import json
+import math
+import os
+import socket
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._utils.progress import Progress
+from ._utils.state import preserved_state
+from ._version import __version__
+from .data.pair_lists import ImagePair
+from .job import (
+    UsageError,
+    as_numpy,
+    check_similarity,
+    choose_layer,
+    error_text,
+    load_job_model,
+    preparation,
+    read_source,
+    resolve_device,
+    versions,
+)
+from .metrics.insertion_deletion import insertion_deletion
+from .metrics.statistics import Estimate, mean_and_standard_error, paired_difference
+from .models.loading import LoadedModel
+from .siamese import SiameseSimilarity
+
+__all__ = [
+    "Launch",
+    "Unit",
+    "RunFolder",
+    "explain_dataset",
+    "launch_from_env",
+    "make_units",
+    "assign_units",
+    "config_hash",
+    "read_table",
+    "summarize",
+    "compare_methods",
+    "COLUMNS",
+    "CHUNK",
+    "EXIT_AFTER_ENV",
+]
+
+#: Pairs per unit (and per call of a method).
+CHUNK = 4
+
+#: Insertion/deletion steps of ``--faithfulness``.
+FAITHFULNESS_STEPS = 101
+
+#: Test hook: ``"RANK:K"`` makes that rank exit (status 17) after writing K
+#: units, leaving the temporary file of its next unit half written; only in a
+#: first attempt (``TORCHELASTIC_RESTART_COUNT`` unset or 0).
+EXIT_AFTER_ENV = "CAPTUM_SIMILARITY_TEST_EXIT_AFTER"
+
+#: How long a process waits for the others at a barrier (the one before the
+#: merge waits for the slowest process's last unit). A process that dies is
+#: not waited for: ``torchrun`` stops the group.
+BARRIER_TIMEOUT = datetime.timedelta(days=7)
+
+#: Columns of ``table.csv`` before the faithfulness columns (see docs/running-at-scale.md).
+COLUMNS = (
+    "pair",
+    "image1",
+    "image2",
+    "label",
+    "method",
+    "method_name",
+    "score",
+    "map1_sum",
+    "map1_abs_sum",
+    "map1_min",
+    "map1_max",
+    "map1_positive",
+    "map2_sum",
+    "map2_abs_sum",
+    "map2_min",
+    "map2_max",
+    "map2_positive",
+)
+#: Columns after the faithfulness columns.
+TAIL = ("seconds", "rank", "host", "unit", "map_file", "map_row", "status", "error")
+#: Faithfulness columns per fill: ``{fill}_{name}``.
+FAITHFULNESS_COLUMNS = (
+    "insertion1",
+    "deletion1",
+    "insertion2",
+    "deletion2",
+    "insertion1_raw",
+    "deletion1_raw",
+    "insertion2_raw",
+    "deletion2_raw",
+)
+FORMAT = "captum-similarity unit 1"
+
+
+# -- launch and work units ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process stands in a launch: ``rank`` of ``world``
+    processes, ``local_rank`` on its machine; ``distributed`` under a
+    launcher (``torchrun``)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    distributed: bool = False
+
+
+def launch_from_env(env: Optional[Mapping[str, str]] = None) -> Launch:
+    """The :class:`Launch` that ``torchrun`` describes in ``WORLD_SIZE``,
+    ``RANK`` and ``LOCAL_RANK``; a single process when they are absent."""
+    env = os.environ if env is None else env
+    if "WORLD_SIZE" not in env or "RANK" not in env:
+        return Launch()
+    world, rank = int(env["WORLD_SIZE"]), int(env["RANK"])
+    local = int(env.get("LOCAL_RANK", rank))
+    if not 0 <= rank < world:
+        raise UsageError(f"RANK {rank} is not below WORLD_SIZE {world}")
+    return Launch(rank, world, local, True)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A chunk of pairs x one method.
+
+    Attributes:
+        method (str): Registered name.
+        short (str): Short name (file names, the table's ``method``).
+        chunk (int): Index of the chunk.
+        start (int): First pair.
+        stop (int): One past the last pair.
+    """
+
+    method: str
+    short: str
+    chunk: int
+    start: int
+    stop: int
+
+    @property
+    def id(self) -> str:
+        """``SHORT-CHUNK``: the unit's file name (``gradcam-00003``)."""
+        return f"{self.short}-{self.chunk:05d}"
+
+
+def make_units(n_pairs: int, methods: Mapping[str, str], chunk: int = CHUNK) -> List[Unit]:
+    """Every unit of a run, method-major: ``methods`` maps registered names
+    to short names (file names)."""
+    starts = range(0, n_pairs, chunk)
+    return [
+        Unit(name, short, k, s, min(s + chunk, n_pairs))
+        for name, short in methods.items()
+        for k, s in enumerate(starts)
+    ]
+
+
+def assign_units(units: Sequence[Unit], launch: Launch) -> List[Unit]:
+    """This process's share: every ``world``-th unit of ``units`` (method-major,
+    so that each method is spread evenly), ordered by chunk (consecutive units
+    then share their images)."""
+    mine = [u for i, u in enumerate(units) if i % launch.world == launch.rank]
+    return sorted(mine, key=lambda u: (u.chunk, units.index(u)))
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """SHA-256 (hex, 16 characters) of a configuration's canonical JSON."""
+    return hashlib.sha256(_canonical(config).encode()).hexdigest()[:16]
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+# -- the run folder -------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, data: bytes, crash: bool = False) -> None:
+    """Writes ``data`` to a temporary file beside ``path``, then renames it
+    (``crash``: the test hook, exits with half the file written)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        if crash:
+            handle.write(data[: len(data) // 2])
+            handle.flush()
+            os._exit(17)
+        handle.write(data)
+    # no fsync: a file cut short by a crash of the machine fails its size or checksum on
+    # reading and is computed again
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    """The files of one run (see the module's description).
+
+    Args:
+        out (str or Path): The run folder.
+    """
+
+    def __init__(self, out: Union[str, Path]) -> None:
+        self.out = Path(out)
+        self.units = self.out / "units"
+        self.maps = self.out / "maps"
+        self.config_path = self.out / "config.json"
+        self.table = self.out / "table.csv"
+        self.processes = self.out / "processes"
+
+    def check_config(self, config: Mapping[str, Any], digest: str) -> None:
+        """Raises :class:`UsageError` when the folder holds another run."""
+        if not self.config_path.is_file():
+            if self.units.is_dir() and any(self.units.glob("*.json")):
+                raise UsageError(f"{self.out} holds units but no config.json: use another --out")
+            return
+        try:
+            found = json.loads(self.config_path.read_text())
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{self.config_path} is unreadable ({err}): use another --out") from err
+        if found.get("hash") != digest:
+            old = found.get("config", {})
+            changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise UsageError(
+                f"{self.out} holds a run with another configuration (changed: "
+                f"{', '.join(changed) or 'hash'}); results are never mixed: give another --out "
+                "for this one, or the same options to resume that run"
+            )
+
+    def write_config(self, config: Mapping[str, Any], digest: str) -> None:
+        """Creates the folders and writes ``config.json`` when absent (every
+        process writes the same bytes, atomically)."""
+        for d in (self.out, self.units, self.maps):
+            d.mkdir(parents=True, exist_ok=True)
+        if not self.config_path.is_file():
+            body = {"format": "captum-similarity run 1", "hash": digest, "config": dict(config)}
+            _write_atomic(self.config_path, (json.dumps(body, indent=1, default=str) + "\n").encode())
+
+    def unit_path(self, unit_id: str) -> Path:
+        """The file that says a unit is done."""
+        return self.units / f"{unit_id}.json"
+
+    def write_unit(
+        self, unit: Unit, digest: str, rows: List[Dict[str, Any]], maps: Dict[str, np.ndarray],
+        crash: bool = False,
+    ) -> None:
+        """Writes the unit's maps, then its rows (the file that says it is done)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **maps)
+        blob = buffer.getvalue()
+        map_name = f"maps/{unit.id}.npz"
+        _write_atomic(self.out / map_name, blob)
+        body = {
+            "format": FORMAT,
+            "config": digest,
+            "unit": unit.id,
+            "rows": rows,
+            "maps": {"file": map_name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()},
+        }
+        text = _canonical(body)
+        data = json.dumps({"body": body, "sha256": hashlib.sha256(text.encode()).hexdigest()})
+        _write_atomic(self.unit_path(unit.id), data.encode(), crash=crash)
+
+    def read_unit(self, unit_id: str, digest: str) -> Optional[List[Dict[str, Any]]]:
+        """The unit's rows when its file and its maps are complete and
+        belong to this configuration; None otherwise (missing, truncated,
+        corrupt)."""
+        path = self.unit_path(unit_id)
+        try:
+            stored = json.loads(path.read_text())
+            body = stored["body"]
+            if hashlib.sha256(_canonical(body).encode()).hexdigest() != stored["sha256"]:
+                return None
+            if body["config"] != digest or body["unit"] != unit_id:
+                return None
+            blob = (self.out / body["maps"]["file"]).read_bytes()
+            if len(blob) != body["maps"]["bytes"]:
+                return None
+            if hashlib.sha256(blob).hexdigest() != body["maps"]["sha256"]:
+                return None
+            return body["rows"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def finished(self, units: Sequence[Unit], digest: str) -> List[str]:
+        """Ids of the units whose files verify."""
+        return [u.id for u in units if self.read_unit(u.id, digest) is not None]
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+class _Job:
+    """A loaded model, its preparation and layer, and how one unit is computed."""
+
+    def __init__(self, loaded, sim, pre, layer_module, pairs, specs, fills, steps, sigma, seed, dev,
+                 images=None):
+        self.loaded, self.sim, self.pre, self.layer_module = loaded, sim, pre, layer_module
+        self.images = images
+        self.pairs, self.specs, self.fills, self.steps = pairs, specs, fills, steps
+        self.sigma, self.seed, self.dev = sigma, seed, dev
+        self._cached: Tuple[Optional[int], Any] = (None, None)
+        self.method_seconds = 0.0
+        self.image_seconds = 0.0
+        self.score_seconds = 0.0
+
+    def inputs(self, unit: Unit):
+        """The chunk's prepared images (the last chunk's are kept), the
+        indices of the pairs read and the errors of the others."""
+        if self._cached[0] == unit.chunk:
+            return self._cached[1]
+        tick = time.perf_counter()
+        try:
+            ok, errors, x1, x2 = self._read(unit)
+        finally:
+            self.image_seconds += time.perf_counter() - tick
+        scores: List[float] = []
+        if ok:  # the model's scores of the chunk, once for all its methods
+            tick = time.perf_counter()
+            with torch.no_grad():
+                scores = self.sim(x1, x2).float().cpu().tolist()
+            self.score_seconds += time.perf_counter() - tick
+        self._cached = (unit.chunk, (ok, errors, x1, x2, scores))
+        return self._cached[1]
+
+    def _read(self, unit: Unit):
+        if self.images is not None:  # the caller's tensors
+            ok, errors = list(range(unit.start, unit.stop)), {}
+            try:
+                x1, x2 = (x.to(self.dev) for x in self.images(self.pairs[unit.start : unit.stop]))
+            except Exception as err:
+                errors = {p: f"images failed: {error_text(err)}" for p in ok}
+                ok, x1, x2 = [], None, None
+            return ok, errors, x1, x2
+        ok, errors, images = [], {}, []
+        for p in range(unit.start, unit.stop):
+            pair = self.pairs[p]
+            try:
+                first = read_source(pair.path1)[1]
+                second = read_source(pair.path2)[1]
+            except UsageError as err:
+                errors[p] = f"unreadable image: {err}"
+                continue
+            ok.append(p)
+            images.extend([first, second])
+        x1 = x2 = None
+        if ok:
+            try:
+                prepared = self.pre(images)[0].to(self.dev)
+                x1, x2 = prepared[0::2], prepared[1::2]
+            except Exception as err:
+                errors.update({p: f"preparation failed: {error_text(err)}" for p in ok})
+                ok = []
+        return ok, errors, x1, x2
+
+    def explain(self, name: str, x1: Tensor, x2: Tensor):
+        """Maps of one method on pairs; a failing batch is retried pair by pair."""
+        spec = self.specs[name]
+        if spec.needs_layer and self.layer_module is None:
+            return None, ["skipped: the method explains a layer and the run has none"] * len(x1)
+        try:
+            return self._call(spec, x1, x2), [None] * len(x1)
+        except Exception as err:
+            first = error_text(err)
+            if len(x1) == 1:
+                return None, [first]
+        maps1, maps2, errors = [], [], []
+        for i in range(len(x1)):
+            try:
+                a1, a2 = self._call(spec, x1[i : i + 1], x2[i : i + 1])
+                maps1.append(a1)
+                maps2.append(a2)
+                errors.append(None)
+            except Exception as err:
+                maps1.append(None)
+                maps2.append(None)
+                errors.append(error_text(err))
+        if all(e is not None for e in errors):  # the method fails on every pair: its first error
+            return None, [first] * len(x1)
+        return (maps1, maps2), errors
+
+    def _call(self, spec, x1, x2):
+        torch.manual_seed(self.seed)
+        tick = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a1, a2 = spec.fn(self.sim, x1, x2, self.layer_module)
+        self.method_seconds += time.perf_counter() - tick
+        return a1.detach(), a2.detach()
+
+    def faithfulness(self, x1, x2, a1, a2) -> Dict[str, List[float]]:
+        """``{column: values per pair}`` of every fill, both sides."""
+        out: Dict[str, List[float]] = {}
+        tick = time.perf_counter()
+        for fill, baselines in self.fills.items():
+            for side, x, a, ref in (("1", x1, a1, x2), ("2", x2, a2, x1)):
+                r = insertion_deletion(
+                    self.sim, x, a.to(x), ref, n_steps=self.steps, baselines=baselines,
+                    blur_sigma=self.sigma, max_examples_per_batch=64,
+                )
+                out[f"{fill}_insertion{side}"] = r.insertion_auc_normalized.tolist()
+                out[f"{fill}_deletion{side}"] = r.deletion_auc_normalized.tolist()
+                out[f"{fill}_insertion{side}_raw"] = r.insertion_auc.tolist()
+                out[f"{fill}_deletion{side}_raw"] = r.deletion_auc.tolist()
+        self.method_seconds += time.perf_counter() - tick
+        return out
+
+    def unit(self, unit: Unit, launch: Launch) -> Tuple[List[Dict[str, Any]], Dict[str, np.ndarray]]:
+        """The rows and maps of one unit."""
+        ok, errors, x1, x2, scores = self.inputs(unit)
+        base = {"rank": launch.rank, "host": socket.gethostname(), "unit": unit.id}
+        rows: Dict[int, Dict[str, Any]] = {}
+        for p in range(unit.start, unit.stop):
+            pair = self.pairs[p]
+            rows[p] = {
+                "pair": p, "image1": pair.image1, "image2": pair.image2, "label": pair.label,
+                "method": unit.short, "method_name": unit.method, **base,
+                "map_file": "", "map_row": -1, "status": "failed", "error": errors.get(p, ""),
+            }
+        maps: Dict[str, List[np.ndarray]] = {"pair": [], "map1": [], "map2": []}
+        if ok:
+            tick = time.perf_counter()
+            result, method_errors = self.explain(unit.method, x1, x2)
+            per_pair = (time.perf_counter() - tick) / len(ok)
+            done: List[int] = []
+            for i, p in enumerate(ok):
+                rows[p].update(score=scores[i], seconds=per_pair)
+                if method_errors[i] is not None:
+                    rows[p]["error"] = method_errors[i]
+                    continue
+                a1, a2 = (m if m.dim() == 4 else m[None] for m in (result[0][i], result[1][i]))
+                if not (torch.isfinite(a1).all() and torch.isfinite(a2).all()):
+                    rows[p]["error"] = "the maps contain NaN or infinite values"
+                    continue
+                rows[p].update({**_stats(a1, "map1"), **_stats(a2, "map2")})
+                rows[p].update(status="ok", error="", map_file=f"maps/{unit.id}.npz", map_row=len(done))
+                maps["pair"].append(np.array(p))
+                maps["map1"].append(as_numpy(a1[0]))
+                maps["map2"].append(as_numpy(a2[0]))
+                done.append(i)
+            if done and self.fills:
+                sel = torch.tensor(done)
+                a1 = torch.stack([torch.as_tensor(m) for m in maps["map1"]])
+                a2 = torch.stack([torch.as_tensor(m) for m in maps["map2"]])
+                values = self.faithfulness(x1[sel], x2[sel], a1, a2)
+                for k, i in enumerate(done):
+                    rows[ok[i]].update({c: v[k] for c, v in values.items()})
+        arrays = (
+            {k: np.stack(v) for k, v in maps.items()}
+            if maps["pair"]
+            else {"pair": np.zeros(0, dtype=np.int64)}
+        )
+        return [rows[p] for p in range(unit.start, unit.stop)], arrays
+
+
+def _stats(a: Tensor, prefix: str) -> Dict[str, float]:
+    v = a.detach().double()
+    return {
+        f"{prefix}_sum": float(v.sum()),
+        f"{prefix}_abs_sum": float(v.abs().sum()),
+        f"{prefix}_min": float(v.min()),
+        f"{prefix}_max": float(v.max()),
+        f"{prefix}_positive": float((v > 0).double().mean()),
+    }
+
+
+def _exit_after(launch: Launch) -> Optional[int]:
+    """The test hook's K for this rank (see :data:`EXIT_AFTER_ENV`)."""
+    value = os.environ.get(EXIT_AFTER_ENV)
+    if not value or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return None
+    rank, k = value.split(":")
+    return int(k) if int(rank) == launch.rank else None
+
+
+def explain_dataset(
+    pairs: Sequence[ImagePair],
+    model: Union[str, LoadedModel],
+    methods: Mapping[str, Any],
+    out: Union[str, Path],
+    weights: Union[None, str, Path] = None,
+    layer: Optional[str] = None,
+    similarity: Optional[str] = None,
+    size: Optional[Tuple[int, int]] = None,
+    normalize: str = "none",
+    device: str = "cpu",
+    fills: Optional[Mapping[str, Union[str, float]]] = None,
+    steps: int = FAITHFULNESS_STEPS,
+    blur_sigma: Optional[float] = None,
+    seed: int = 0,
+    chunk: int = CHUNK,
+    options: Optional[Mapping[str, Any]] = None,
+    launch: Optional[Launch] = None,
+    progress: Optional[bool] = None,
+    images: Optional[Callable[[Sequence[ImagePair]], Tuple[Tensor, Tensor]]] = None,
+) -> Dict[str, Any]:
+    r"""Explains every pair with every method, in resumable units (see the module).
+
+    Args:
+        pairs (sequence of ImagePair): The pairs
+            (:func:`~captum_similarity.data.pair_lists.read_pairs_csv`,
+            :func:`~captum_similarity.data.pair_lists.draw_identity_pairs`).
+        model (str or LoadedModel): A ``--model`` specification, loaded onto
+            ``device`` (``cuda:LOCAL_RANK`` under a launcher with CUDA), or a
+            loaded model (its ``spec`` enters the configuration).
+        methods (mapping): ``{registered name: PairExplainer}``, e.g.
+            ``{n: explainers()[n] for n in resolve_methods("gradcam,rise")}``.
+        out (str or Path): The run folder.
+        weights (str or Path, optional): Weights of a ``module:callable`` model.
+            Default: None
+        layer (str, optional): Dotted name of the layer of layer methods.
+            Default: None (the default layer)
+        similarity (str, optional): The similarity.
+            Default: None (the model's own)
+        size (tuple of int, optional): ``(H, W)`` of the model's input.
+            Default: None (the model's, else 224 x 224)
+        normalize (str, optional): ``"imagenet"``, ``"none"`` or ``"MEAN,STD"``.
+            Default: ``"none"``
+        device (str, optional): ``"cpu"``, ``"cuda"`` or ``"auto"``.
+            Default: ``"cpu"``
+        fills (mapping, optional): Insertion/deletion scores of every map,
+            one set of columns per ``{name: baselines}`` (``"blur"`` or a
+            constant, as :func:`~captum_similarity.metrics.insertion_deletion`
+            takes them). None or empty: no faithfulness columns.
+            Default: None
+        steps (int, optional): Insertion/deletion steps.
+            Default: 101
+        blur_sigma (float, optional): Blur of the ``"blur"`` fill, in pixels.
+            Default: None (the shorter image side / 30, at least 1)
+        seed (int, optional): Seed of torch's generator before every method call.
+            Default: 0
+        chunk (int, optional): Pairs per unit.
+            Default: 4
+        options (mapping, optional): More configuration entries that must
+            match on resume (e.g. how the pairs were drawn).
+            Default: None
+        launch (Launch, optional): Rank and world size.
+            Default: None (:func:`launch_from_env`)
+        progress (bool, optional): A bar (rank 0) or rank-prefixed lines.
+            Default: None (a bar on a terminal)
+        images (Callable, optional): ``images(pairs) -> (x1, x2)``, the
+            model's inputs ``(n, C, H, W)`` of a list of pairs, instead of
+            reading the files and preparing them (``size`` and ``normalize``
+            are then unused; put what defines the images in ``options``).
+            Default: None
+
+    Returns:
+        dict: ``"table"`` (the merged CSV's path, None on ranks other than
+        0), ``"units"`` (how many), ``"computed"`` (ids of the units this
+        process computed, with those rank 0 found missing at the merge), ``"skipped"`` (ids of those finished before),
+        ``"hash"``, ``"layer"`` (``"layer"``: the explained layer's name,
+        ``"layer_choice"``: how it was chosen),
+        ``"seconds"`` (``"total"``, ``"methods"``: inside the methods and
+        the faithfulness scoring, ``"images"``: reading and preparing
+        images, ``"scores"``: the model's scores of the pairs, ``"setup"``: loading the model, the configuration, listing
+        finished units, ``"merge"``), ``"failed"``
+        (failed rows in the table, rank 0).
+
+    Raises:
+        UsageError: bad arguments, model, or a run folder holding another
+            configuration.
+    """
+    start = time.perf_counter()
+    launch = launch or launch_from_env()
+    if chunk < 1:
+        raise UsageError(f"--chunk must be at least 1, got {chunk}")
+    if not pairs:
+        raise UsageError("no pairs to explain")
+    if not methods:
+        raise UsageError("no method selected")
+    dev = resolve_device(device)
+    if launch.distributed and dev.type == "cuda":
+        dev = torch.device("cuda", launch.local_rank)
+    tag = f"[rank {launch.rank}/{launch.world}] " if launch.distributed else ""
+    bars = sys.stderr.isatty() if progress is None else progress
+    say = Progress(bars and launch.rank == 0)
+    loaded = model if isinstance(model, LoadedModel) else load_job_model(model, weights, dev)
+    similarity = check_similarity(similarity, loaded)
+    if images is None:
+        pre = preparation(loaded, size, normalize)
+        shape, prepared = (3, *pre.size), pre.description
+    else:
+        pre, shape, prepared = None, tuple(images(pairs[:1])[0].shape[1:]), "given by the caller"
+    sigma = blur_sigma if blur_sigma is not None else max(1.0, round(min(shape[-2:]) / 30, 1))
+    example = torch.zeros(1, *shape, device=dev)
+    with preserved_state(loaded.embedder, eval_mode=True):
+        layer_info = choose_layer(loaded, layer, example)
+    shorts = {name: spec.short or name.replace(" ", "_") for name, spec in methods.items()}
+    config = {
+        "model": loaded.spec,
+        "weights": _model_digest(loaded.embedder),
+        "layer": layer_info["layer"],
+        "methods": list(methods),
+        "similarity": similarity,
+        "input": list(shape),
+        "preprocessing": prepared,
+        "fills": {k: str(v) for k, v in (fills or {}).items()},
+        "steps": steps if fills else None,
+        "blur_sigma": sigma if fills else None,
+        "seed": seed,
+        "chunk": chunk,
+        "pairs": hashlib.sha256(
+            _canonical([[p.image1, p.image2, p.label] for p in pairs]).encode()
+        ).hexdigest(),
+        "n_pairs": len(pairs),
+        "options": dict(options or {}),
+        "captum_similarity": __version__,
+    }
+    digest = config_hash(config)
+    folder = RunFolder(out)
+    folder.check_config(config, digest)
+    _init_distributed(launch, dev)
+    try:
+        folder.write_config(config, digest)  # every process: the same bytes, written atomically
+        _barrier(launch)
+        units = make_units(len(pairs), shorts, chunk)
+        finished = set(folder.finished(units, digest))
+        pending = [u for u in units if u.id not in finished]
+        _barrier(launch)  # every process listed the finished units before any writes
+        mine = assign_units(pending, launch)
+        say.line(
+            f"{tag}model: {loaded.description}; {len(units)} units ({len(pairs)} pairs x "
+            f"{len(methods)} methods), {len(finished)} finished before, {len(mine)} for this process"
+        )
+        with preserved_state(loaded.embedder, eval_mode=True):
+            sim = SiameseSimilarity(loaded.embedder, similarity)
+            layer_module = (
+                loaded.embedder.get_submodule(layer_info["layer"]) if layer_info["layer"] else None
+            )
+            job = _Job(loaded, sim, pre, layer_module, list(pairs), dict(methods),
+                       dict(fills or {}), steps, sigma, seed, dev, images)
+            setup = time.perf_counter() - start
+            exit_after = _exit_after(launch)
+            if bars and launch.rank == 0:
+                say.start("units (all processes)", len(units), unit="unit")
+                say.advance(len(finished))
+            for k, unit in enumerate(mine):
+                tick = time.perf_counter()
+                rows, arrays = job.unit(unit, launch)
+                crash = exit_after is not None and k == exit_after
+                folder.write_unit(unit, digest, rows, arrays, crash=crash)
+                failed = sum(r["status"] != "ok" for r in rows)
+                if bars:
+                    if launch.rank == 0:  # the whole run's units: the files written so far
+                        say.advance(max(0, len(list(folder.units.glob("*.json"))) - say.count))
+                else:
+                    print(
+                        f"{tag}{unit.id}: {len(rows)} pairs in {time.perf_counter() - tick:.2f} s"
+                        + (f", {failed} failed" if failed else "")
+                        + f" ({k + 1} of {len(mine)})",
+                        file=sys.stderr, flush=True,
+                    )
+            say.done([])
+            _barrier(launch)
+            tick = time.perf_counter()
+            table, n_failed = None, None
+            if launch.rank == 0:
+                table, n_failed, again = _merge(folder, units, digest, fills or {}, job, launch, say)
+                mine = mine + [u for u in units if u.id in again]
+            merge = time.perf_counter() - tick
+            _barrier(launch)
+    finally:
+        _finish_distributed(launch)
+    seconds = {
+        "total": time.perf_counter() - start,
+        "methods": job.method_seconds,
+        "images": job.image_seconds,
+        "scores": job.score_seconds,
+        "setup": setup,
+        "merge": merge,
+    }
+    record = {
+        "rank": launch.rank, "world": launch.world, "host": socket.gethostname(), "device": str(dev),
+        "threads": torch.get_num_threads(), "units": len(mine), "seconds": seconds,
+    }
+    folder.processes.mkdir(exist_ok=True)
+    _write_atomic(folder.processes / f"rank-{launch.rank}.json", json.dumps(record).encode())
+    if table is not None:
+        say.line(f"{tag}table: {table} ({n_failed} failed rows)")
+    return {
+        "table": table,
+        "units": len(units),
+        "computed": [u.id for u in mine],
+        "skipped": sorted(finished),
+        "hash": digest,
+        "layer": layer_info,
+        "failed": n_failed,
+        "seconds": seconds,
+    }
+
+
+def _model_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes,
+    values): two loads of the same weights agree, a model built with other
+    (e.g. random) weights does not."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _merge(folder, units, digest, fills, job, launch, say) -> Tuple[Path, int, List[str]]:
+    """Rank 0: every unit's rows into ``table.csv`` (pair-major); a unit that
+    does not verify (lost since) is computed again here."""
+    columns = list(COLUMNS) + [f"{f}_{c}" for f in fills for c in FAITHFULNESS_COLUMNS] + list(TAIL)
+    rows: List[Dict[str, Any]] = []
+    again: List[str] = []
+    for unit in units:
+        got = folder.read_unit(unit.id, digest)
+        if got is None:
+            again.append(unit.id)
+            say.line(f"{unit.id}: missing or corrupt at the merge; computing it again")
+            got, arrays = job.unit(unit, launch)
+            folder.write_unit(unit, digest, got, arrays)
+        rows.extend(got)
+    order = {u.method: k for k, u in enumerate(units)}
+    rows.sort(key=lambda r: (r["pair"], order[r["method_name"]]))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", extrasaction="raise")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    _write_atomic(folder.table, buffer.getvalue().encode())
+    for stale in (*folder.units.glob(".*.tmp"), *folder.maps.glob(".*.tmp")):
+        stale.unlink(missing_ok=True)  # left by processes killed while writing
+    return folder.table, sum(r["status"] != "ok" for r in rows), again
+
+
+def _init_distributed(launch: Launch, dev: torch.device) -> None:
+    if not launch.distributed:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        # the launcher's store, under a prefix per attempt: after a restart
+        # (torchrun --max-restarts) no process reads the addresses of the last attempt's
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(
+            backend=backend,
+            store=dist.PrefixStore(f"captum-similarity/attempt-{attempt}", store),
+            rank=rank,
+            world_size=world,
+            timeout=BARRIER_TIMEOUT,  # a process may finish its share hours before the last
+        )
+
+
+def _barrier(launch: Launch) -> None:
+    if launch.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _finish_distributed(launch: Launch) -> None:
+    if launch.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# -- the table ----------------------------------------------------------------------------
+
+
+def read_table(path: Union[str, Path]) -> List[Dict[str, Any]]:
+    """The rows of a ``table.csv``, numbers as floats (empty: NaN), ``pair``,
+    ``rank`` and ``map_row`` as ints."""
+    rows = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            out: Dict[str, Any] = {}
+            for k, v in row.items():
+                if k in ("pair", "rank", "map_row"):
+                    out[k] = int(v)
+                elif k in ("image1", "image2", "label", "method", "method_name", "host",
+                           "unit", "map_file", "status", "error"):
+                    out[k] = v
+                else:
+                    out[k] = float(v) if v != "" else math.nan
+            rows.append(out)
+    return rows
+
+
+def summarize(
+    rows: Sequence[Mapping[str, Any]], column: str, label: Optional[str] = None
+) -> Dict[str, Estimate]:
+    """``{method: mean ± standard error of column}`` over the rows with status
+    ok (and the given ``label``, ``"same"`` or ``"different"``)."""
+    out: Dict[str, Estimate] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        values = [
+            float(r[column]) for r in rows
+            if r["method"] == method and r["status"] == "ok" and (label is None or r["label"] == label)
+        ]
+        out[method] = mean_and_standard_error(torch.tensor(values, dtype=torch.float64))
+    return out
+
+
+def compare_methods(
+    rows: Sequence[Mapping[str, Any]], column: str, a: str, b: str, label: Optional[str] = None
+) -> Estimate:
+    """Mean ± standard error of ``column`` of method ``a`` minus method ``b``
+    over the pairs both explained (the paired comparison)."""
+    def values(method):
+        return {
+            r["pair"]: float(r[column]) for r in rows
+            if r["method"] == method and r["status"] == "ok" and (label is None or r["label"] == label)
+        }
+
+    va, vb = values(a), values(b)
+    common = sorted(set(va) & set(vb))
+    return paired_difference(
+        torch.tensor([va[p] for p in common], dtype=torch.float64),
+        torch.tensor([vb[p] for p in common], dtype=torch.float64),
+    )

@@ -1,0 +1,354 @@
+"""``captum-similarity explain-dataset`` and :mod:`captum_similarity.runs`.
+
+A tiny convolutional embedder (``captum_similarity.models:SimpleCNN`` with
+saved weights) on 16x16 generated images, so every run takes seconds. The
+oracles: the maps and scores of the registered methods called directly, one
+pair at a time; the single-process table (sharded runs, resumed runs, runs
+under ``torchrun`` must give the same rows); every pair x method exactly once.
+The multi-process tests (``python -m torch.distributed.run``, loopback, gloo)
+are marked slow: three launches of a few seconds each.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import torch
+from skimage import io
+
+from captum_similarity.cli import main
+from captum_similarity.data.files import read_image
+from captum_similarity.data.pair_lists import (
+    ImagePair,
+    draw_identity_pairs,
+    parse_pair_counts,
+    read_pairs_csv,
+    select_pairs,
+)
+from captum_similarity.data.prepare import ImagePreparation
+from captum_similarity.explainers import PairExplainer, explainers, resolve_methods
+from captum_similarity.job import UsageError
+from captum_similarity.models import SimpleCNN
+from captum_similarity.runs import (
+    EXIT_AFTER_ENV,
+    Launch,
+    RunFolder,
+    assign_units,
+    compare_methods,
+    explain_dataset,
+    launch_from_env,
+    make_units,
+    read_table,
+    summarize,
+)
+from captum_similarity.siamese import SiameseSimilarity
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = "captum_similarity.models:SimpleCNN"
+METHODS = "gradcam,lrp"
+#: Columns that differ between launches (who computed a row, and when).
+VOLATILE = {"rank", "host", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Three identities of three 20x20 images, one unreadable file, weights."""
+    root = tmp_path_factory.mktemp("dataset")
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        folder = root / "faces" / f"p{k + 1}"
+        folder.mkdir(parents=True)
+        for j in range(3):
+            image = (rng.random((20, 20, 3)) * 255).astype(np.uint8)
+            io.imsave(folder / f"{j + 1}.png", image, check_contrast=False)
+    torch.manual_seed(0)
+    torch.save(SimpleCNN().state_dict(), root / "weights.pt")
+    (root / "faces" / "broken.png").write_bytes(b"not an image")  # not in an identity folder
+    pairs = [("faces/p1/1.png", "faces/p1/2.png", "same"), ("faces/p1/3.png", "faces/p2/1.png", "different"),
+             ("faces/p2/2.png", "faces/broken.png", ""), ("faces/p3/1.png", "faces/p3/3.png", "same"),
+             ("faces/p2/3.png", "faces/p3/2.png", "different")]
+    with open(root / "pairs.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image1", "image2", "label"])
+        writer.writerows(pairs)
+    return root
+
+
+def run(dataset: Path, out: Path, methods: str = METHODS, **kwargs) -> Dict:
+    chosen = resolve_methods(methods)
+    kwargs.setdefault("size", (16, 16))
+    return explain_dataset(
+        read_pairs_csv(dataset / "pairs.csv"),
+        SPEC,
+        {n: explainers()[n] for n in chosen},
+        out,
+        weights=dataset / "weights.pt",
+        progress=False,
+        **kwargs,
+    )
+
+
+def rows_of(path: Path) -> List[Dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_same_rows(a: List[Dict[str, str]], b: List[Dict[str, str]], tol: float = 1e-6) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        for k in x:
+            if k in VOLATILE:
+                continue
+            try:
+                assert abs(float(x[k]) - float(y[k])) <= tol or x[k] == y[k], (k, x, y)
+            except ValueError:
+                assert x[k] == y[k], (k, x[k], y[k])
+
+
+def test_rows_equal_the_methods_run_one_pair_at_a_time(dataset, tmp_path):
+    result = run(dataset, tmp_path / "run")
+    rows = read_table(result["table"])
+    # every pair x method exactly once, pair-major
+    assert [(r["pair"], r["method"]) for r in rows] == [
+        (p, m) for p in range(5) for m in ("gradcam", "lrp")
+    ]
+    broken = [r for r in rows if r["pair"] == 2]
+    assert all(r["status"] == "failed" and "unreadable image" in r["error"] for r in broken)
+    assert all(r["status"] == "ok" and r["error"] == "" for r in rows if r["pair"] != 2)
+
+    model = SimpleCNN()
+    model.load_state_dict(torch.load(dataset / "weights.pt"))
+    sim = SiameseSimilarity(model.eval(), "cosine")
+    layer = model.get_submodule(result["layer"]["layer"])
+    pre = ImagePreparation((16, 16))
+    pairs = read_pairs_csv(dataset / "pairs.csv")
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        pair = pairs[r["pair"]]
+        x = pre([read_image(pair.path1), read_image(pair.path2)])[0]
+        x1, x2 = x[:1], x[1:]
+        with torch.no_grad():
+            assert abs(r["score"] - float(sim(x1, x2))) < 1e-6
+        torch.manual_seed(0)
+        a1, a2 = explainers()[r["method_name"]].fn(sim, x1, x2, layer)
+        with np.load(tmp_path / "run" / r["map_file"]) as maps:
+            assert int(maps["pair"][r["map_row"]]) == r["pair"]
+            np.testing.assert_allclose(maps["map1"][r["map_row"]], a1[0].detach().numpy(), atol=1e-6)
+            np.testing.assert_allclose(maps["map2"][r["map_row"]], a2[0].detach().numpy(), atol=1e-6)
+        assert r["map1_sum"] == pytest.approx(float(a1.double().sum()), abs=1e-6)
+        assert r["map2_max"] == pytest.approx(float(a2.max()), abs=1e-6)
+    # where the process spent its time: the parts add up to at most the whole
+    record = json.loads((tmp_path / "run" / "processes" / "rank-0.json").read_text())
+    parts = record["seconds"]
+    assert record["units"] == 4 and parts["methods"] > 0 and parts["scores"] > 0
+    assert parts["methods"] + parts["images"] + parts["scores"] + parts["setup"] <= parts["total"]
+
+
+def test_shards_resume_and_damaged_units(dataset, tmp_path):
+    single = run(dataset, tmp_path / "single")
+    reference = rows_of(single["table"])
+    # two shards run one after the other, rank 1 first: rank 0 merges at its end
+    out = tmp_path / "sharded"
+    r1 = run(dataset, out, launch=Launch(rank=1, world=2))
+    r0 = run(dataset, out, launch=Launch(rank=0, world=2))
+    assert r1["table"] is None and r0["table"] is not None
+    assert not set(r1["computed"]) & set(r0["computed"])
+    assert len(r1["computed"]) + len(r0["computed"]) == single["units"] == 4
+    assert_same_rows(reference, rows_of(r0["table"]))
+
+    # damage: a unit file missing, one truncated, one unit's maps altered by one byte
+    folder = RunFolder(out)
+    folder.unit_path("gradcam-00000").unlink()
+    text = folder.unit_path("lrp-00000").read_bytes()
+    folder.unit_path("lrp-00000").write_bytes(text[: len(text) // 2])
+    blob = bytearray((out / "maps" / "lrp-00001.npz").read_bytes())
+    blob[-40] ^= 1
+    (out / "maps" / "lrp-00001.npz").write_bytes(bytes(blob))
+    again = run(dataset, out)
+    assert sorted(again["computed"]) == ["gradcam-00000", "lrp-00000", "lrp-00001"]
+    assert sorted(again["skipped"]) == ["gradcam-00001"]
+    assert_same_rows(reference, rows_of(again["table"]))
+    # nothing left to do: the same command reads every unit and writes the same table
+    assert run(dataset, out)["computed"] == []
+
+
+def test_another_configuration_is_refused(dataset, tmp_path):
+    run(dataset, tmp_path / "run", methods="gradcam")
+    for change in ({"methods": "lrp"}, {"seed": 1}, {"size": (12, 12)}):
+        with pytest.raises(UsageError, match="another configuration"):
+            run(dataset, tmp_path / "run", **change)
+
+
+def test_a_method_failing_on_one_pair_fails_that_row_only(dataset, tmp_path):
+    def fragile(model, x1, x2, layer):
+        # fails on pair 3 (an image of identity p3 first); its batch is retried pair by pair
+        if (x1.mean(dim=(1, 2, 3)) - marker).abs().min() < 1e-7:
+            raise RuntimeError("cannot explain this pair")
+        return x1 * 2.0, x2 * 3.0
+
+    pre = ImagePreparation((16, 16))
+    marker = pre([read_image(dataset / "faces" / "p3" / "1.png")])[0].mean()
+    spec = PairExplainer("fragile", fragile, short="fragile")
+    result = explain_dataset(
+        read_pairs_csv(dataset / "pairs.csv"), SPEC, {"fragile": spec}, tmp_path / "run",
+        weights=dataset / "weights.pt", size=(16, 16), progress=False,
+    )
+    rows = read_table(result["table"])
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed", "ok"]
+    assert "RuntimeError: cannot explain this pair" in rows[3]["error"]
+    assert rows[3]["score"] == rows[3]["score"]  # scored even though the method failed
+    for p, image in ((0, "p1/1.png"), (4, "p2/3.png")):  # from the retry, and from a whole batch
+        with np.load(tmp_path / "run" / rows[p]["map_file"]) as maps:
+            x = pre([read_image(dataset / "faces" / image)])[0]
+            np.testing.assert_allclose(maps["map1"][rows[p]["map_row"]], 2.0 * x[0].numpy(), atol=1e-6)
+
+
+def test_faithfulness_columns_and_summary(dataset, tmp_path):
+    result = run(dataset, tmp_path / "run", fills={"blur": "blur", "0": 0.0}, steps=5)
+    rows = read_table(result["table"])
+    ok = [r for r in rows if r["status"] == "ok"]
+    for fill in ("blur", "0"):
+        for column in ("insertion1", "deletion2", "insertion1_raw"):
+            assert all(np.isfinite(r[f"{fill}_{column}"]) for r in ok)
+    summary = summarize(rows, "blur_insertion1")
+    for method, estimate in summary.items():
+        values = [r["blur_insertion1"] for r in ok if r["method"] == method]
+        assert estimate.n == len(values) == 4
+        assert estimate.mean == pytest.approx(np.mean(values))
+        assert estimate.standard_error == pytest.approx(np.std(values, ddof=1) / 2)
+    same = summarize(rows, "blur_insertion1", label="same")
+    assert same["gradcam"].n == 2
+    diff = compare_methods(rows, "blur_deletion2", "gradcam", "lrp")
+    by = {(r["pair"], r["method"]): r["blur_deletion2"] for r in ok}
+    expected = [by[(p, "gradcam")] - by[(p, "lrp")] for p in (0, 1, 3, 4)]
+    assert diff.n == 4 and diff.mean == pytest.approx(np.mean(expected))
+
+
+def test_units_are_spread_evenly_and_each_assigned_once():
+    units = make_units(10, {"RISE": "rise", "Grad": "gradcam"}, chunk=2)
+    assert len(units) == 10
+    for world in (1, 2, 3):
+        shares = [assign_units(units, Launch(r, world)) for r in range(world)]
+        ids = [u.id for share in shares for u in share]
+        assert sorted(ids) == sorted(u.id for u in units)
+        for method in ("rise", "gradcam"):
+            counts = [sum(u.short == method for u in share) for share in shares]
+            assert max(counts) - min(counts) <= 1, (world, method, counts)
+    assert launch_from_env({}) == Launch()
+    assert launch_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == Launch(3, 4, 1, True)
+
+
+def test_pair_lists(dataset, tmp_path):
+    pairs = read_pairs_csv(dataset / "pairs.csv")
+    assert pairs[0] == ImagePair("faces/p1/1.png", "faces/p1/2.png",
+                                 str(dataset / "faces/p1/1.png"), str(dataset / "faces/p1/2.png"), "same")
+    drawn = draw_identity_pairs(dataset / "faces", 4, 3, seed=5)
+    assert drawn == draw_identity_pairs(dataset / "faces", 4, 3, seed=5)
+    assert [p.label for p in drawn] == ["same"] * 4 + ["different"] * 3
+    assert all((p.image1.split("/")[0] == p.image2.split("/")[0]) == (p.label == "same") for p in drawn)
+    i, j, same = select_pairs(torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]), 4, 3, 5)
+    assert [drawn[k].path1 for k in range(7)] == [
+        str(sorted((dataset / "faces").glob("p*/*.png"))[a]) for a in i.tolist()
+    ]
+    with pytest.raises(ValueError, match="same-identity pairs asked"):
+        draw_identity_pairs(dataset / "faces", 10, 0)
+    assert parse_pair_counts("same:3,different:2") == (3, 2)
+    with pytest.raises(ValueError, match="same:N,different:M"):
+        parse_pair_counts("3,2")
+    (tmp_path / "bad.csv").write_text("first,second\na.png,b.png\n")
+    with pytest.raises(ValueError, match="missing column"):
+        read_pairs_csv(tmp_path / "bad.csv")
+
+
+def test_command_line(dataset, tmp_path, capsys):
+    args = ["explain-dataset", str(dataset / "faces"), "--pairs", "same:2,different:1", "--model",
+            SPEC, "--weights", str(dataset / "weights.pt"), "--size", "16", "16", "--methods",
+            "gradcam", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert "0 failed rows" in capsys.readouterr().out
+    rows = rows_of(tmp_path / "run" / "table.csv")
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["config"]["options"] == {"drawn": "same:2,different:1", "from": str(dataset / "faces")}
+    # the same command with other pairs is refused in that folder; a folder needs --pairs
+    assert main(args[:3] + ["same:1"] + args[4:]) == 2
+    assert "another configuration" in capsys.readouterr().err
+    assert main([a for a in args if a != "--pairs" and a != "same:2,different:1"]) == 2
+    assert "give --pairs" in capsys.readouterr().err
+
+
+def launch(args: List[str], out: Path, env: Dict[str, str], nproc: int = 0, restarts: int = 0,
+           port: int = 0):
+    """Runs the command line in a subprocess, under torch.distributed.run when ``nproc``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", **env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    prefix = [sys.executable]
+    if nproc:
+        prefix += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                   "--max-restarts", str(restarts), "--master-addr", "127.0.0.1",
+                   "--master-port", str(port)]
+    return subprocess.run(
+        prefix + ["-m", "captum_similarity", "explain-dataset", *args, "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def cli_args(dataset: Path) -> List[str]:
+    return [str(dataset / "pairs.csv"), "--model", SPEC, "--weights", str(dataset / "weights.pt"),
+            "--size", "16", "16", "--methods", METHODS, "--chunk", "2", "--faithfulness",
+            "--steps", "5", "--threads", "1"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_gives_the_single_process_rows_also_after_a_worker_dies(dataset, tmp_path):
+    single = launch(cli_args(dataset), tmp_path / "single", {})
+    assert single.returncode == 0, single.stderr
+    reference = rows_of(tmp_path / "single" / "table.csv")
+    assert len(reference) == 10
+
+    two = launch(cli_args(dataset), tmp_path / "two", {}, nproc=2, port=free_port())
+    assert two.returncode == 0, two.stderr
+    rows = rows_of(tmp_path / "two" / "table.csv")
+    assert {r["rank"] for r in rows} == {"0", "1"}
+    assert "[rank 1/2]" in two.stderr
+    assert_same_rows(reference, rows)
+
+    # rank 1 dies after one unit, its next unit's file half written; torchrun restarts the group
+    died = launch(cli_args(dataset), tmp_path / "died", {EXIT_AFTER_ENV: "1:1"}, nproc=2,
+                  restarts=1, port=free_port())
+    assert died.returncode == 0, died.stderr
+    assert "exitcode: 17" in died.stderr
+    assert_same_rows(reference, rows_of(tmp_path / "died" / "table.csv"))
+    assert not list((tmp_path / "died").rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_plain_rerun_completes_a_killed_run(dataset, tmp_path):
+    killed = launch(cli_args(dataset), tmp_path / "run", {EXIT_AFTER_ENV: "0:3"})
+    assert killed.returncode == 17
+    assert not (tmp_path / "run" / "table.csv").exists()
+    assert len(list((tmp_path / "run" / "units").glob("*.json"))) == 3
+    assert len(list((tmp_path / "run" / "units").glob(".*.tmp"))) == 1  # the half-written one
+    again = launch(cli_args(dataset), tmp_path / "run", {})
+    assert again.returncode == 0, again.stderr
+    assert "3 finished before" in again.stderr
+    reference = launch(cli_args(dataset), tmp_path / "single", {})
+    assert reference.returncode == 0
+    assert_same_rows(rows_of(tmp_path / "single" / "table.csv"), rows_of(tmp_path / "run" / "table.csv"))
