@@ -4,6 +4,7 @@ Wrap an embedder in :class:`SiameseSimilarity` to explain ``s(x1, x2)`` with
 any Captum method; use the library's own methods for what Captum lacks.
 """
 
+from ._utils.state import InferenceModeError
 from ._version import __version__
 from .attributes import (
     AttributeExplanation,
@@ -53,4 +54,5 @@ __all__ = [
     "SalientAttributes",
     "AttributeExplanation",
     "visualize_attributes",
+    "InferenceModeError",
 ]

@@ -32,9 +32,10 @@ from tqdm.auto import tqdm
 from ._utils import inputs as contract
 from ._utils.batching import batch_slices
 from ._utils.checks import check_float_tensor
+from ._utils.entry import attribution_entry
 from ._utils.hooks import recording
 from ._utils.layers import LayerSpec, feature_grid, resolve_layer
-from ._utils.state import preserved_state
+from ._utils.state import explaining, preserved_state
 from .embedding_gradcam import EmbeddingGradCAM
 from .metrics.insertion_deletion import pixel_scores
 from .metrics.retrieval import average_precision
@@ -322,11 +323,13 @@ def _layer_features(
     reshape_transform: Optional[Callable[[Tensor], Tensor]],
     attribute_to_layer_input: bool,
     batch_size: Optional[int],
+    method: str = _METHOD,
 ) -> Tuple[Tensor, Tensor]:
     """The layer's feature maps ``(N, C, h, w)`` and the embeddings ``(N, D)`` of
-    ``x``, without gradients, with the embedder in eval mode (restored after)."""
+    ``x``, without gradients, inside :func:`explaining` (one explanation at a
+    time per model, eval mode, restored after)."""
     features, embeddings = [], []
-    with preserved_state(model.embedder, eval_mode=True), torch.no_grad():
+    with explaining(model, gradients=False, method=method):
         for chunk in batch_slices(x.shape[0], batch_size):
             with recording(layer, attribute_to_layer_input) as rec:
                 embeddings.append(model.embed(x[chunk]))
@@ -485,7 +488,8 @@ def fit_attribute_head(
 
     def features_of(x: Tensor) -> Tensor:
         grid = _layer_features(
-            model, resolved, x, reshape_transform, attribute_to_layer_input, feature_batch_size
+            model, resolved, x, reshape_transform, attribute_to_layer_input, feature_batch_size,
+            "fit_attribute_head",
         )[0]
         return check_features(grid, head)
 
@@ -721,6 +725,7 @@ class SalientAttributes(Attribution):
             else _names(attribute_names, head.num_attributes)
         )
 
+    @attribution_entry()
     def saliency(self, x1: Tensor, x2: Tensor) -> Tuple[Tensor, Tensor]:
         """The saliency maps ``(a1, a2)`` of a batch of pairs, from ``saliency_method``."""
         method = self.saliency_method
@@ -776,6 +781,7 @@ class SalientAttributes(Attribution):
             maps.heatmaps[n:], similarity, pixels,
         )
 
+    @attribution_entry()
     def explain(
         self,
         x1: Tensor,
@@ -854,6 +860,7 @@ class SalientAttributes(Attribution):
             ))
         return results
 
+    @attribution_entry()
     def scores(
         self,
         x1: Tensor,
@@ -889,6 +896,7 @@ class SalientAttributes(Attribution):
             "similarity": parts.similarity,
         }
 
+    @attribution_entry()
     def attribute(  # type: ignore[override]
         self,
         inputs: Union[Tensor, Tuple[Tensor, ...]],

@@ -17,7 +17,10 @@ from ._utils.layers import list_layers
 from ._utils.state import preserved_state
 from .siamese import SiameseSimilarity
 
-__all__ = ["CandidateLayer", "candidate_layers"]
+__all__ = ["CandidateLayer", "candidate_layers", "default_layer"]
+
+#: The smallest grid side :func:`default_layer` takes.
+DEFAULT_MIN_GRID = 7
 
 ReshapeTransform = Callable[[Tensor], Tensor]
 
@@ -93,3 +96,37 @@ def candidate_layers(
             if grid.dim() == 4:
                 out.append(CandidateLayer(name, kind, shape, (grid.shape[2], grid.shape[3]), False))
     return out
+
+
+def default_layer(
+    embedder: Union[nn.Module, SiameseSimilarity],
+    example: Tensor,
+    min_grid: int = DEFAULT_MIN_GRID,
+) -> Optional[CandidateLayer]:
+    r"""A sensible layer to explain when none is given.
+
+    The last layer, in execution order, of :func:`candidate_layers` whose
+    grid is at least ``min_grid`` cells on both sides: the deepest feature
+    map that still localises (a block's container finishes after the layers
+    inside it, so the whole block is preferred to its last convolution).
+    When no grid is that large, the layer with the largest grid (the last
+    of those).
+
+    Args:
+        embedder (nn.Module or SiameseSimilarity): The embedder.
+        example (Tensor): An input batch, e.g. one image ``(1, C, H, W)``.
+        min_grid (int, optional): Smallest grid side.
+            Default: 7
+
+    Returns:
+        CandidateLayer or None: None when the embedder has no layer with a
+        grid (e.g. an MLP).
+    """
+    found = [c for c in candidate_layers(embedder, example) if not c.needs_reshape]
+    if not found:
+        return None
+    large = [c for c in found if min(c.grid) >= min_grid]
+    if large:
+        return large[-1]
+    widest = max(c.grid[0] * c.grid[1] for c in found)
+    return [c for c in found if c.grid[0] * c.grid[1] == widest][-1]

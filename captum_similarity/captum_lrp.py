@@ -100,7 +100,10 @@ class SimilarityHeadRule(PropagationRule):
             / (scores + sign * self.STABILITY_FACTOR)[:, None]
         )
         self._has_single_input = False
-        self._handle_input_hooks = [f.register_hook(self._input_relevance(share)) for f in (f1, f2)]
+        # a side given as a precomputed embedding (a constant) needs no relevance
+        self._handle_input_hooks = [
+            f.register_hook(self._input_relevance(share)) for f in (f1, f2) if f.requires_grad
+        ]
         self._handle_output_hook = outputs.register_hook(self._store_output_relevance)
         return outputs.clone()
 

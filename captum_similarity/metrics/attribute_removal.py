@@ -18,10 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._utils.checks import check_float_tensor
+from .._utils.state import explaining
 from ..siamese import SiameseSimilarity
 from .insertion_deletion import baseline_images, batch_rows, pixel_ranks, score_in_batches
 
 __all__ = ["AttributeRemoval", "attribute_removal"]
+
+_METHOD = "attribute_removal"
 
 
 @dataclass(frozen=True)
@@ -158,14 +161,14 @@ def attribute_removal(
         removed = (pixel_ranks(maps[:, 0]) < count).view(-1, 1, height, width)
         return torch.where(removed, batch_rows(fill, pair), inputs[pair]), pair
 
-    if isinstance(forward_func, SiameseSimilarity):
-        with torch.no_grad():
+    with explaining(forward_func, gradients=False, method=_METHOD):
+        if isinstance(forward_func, SiameseSimilarity):
             references = forward_func.embed(references)  # once for both passes
-    score = _unperturbed(forward_func, inputs, references, max_examples_per_batch)
-    removed_score = score_in_batches(
-        forward_func, references, n * k, perturbed, max_examples_per_batch,
-        "attribute removal", show_progress, inputs,
-    ).view(n, k)
+        score = _unperturbed(forward_func, inputs, references, max_examples_per_batch)
+        removed_score = score_in_batches(
+            forward_func, references, n * k, perturbed, max_examples_per_batch,
+            "attribute removal", show_progress, inputs, _METHOD,
+        ).view(n, k)
     return AttributeRemoval(candidates, score, removed_score)
 
 
@@ -197,5 +200,5 @@ def _unperturbed(
     """``(N,)`` scores of the unperturbed inputs against their references."""
     return score_in_batches(
         forward_func, references, inputs.shape[0], lambda flat: (inputs[flat], flat),
-        max_examples_per_batch, "unperturbed", False, inputs,
+        max_examples_per_batch, "unperturbed", False, inputs, _METHOD,
     )

@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 
 from .._utils.batching import batch_slices
 from .._utils.checks import broadcast_baselines, check_float_tensor
+from .._utils.inputs import check_finite, check_images
+from .._utils.state import explaining
 from ..siamese import SiameseSimilarity
 
 __all__ = ["InsertionDeletion", "insertion_deletion", "gaussian_blur"]
@@ -223,9 +225,13 @@ def insertion_deletion(
         InsertionDeletion: curves ``(N, n_steps)``, the unperturbed scores and
         the AUCs (raw and min-max normalised) as properties.
 
+    The model runs in eval mode (its training flags are restored after), one
+    call at a time per model (see ``docs/reliability.md``).
+
     Raises:
-        ValueError: for inputs that are not ``(N, C, H, W)``, attributions with
-            another batch size or containing NaN/inf, references whose batch
+        ValueError: for inputs that are not ``(N, C, H, W)``, inputs,
+            references or attributions containing NaN/inf, attributions with
+            another batch size, references whose batch
             is neither ``N`` nor 1, an unknown baseline or channel reduction,
             or ``n_steps < 2``.
 
@@ -236,11 +242,9 @@ def insertion_deletion(
         >>> result = insertion_deletion(sim, x, attr, ref)
         >>> result.deletion_auc_normalized.mean() * 100    # SANE's deletion number
     """
-    inputs = check_float_tensor(inputs, "inputs")
-    if inputs.dim() != 4:
-        raise ValueError(f"inputs must be images (N, C, H, W), got shape {tuple(inputs.shape)}")
+    inputs = check_images(inputs, "inputs", "insertion_deletion", image_dim=4, reference_ok=False)
     attributions = check_float_tensor(attributions, "attributions")
-    references = check_float_tensor(references, "references")
+    references = check_finite(check_float_tensor(references, "references"), "references")
     n, _, height, width = inputs.shape
     if attributions.shape[0] != n:
         raise ValueError(
@@ -272,7 +276,7 @@ def insertion_deletion(
 
     curves = score_in_batches(
         forward_func, references, 2 * n * n_steps, perturbed, max_examples_per_batch,
-        "insertion/deletion", show_progress, inputs,
+        "insertion/deletion", show_progress, inputs, "insertion_deletion",
     ).view(n, 2, n_steps)
     return InsertionDeletion(fractions, curves[:, 0], curves[:, 1], curves[:, 0, -1].clone())
 
@@ -296,16 +300,20 @@ def score_in_batches(
     desc: str,
     show_progress: bool,
     like: Tensor,
+    method: str,
 ) -> Tensor:
     """``(total,)`` scores of perturbed images against their unperturbed references.
 
     ``perturbed(flat)`` maps the flat indices of one batch to the perturbed
     images and, for each, the row of ``references`` it is scored against. A
     :class:`~captum_similarity.SiameseSimilarity` embeds image references
-    once. Runs without gradients, in batches of ``max_examples_per_batch``;
-    the indices and the scores have the dtype and device of ``like``.
+    once. Runs in batches of ``max_examples_per_batch`` inside
+    :func:`~captum_similarity._utils.state.explaining` (no gradients, eval
+    mode, one explanation at a time; ``method`` names the caller in
+    messages); the indices and the scores have the dtype and device of
+    ``like``. A non-finite score raises ``ValueError`` naming ``desc``.
     """
-    with torch.no_grad():
+    with explaining(forward_func, gradients=False, method=method):
         if isinstance(forward_func, SiameseSimilarity):
             references = forward_func.embed(references)
         scores = like.new_empty(total)
@@ -319,6 +327,7 @@ def score_in_batches(
                     f"forward_func must return one score per image, shape ({images.shape[0]},); "
                     f"got {tuple(out.shape)}"
                 )
+            check_finite(out, f"forward_func's scores of the perturbed images ({desc})")
             scores[index] = out.to(scores.dtype)
             bar.update(images.shape[0])
         bar.close()
