@@ -23,6 +23,7 @@ from captum_similarity import (
     AttributeHeatmapHead,
     SalientAttributes,
     SiameseSimilarity,
+    SimilarityRISE,
     fit_attribute_head,
     to_visualizer_arrays,
     visualize_attributes,
@@ -378,7 +379,11 @@ def test_one_attribute_region_decides_and_removal_agrees():
     with torch.no_grad():  # heatmap a = 8 * channel a, plus a bias: attribute 2 is the most confident
         head.conv.weight.copy_(8 * torch.eye(3, dtype=torch.float64)[:, :, None, None])
         head.conv.bias.copy_(torch.tensor([0.0, 0.5, 1.5], dtype=torch.float64))
-    explainer = SalientAttributes(model, model.grid, head, saliency_method="SimilarityRISE")
+    sim = SiameseSimilarity(model, "cosine")
+    explainer = SalientAttributes(  # black-box maps: RISE with fewer masks than its default
+        sim, model.grid, head,
+        saliency_method=lambda a, b: SimilarityRISE(sim).attribute((a, b), n_masks=500, seed=0),
+    )
     # an even trade-off (the default weighs confidence more; the bias of "c" is set to beat it)
     results = explainer.explain(x1, x2, attribute_weight=0.5)
     assert [r.name for r in results] == ["decides"] * 4
@@ -387,7 +392,6 @@ def test_one_attribute_region_decides_and_removal_agrees():
     confident = explainer.explain(x1, x2, attribute_weight=1.0)
     assert [r.name for r in confident] == ["c"] * 4  # confidence alone picks another one
     heat = explainer.scores(x1, x2, attribute_weight=1.0)["heatmaps1"]
-    sim = SiameseSimilarity(model, "cosine")
     removal = attribute_removal(sim, x1, x2, heat, fraction=BLOB * BLOB / SIDE**2)
     assert removal.oracle.tolist() == [0, 0, 0, 0]
     assert (removal.drop[:, 0] > 0.05).all() and removal.drop[:, 1:].abs().max() < 1e-12
@@ -489,8 +493,14 @@ def test_figure_is_drawn_headless_and_saved(explained, tmp_path):
     assert result.name in fig._suptitle.get_text()
     labels = [t.get_text() for t in fig.axes[-1].get_yticklabels()]
     assert labels[::-1] == result.names[: len(labels)][::-1] or labels == result.names[: len(labels)]
+    assert "pair 1 of" in fig._supxlabel.get_text()  # the footnote says which pair
+    assert any(ax.get_label() == "<colorbar>" for ax in fig.axes)
     only_x1 = explainer.explain(x1, x2, saliency=saliency[0])[0]
     visualize_attributes(x1, x2, only_x1)  # no map of x2: drawn without one
+    flat = explainer.explain(x1, x2, saliency=torch.zeros_like(saliency[0]))[0]
+    with pytest.warns(UserWarning, match="constant map"):
+        fig = visualize_attributes(x1, x2, flat)
+    assert any("constant map" in t.get_text() for ax in fig.axes for t in ax.texts)
     with pytest.raises(TypeError, match="AttributeExplanation"):
         visualize_attributes(x1, x2, {"name": "x"})
 

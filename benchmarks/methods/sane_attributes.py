@@ -60,7 +60,12 @@ from captum_similarity import (  # noqa: E402
     SimilarityRISE,
     fit_attribute_head,
 )
-from captum_similarity.attributes import AGREEMENTS, ATTRIBUTE_WEIGHT, CONFIDENCES  # noqa: E402
+from captum_similarity.attributes import (  # noqa: E402
+    AGREEMENTS,
+    ATTRIBUTE_WEIGHT,
+    CONFIDENCES,
+    DEFAULT_SALIENCY_METHOD as DEFAULT_SALIENCY,
+)
 from captum_similarity.data import (  # noqa: E402
     ATTRIBUTE_NAMES,
     IDENTITIES,
@@ -72,6 +77,8 @@ from captum_similarity.metrics import (  # noqa: E402
     attribute_removal,
     gaussian_blur,
     insertion_deletion,
+    mean_and_standard_error,
+    paired_difference,
 )
 from captum_similarity.training.demo_models import ATTRIBUTE_CONFIG, attribute_embedder  # noqa: E402
 
@@ -213,8 +220,8 @@ def main(argv: List[str] = None) -> None:
     faith = {}
     for name, (a1, _) in maps.items():
         r = insertion_deletion(sim, x1, a1, x2, n_steps=51, baselines="blur")
-        faith[name] = (100 * r.insertion_auc_normalized.nanmean().item(),
-                       100 * r.deletion_auc_normalized.nanmean().item())
+        faith[name] = (mean_and_standard_error(100 * r.insertion_auc_normalized),
+                       mean_and_standard_error(100 * r.deletion_auc_normalized))
 
     lines = _report(args, argv, info, fits, pairs, rows, truth, oracle, truth_removal, sweeps,
                     faith, cost, started, load)
@@ -254,18 +261,23 @@ def _report(args, argv, info, fits, pairs, rows, truth, oracle, truth_removal, s
         "| head | mean AP (validation) | identity objects | distractors | backgrounds |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
+    groups = {}
     for name, group in fits.items():
         aps = torch.stack([f.average_precision for f in group])
-        means = aps.mean(1)
-        parts = [aps[:, :6].mean(1), aps[:, 6:9].mean(1), aps[:, 9:].mean(1)]
+        groups[name] = [aps.mean(1), aps[:, :6].mean(1), aps[:, 6:9].mean(1), aps[:, 9:].mean(1)]
         lines.append(
-            f"| {name} the saliency term | {_mean_sd(means)} | "
-            + " | ".join(_mean_sd(p) for p in parts) + " |"
+            f"| {name} the saliency term | "
+            + " | ".join(_estimate(mean_and_standard_error(p), 3) for p in groups[name]) + " |"
         )
+    lines.append(
+        "| difference (with - without, paired by seed) | "
+        + " | ".join(_estimate(paired_difference(a, b), 3)
+                     for a, b in zip(groups["with"], groups["without"])) + " |"
+    )
     lines += [
         "",
-        f"Mean ± standard deviation over {args.head_seeds} head seeds (initialisation, "
-        "validation split, batch order).",
+        f"Mean ± standard error over {args.head_seeds} head seeds (initialisation, "
+        "batch order; the same validation images).",
         "",
         "### Which attribute explains the match",
         "",
@@ -286,20 +298,29 @@ def _report(args, argv, info, fits, pairs, rows, truth, oracle, truth_removal, s
         "| ranking | top-1 (truth) | top-3 (truth) | top-1 (oracle) | top-3 (oracle) | nuisance chosen | nuisance chosen, pairs sharing one | time (x fwd+bwd) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    hits = {}
     for name, ranking, seconds in rows:
+        hits[name] = (ranking[:, 0] == truth).double()
         t1, t3 = accuracy(ranking, truth)
         o1, o3 = accuracy(ranking, oracle)
         nuisance = ~relevant[ranking[:, 0]]
         on_shared = nuisance[shared_nuisance].float().mean().item() if shared_nuisance.any() else float("nan")
         time_text = "" if seconds is None else f"{seconds:.1f}"
         lines.append(
-            f"| {name} | {t1:.2f} | {t3:.2f} | {o1:.2f} | {o3:.2f} | {nuisance.float().mean():.2f} "
-            f"| {on_shared:.2f} | {time_text} |"
+            f"| {name} | {_estimate(mean_and_standard_error(hits[name]), 2)} | {t3:.2f} | "
+            f"{o1:.2f} | {o3:.2f} | {nuisance.float().mean():.2f} | {on_shared:.2f} | {time_text} |"
         )
+    default = f"SalientAttributes + {DEFAULT_SALIENCY}"
+    comparisons = [
+        f"{default} - {other}: {_estimate(paired_difference(hits[default], hits[other]), 2)}"
+        for other in ("confidence alone (query)", "confidence alone (pair)", "random ranking")
+    ]
     lines += [
         "",
         f"Expected top-1 of a random ranking: 1/{len(ATTRIBUTE_NAMES)} = "
-        f"{1 / len(ATTRIBUTE_NAMES):.2f}. Time: the saliency method's maps of both images of "
+        f"{1 / len(ATTRIBUTE_NAMES):.2f}. Top-1 (truth) ± its standard error over pairs. "
+        "Paired differences of top-1 (truth) on the same pairs, ± standard error: "
+        + "; ".join(comparisons) + ". Time: the saliency method's maps of both images of "
         f"{TIMED_PAIRS} pairs divided by one forward+backward pass of the similarity on the "
         "same pairs (median of 3 ratios timed back to back); the head and the ranking add one "
         "forward pass.",
@@ -324,19 +345,23 @@ def _report(args, argv, info, fits, pairs, rows, truth, oracle, truth_removal, s
         "| --- | ---: | ---: |",
     ]
     for name, (ins, dele) in faith.items():
-        lines.append(f"| {name} | {ins:.1f} | {dele:.1f} |")
+        lines.append(f"| {name} | {_estimate(ins, 1)} | {_estimate(dele, 1)} |")
+    best_insertion = max(faith, key=lambda k: faith[k][0].mean)
+    best_deletion = min(faith, key=lambda k: faith[k][1].mean)
     lines += [
         "",
-        "x1's maps for s(., x2), 51 steps, removed pixels blurred (sigma 5 px); mean over pairs "
-        "of the min-max normalised areas x 100 (SANE).",
+        "x1's maps for s(., x2), 51 steps, removed pixels blurred (sigma 5 px); mean ± standard "
+        "error over pairs of the min-max normalised areas x 100 (SANE). Most faithful: "
+        f"{best_insertion} by insertion, {best_deletion} by deletion; the default saliency "
+        f"method of SalientAttributes is {DEFAULT_SALIENCY}.",
     ]
     return lines
 
 
-def _mean_sd(values: Tensor) -> str:
-    if len(values) < 2:
-        return f"{values.mean():.3f}"
-    return f"{values.mean():.3f} ± {values.std():.3f}"
+def _estimate(e, digits: int) -> str:
+    if e.n < 2:
+        return f"{e.mean:.{digits}f}"
+    return f"{e.mean:.{digits}f} ± {e.standard_error:.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The figure of a SANE attribute explanation: why two images match, and which attribute says so.
 
 :func:`visualize_attributes` draws both images of a pair, each image's
-similarity saliency map and the explaining attribute's heatmap on it (with
-``captum.attr.visualization``), and the ranked attributes with their
+similarity saliency map and the explaining attribute's heatmap on it (one
+colour scale per kind of map, shared by the two images, with a colorbar), and
+the ranked attributes with their
 combined scores split into the confidence part and the agreement part.
 Headless: it builds a matplotlib ``Figure`` without pyplot.
 """
@@ -11,37 +12,54 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from captum.attr import visualization as viz
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from .annotate import SEQUENTIAL, batch_count, finish, footnote, pair_label, warn_on_axes
 from .pair import to_visualizer_arrays
 
 __all__ = ["visualize_attributes"]
 
 
-def _draw(fig: Figure, ax: Any, attribution: Optional[Tensor], image: Tensor, index: int) -> str:
-    """Draws ``attribution`` blended over ``image`` on ``ax``; the bare image
-    (and a note) when there is no map or nothing to draw."""
-    if attribution is None:
-        _, img = to_visualizer_arrays(_blank(image), image, index)
-        ax.imshow(img)
-        ax.axis("off")
-        return "(no map)"
-    shown = attribution - attribution.min()  # maps may carry an offset (RISE) or be signed
-    attr, img = to_visualizer_arrays(shown, image, index)
-    if not np.abs(attr).max() > 0:
-        ax.imshow(img)
-        ax.axis("off")
-        return "(constant map)"
-    viz.visualize_image_attr(
-        attr, img, method="blended_heat_map", sign="positive", plt_fig_axis=(fig, ax),
-        use_pyplot=False, alpha_overlay=0.55,
-    )
-    return ""
+def _overlay(ax: Any, image: np.ndarray, shown: Optional[np.ndarray], what: str) -> None:
+    """The image in grey with ``shown`` (values in [0, 1]) over it on the
+    sequential colour scale; the bare image and a drawn warning when there is
+    no map or a constant one."""
+    ax.axis("off")
+    if shown is None:
+        ax.imshow(image)
+        return
+    if not np.isfinite(shown).all():
+        ax.imshow(image)
+        warn_on_axes(ax, f"{what}: map has NaN or infinite values")
+        return
+    if not shown.max() > 0:
+        ax.imshow(image)
+        warn_on_axes(ax, f"{what}: constant map, nothing to draw")
+        return
+    ax.imshow(image.mean(axis=2), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(shown, cmap=SEQUENTIAL, vmin=0.0, vmax=1.0, alpha=0.6)
+
+
+def _pair_arrays(
+    maps: Sequence[Optional[Tensor]], images: Sequence[Tensor], index: int
+) -> Tuple[List[np.ndarray], List[Optional[np.ndarray]], float]:
+    """The two images, the two maps (upsampled, shifted to a minimum of 0 and
+    divided by the larger maximum of the two) and that maximum."""
+    pictures, shifted = [], []
+    for m, image in zip(maps, images):
+        blank = image[..., :1, :, :] * 0
+        attr, img = to_visualizer_arrays(blank if m is None else m[None], image, index)
+        pictures.append(img)
+        shifted.append(None if m is None else attr[..., 0] - attr[..., 0].min())
+    finite = [v for v in shifted if v is not None and np.isfinite(v).all()]
+    scale = max((float(v.max()) for v in finite), default=0.0)
+    return pictures, [v if v is None or scale == 0 else v / scale for v in shifted], scale
 
 
 def visualize_attributes(
@@ -59,7 +77,11 @@ def visualize_attributes(
     Rows: image 1 and image 2. Columns: the image; its similarity saliency
     map (shifted to a minimum of 0, since RISE maps carry an offset and
     Grad-CAM maps a sign); the spatial softmax of the explaining attribute's
-    heatmap. The last panel ranks the best ``top_k`` attributes by combined
+    heatmap. Each kind of map is divided by the larger maximum of the two
+    images (one colorbar, 0 to 1); a constant or non-finite map is drawn as
+    the bare image with a warning on its panel (and a ``UserWarning``). A
+    footnote says which pair of the batch is drawn and how the maps were
+    normalised. The last panel ranks the best ``top_k`` attributes by combined
     score, each bar split into ``w * confidence`` and
     ``(1 - w) * agreement``. The title names the explaining attribute with
     its scores and the pair's similarity.
@@ -105,37 +127,48 @@ def visualize_attributes(
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     e = explanation
     name = e.names[0]
-    fig = Figure(figsize=(panel_size * 5.2, panel_size * 2 + 0.8), layout="constrained")
+    fig = Figure(figsize=(panel_size * 5.6, panel_size * 2 + 1.2), layout="constrained")
     grid = fig.add_gridspec(2, 5)
-    maps = ((e.saliency1, e.heatmap1), (e.saliency2, e.heatmap2))
-    for row, (image, (saliency, heatmap)) in enumerate(zip((x1, x2), maps)):
+    images, saliency, saliency_scale = _pair_arrays((e.saliency1, e.saliency2), (x1, x2), index)
+    _, heat, heat_scale = _pair_arrays((e.heatmap1, e.heatmap2), (x1, x2), index)
+    map_axes = []
+    for row in (0, 1):
         ax = fig.add_subplot(grid[row, 0])
-        _, img = to_visualizer_arrays(_blank(image), image, index)
-        ax.imshow(img)
+        ax.imshow(images[row])
         ax.axis("off")
         ax.set_title(titles[row], fontsize=9)
         ax = fig.add_subplot(grid[row, 1])
-        note = _draw(fig, ax, None if saliency is None else saliency[None], image, index)
-        ax.set_title(" ".join(t for t in ("similarity saliency", note) if t), fontsize=9)
+        _overlay(ax, images[row], saliency[row], f"{titles[row]} saliency")
+        ax.set_title("similarity saliency" + (" (none given)" if saliency[row] is None else ""),
+                     fontsize=9)
+        map_axes.append(ax)
         ax = fig.add_subplot(grid[row, 2])
-        note = _draw(fig, ax, heatmap[None], image, index)
-        ax.set_title(textwrap.fill(f"'{name}' heatmap {note}".strip(), 30), fontsize=9)
+        _overlay(ax, images[row], heat[row], f"'{name}' heatmap")
+        ax.set_title(textwrap.fill(f"'{name}' heatmap", 30), fontsize=9)
+        map_axes.append(ax)
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), SEQUENTIAL), ax=map_axes,
+                       shrink=0.8, pad=0.02)
+    bar.set_label("map / the pair's largest value (0: lowest)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     _ranking(fig.add_subplot(grid[:, 3:]), e, top_k)
     agreement = _agreement(e, 0)
-    fig.suptitle(
-        f"Why these match (similarity {e.similarity:.3f}): '{name}'. Score {float(e.scores[0]):.2f} = "
-        f"{e.attribute_weight:g} x confidence {_confidence_text(e)} + {1 - e.attribute_weight:g} x "
-        f"map agreement {agreement:.2f}",
-        fontsize=10,
+    footnote(
+        fig,
+        f"{pair_label(index, batch_count(x1))}. Saliency maps: channels summed, upsampled to the "
+        f"image, each shifted to a minimum of 0, both divided by the pair's largest value "
+        f"({saliency_scale:.3g}). Heatmaps: spatial softmax of the attribute's heatmap, "
+        f"upsampled, shifted and divided the same way ({heat_scale:.3g}). Score = "
+        f"{e.attribute_weight:g} x confidence + {1 - e.attribute_weight:g} x agreement of the "
+        "heatmap with the saliency map (mean of the two images).",
+        width=150,
     )
-    if path is not None:
-        fig.savefig(path, dpi=110)
-    return fig
-
-
-def _blank(image: Tensor) -> Tensor:
-    """A zero map of the image's layout (to_visualizer_arrays needs one)."""
-    return image[..., :1, :, :] * 0
+    return finish(
+        fig,
+        f"Why these match (similarity {e.similarity:.3f}): '{name}'. Score "
+        f"{float(e.scores[0]):.2f} = {e.attribute_weight:g} x confidence {_confidence_text(e)} + "
+        f"{1 - e.attribute_weight:g} x map agreement {agreement:.2f}",
+        path,
+    )
 
 
 def _agreement(e: Any, k: int) -> float:
