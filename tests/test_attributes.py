@@ -491,6 +491,8 @@ def test_figure_is_drawn_headless_and_saved(explained, tmp_path):
     fig = visualize_attributes(x1, x2, result, index=1, path=tmp_path / "attr.png")
     assert isinstance(fig, Figure) and (tmp_path / "attr.png").stat().st_size > 10_000
     assert result.name in fig._suptitle.get_text()
+    pair_confidence = (result.confidence1[0] * result.confidence2[0]).sqrt().item()  # the default
+    assert f"confidence {pair_confidence:.2f} (image 1: {result.confidence1[0]:.2f}" in fig._suptitle.get_text()
     labels = [t.get_text() for t in fig.axes[-1].get_yticklabels()]
     assert labels[::-1] == result.names[: len(labels)][::-1] or labels == result.names[: len(labels)]
     assert "pair 1 of" in fig._supxlabel.get_text()  # the footnote says which pair

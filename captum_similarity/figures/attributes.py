@@ -177,7 +177,13 @@ def _agreement(e: Any, k: int) -> float:
 
 
 def _confidence_text(e: Any) -> str:
-    return f"{float(e.confidence1[0]):.2f} (image 1) / {float(e.confidence2[0]):.2f} (image 2)"
+    """The chosen attribute's confidence as the score used it, and each image's."""
+    parts = f"image 1: {float(e.confidence1[0]):.2f}, image 2: {float(e.confidence2[0]):.2f}"
+    w = e.attribute_weight
+    if w <= 0:
+        return f"({parts})"
+    used = (float(e.scores[0]) - (1 - w) * _agreement(e, 0)) / w
+    return f"{used:.2f} ({parts})"
 
 
 def _ranking(ax: Any, e: Any, top_k: int) -> None:
