@@ -6,11 +6,23 @@ any Captum method; use the library's own methods for what Captum lacks.
 
 from ._utils.state import InferenceModeError
 from ._version import __version__
+from .attributes import (
+    AttributeExplanation,
+    AttributeHeadFit,
+    AttributeHeatmapHead,
+    SalientAttributes,
+    fit_attribute_head,
+)
 from .branches import BranchLayerAttribution, split_branches
 from .candidates import CandidateLayer, candidate_layers
 from .decomposition import SimilarityDecomposition
 from .embedding_gradcam import EmbeddingGradCAM
-from .figures import to_visualizer_arrays, visualize_matches, visualize_pair
+from .figures import (
+    to_visualizer_arrays,
+    visualize_attributes,
+    visualize_matches,
+    visualize_pair,
+)
 from .pairwise_matching import PairMatches, PairwiseIntermediateMatching
 from .relevance_pairing import LRPRelevancePairing
 from .rise import SimilarityRISE
@@ -36,5 +48,11 @@ __all__ = [
     "candidate_layers",
     "CandidateLayer",
     "visualize_matches",
+    "AttributeHeatmapHead",
+    "fit_attribute_head",
+    "AttributeHeadFit",
+    "SalientAttributes",
+    "AttributeExplanation",
+    "visualize_attributes",
     "InferenceModeError",
 ]

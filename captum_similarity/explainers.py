@@ -50,6 +50,11 @@ EXCLUDED = {
         "cannot run on every model the registry serves (its marginals equal "
         "EmbeddingGradCAM's 'similarity' maps where it applies)"
     ),
+    "SalientAttributes": (
+        "needs an attribute head fitted on the model's features with attribute labels "
+        "(fit_attribute_head), which a model alone does not have; it explains a pair with "
+        "named attributes on top of a saliency map from a registered method"
+    ),
 }
 
 #: Where maps of a registered explainer survived model randomisation (measured).

@@ -40,6 +40,8 @@ LAYERS: Dict[str, int] = {
     "captum_similarity.metrics": 4,
     "captum_similarity.figures": 4,
     "captum_similarity.training": 4,
+    # SANE's attribute explanations: a saliency method (its default) and an attribute head
+    "captum_similarity.attributes": 4,
     # the registry of methods
     "captum_similarity.explainers": 5,
     # applications: the report draws a results dict (below the registry's

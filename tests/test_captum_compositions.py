@@ -12,9 +12,11 @@ from captum.metrics import infidelity, sensitivity_max
 
 from captum_matrix import noisy_inputs, smooth
 from captum_similarity import (
+    AttributeHeatmapHead,
     EmbeddingGradCAM,
     LRPRelevancePairing,
     PairwiseIntermediateMatching,
+    SalientAttributes,
     SiameseSimilarity,
     SimilarityDecomposition,
     SimilarityRISE,
@@ -39,7 +41,14 @@ METHODS = {
     ),
     "SimilarityRISE": (lambda sim: SimilarityRISE(sim), {"n_masks": 16, "seed": 0}),
     "SimilarityDecomposition": (lambda sim: SimilarityDecomposition(sim, "features.7"), {}),
+    "SalientAttributes": (lambda sim: SalientAttributes(sim, "features.4", _attribute_head()), {}),
 }
+
+
+def _attribute_head():
+    """A fixed attribute head (4 attributes) on the reference CNN's ``features.4`` (32 wide)."""
+    torch.manual_seed(0)
+    return AttributeHeatmapHead(32, 4).to(DT)
 
 
 def _data(seed=0):

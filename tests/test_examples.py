@@ -61,7 +61,7 @@ def test_every_example_is_tested():
     tested = {"siamese_wrapper.py", "faithfulness.py", "embedding_gradcam.py",
               "face_verification.py", "lrp_orl_faces.py", "pairwise_matching_orl.py",
               "command_line.py", "captum_compositions.py", "reliability.py",
-              "sanity_checks.py", "dataset_run.py"}
+              "sanity_checks.py", "dataset_run.py", "salient_attributes.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -154,6 +154,18 @@ def test_pairwise_matching_orl(orl_root, tmp_path):
     names = ["pairx_orl_same.png", "pairx_orl_same_raw.png", "pairx_orl_different.png"]
     assert_images(*(tmp_path / "figs" / name for name in names))
     assert out.count("inlier ratio") == 2
+
+
+@pytest.mark.slow
+def test_salient_attributes(tmp_path):
+    # a 100-step embedder (cached separately from the example's default) keeps this short
+    out = run_example("salient_attributes.py", "--steps", "100", "--pairs", "12", "--images", "150",
+                      "--out", str(tmp_path / "attributes.png"), cwd=tmp_path)
+    assert_images(tmp_path / "attributes.png")
+    for label in ("top-1 against the shared object:", "confidence alone:",
+                  "top-1 against SANE's removal oracle:", "the oracle against the shared object:"):
+        assert 0.0 <= number_after(label, out) <= 1.0
+    assert out.count("explained by:") == 3
 
 
 @pytest.mark.slow

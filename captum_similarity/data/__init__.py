@@ -1,5 +1,15 @@
-"""Image data: the ORL faces (from a path) and scikit-image's bundled images."""
+"""Image data: the ORL faces (from a path), scikit-image's bundled images and
+the attribute world (generated from a seed)."""
 
+from .attribute_world import (
+    ATTRIBUTE_NAMES,
+    IDENTITIES,
+    RELEVANT,
+    AttributeWorld,
+    AttributeWorldPairs,
+    attribute_world,
+    attribute_world_pairs,
+)
 from .orl import OrlFaces, identity_split, load_orl_faces
 from .pairs import astronaut_pair, notable_pairs
 from .samples import bundled_images, image_to_tensor, resize_crop, stereo_crops, stereo_pair
@@ -15,4 +25,11 @@ __all__ = [
     "resize_crop",
     "astronaut_pair",
     "notable_pairs",
+    "attribute_world",
+    "attribute_world_pairs",
+    "AttributeWorld",
+    "AttributeWorldPairs",
+    "ATTRIBUTE_NAMES",
+    "RELEVANT",
+    "IDENTITIES",
 ]

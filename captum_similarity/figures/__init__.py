@@ -8,13 +8,16 @@
 - :func:`visualize_links` (and :func:`strongest_links`): BiLRP's strongest
   patch-to-patch links;
 - :func:`visualize_insertion_deletion`: insertion and deletion curves;
-- :func:`visualize_ranking`: a query and its best ranked gallery items.
+- :func:`visualize_ranking`: a query and its best ranked gallery items;
+- :func:`visualize_attributes`: a SANE attribute explanation (the pair, its
+  saliency maps, the explaining attribute's heatmaps and the ranking).
 
 Every figure says which pair it shows and how its maps were normalised, has
 a colorbar or legend, and draws a warning on the panel of a map that is all
 zeros. Pixel coordinates are ``(x, y)`` throughout; grid cells ``(row, col)``.
 """
 
+from .attributes import visualize_attributes
 from .curves import visualize_insertion_deletion
 from .links import strongest_links, visualize_links
 from .matches import visualize_match_consistency, visualize_matches
@@ -28,6 +31,7 @@ __all__ = [
     "visualize_match_consistency",
     "visualize_links",
     "strongest_links",
+    "visualize_attributes",
     "visualize_insertion_deletion",
     "visualize_ranking",
 ]

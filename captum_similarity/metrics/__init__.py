@@ -1,7 +1,9 @@
 """Metrics: retrieval quality of embedders, faithfulness of explanations,
 sanity checks (do the maps depend on the model?), plausibility of PAIR-X
-matches, and the statistics that compare methods."""
+matches, SANE's removal oracle for attribute explanations, and the statistics
+that compare methods."""
 
+from .attribute_removal import AttributeRemoval, attribute_removal
 from .insertion_deletion import InsertionDeletion, gaussian_blur, insertion_deletion
 from .match_plausibility import auroc_at_equal_similarity, match_plausibility, ransac_affine
 from .randomization import (
@@ -10,14 +12,17 @@ from .randomization import (
     map_similarity,
     model_randomization_check,
 )
-from .retrieval import auroc, retrieval_metrics, verification_auroc
+from .retrieval import auroc, average_precision, retrieval_metrics, verification_auroc
 from .statistics import Estimate, mean_and_standard_error, paired_difference
 
 __all__ = [
     "auroc",
+    "average_precision",
     "retrieval_metrics",
     "verification_auroc",
     "insertion_deletion",
+    "attribute_removal",
+    "AttributeRemoval",
     "InsertionDeletion",
     "gaussian_blur",
     "match_plausibility",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -263,47 +263,82 @@ def insertion_deletion(
     scores = pixel_scores(
         attributions.detach(), (height, width), channel_reduction, interpolate_mode
     )
-    order = torch.argsort(scores.flatten(1), dim=1, descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(height * width, device=order.device).expand(n, -1))
+    rank = pixel_ranks(scores)
     fractions = torch.linspace(0, 1, n_steps, dtype=inputs.dtype, device=inputs.device)
     counts = torch.round(fractions.double() * height * width).long().to(inputs.device)
-    fill = _baseline_images(baselines, inputs, blur_sigma)
+    fill = baseline_images(baselines, inputs, blur_sigma)
 
-    with explaining(forward_func, gradients=False, method="insertion_deletion"):
-        if isinstance(forward_func, SiameseSimilarity):
-            references = forward_func.embed(references)
-        total = 2 * n * n_steps
-        curves = inputs.new_empty(total)
-        bar = tqdm(total=total, desc="insertion/deletion", unit="img", disable=not show_progress)
-        for index in batch_slices(total, max_examples_per_batch):
-            flat = torch.arange(index.start, index.stop, device=inputs.device)
-            image, deleting, step = (
-                flat // (2 * n_steps),
-                (flat // n_steps) % 2 == 1,
-                flat % n_steps,
-            )
-            top = rank[image] < counts[step][:, None]  # (B, H*W): pixels among the top t
-            keep = torch.where(deleting[:, None], ~top, top).view(-1, 1, height, width)
-            perturbed = torch.where(keep, inputs[image], _rows(fill, image))
-            out = forward_func(perturbed, _rows(references, image))
-            if out.shape != (perturbed.shape[0],):
-                raise ValueError(
-                    f"forward_func must return one score per image, shape ({perturbed.shape[0]},); "
-                    f"got {tuple(out.shape)}"
-                )
-            check_finite(out, "forward_func's scores of the perturbed images")
-            curves[index] = out.to(curves.dtype)
-            bar.update(perturbed.shape[0])
-        bar.close()
-    curves = curves.view(n, 2, n_steps)
+    def perturbed(flat: Tensor) -> Tuple[Tensor, Tensor]:
+        image, deleting, step = flat // (2 * n_steps), (flat // n_steps) % 2 == 1, flat % n_steps
+        top = rank[image] < counts[step][:, None]  # (B, H*W): pixels among the top t
+        keep = torch.where(deleting[:, None], ~top, top).view(-1, 1, height, width)
+        return torch.where(keep, inputs[image], batch_rows(fill, image)), image
+
+    curves = score_in_batches(
+        forward_func, references, 2 * n * n_steps, perturbed, max_examples_per_batch,
+        "insertion/deletion", show_progress, inputs, "insertion_deletion",
+    ).view(n, 2, n_steps)
     return InsertionDeletion(fractions, curves[:, 0], curves[:, 1], curves[:, 0, -1].clone())
 
 
-def _baseline_images(
+def pixel_ranks(scores: Tensor) -> Tensor:
+    """``(N, H*W)``: the rank of each pixel of ``(N, H, W)`` scores, 0 for the
+    largest; ties are broken in raster order (row by row)."""
+    n = scores.shape[0]
+    order = torch.argsort(scores.flatten(1), dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand(n, -1))
+    return rank
+
+
+def score_in_batches(
+    forward_func: Callable[[Tensor, Tensor], Tensor],
+    references: Tensor,
+    total: int,
+    perturbed: Callable[[Tensor], Tuple[Tensor, Tensor]],
+    max_examples_per_batch: Optional[int],
+    desc: str,
+    show_progress: bool,
+    like: Tensor,
+    method: str,
+) -> Tensor:
+    """``(total,)`` scores of perturbed images against their unperturbed references.
+
+    ``perturbed(flat)`` maps the flat indices of one batch to the perturbed
+    images and, for each, the row of ``references`` it is scored against. A
+    :class:`~captum_similarity.SiameseSimilarity` embeds image references
+    once. Runs in batches of ``max_examples_per_batch`` inside
+    :func:`~captum_similarity._utils.state.explaining` (no gradients, eval
+    mode, one explanation at a time; ``method`` names the caller in
+    messages); the indices and the scores have the dtype and device of
+    ``like``. A non-finite score raises ``ValueError`` naming ``desc``.
+    """
+    with explaining(forward_func, gradients=False, method=method):
+        if isinstance(forward_func, SiameseSimilarity):
+            references = forward_func.embed(references)
+        scores = like.new_empty(total)
+        bar = tqdm(total=total, desc=desc, unit="img", disable=not show_progress)
+        for index in batch_slices(total, max_examples_per_batch):
+            flat = torch.arange(index.start, index.stop, device=like.device)
+            images, rows = perturbed(flat)
+            out = forward_func(images, batch_rows(references, rows))
+            if out.shape != (images.shape[0],):
+                raise ValueError(
+                    f"forward_func must return one score per image, shape ({images.shape[0]},); "
+                    f"got {tuple(out.shape)}"
+                )
+            check_finite(out, f"forward_func's scores of the perturbed images ({desc})")
+            scores[index] = out.to(scores.dtype)
+            bar.update(images.shape[0])
+        bar.close()
+    return scores
+
+
+def baseline_images(
     baselines: Union[float, Tensor, str], inputs: Tensor, blur_sigma: float
 ) -> Tensor:
-    """The baseline as ``(1 or N, C, H, W)``."""
+    """The baseline images ``(1 or N, C, H, W)`` of ``inputs``: a constant, a
+    tensor broadcastable to them, or ``"blur"`` (:func:`gaussian_blur`)."""
     if isinstance(baselines, str):
         if baselines != "blur":
             raise ValueError(f"baselines must be a number, a tensor or 'blur', got {baselines!r}")
@@ -311,7 +346,7 @@ def _baseline_images(
     return broadcast_baselines(baselines, inputs)
 
 
-def _rows(t: Tensor, index: Tensor) -> Tensor:
+def batch_rows(t: Tensor, index: Tensor) -> Tensor:
     """Rows ``index`` of a batch tensor, or its single row expanded to ``len(index)``."""
     if t.shape[0] == 1:
         return t.expand(index.shape[0], *t.shape[1:])

@@ -43,6 +43,43 @@ def auroc(scores: Tensor, positive: Tensor) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def average_precision(scores: Tensor, positive: Tensor) -> float:
+    r"""Average precision of a ranking: the area under its precision-recall curve.
+
+    Items are ranked by ``scores``, largest first; with ``P_k`` and ``R_k``
+    the precision and recall when the threshold is the ``k``-th largest
+    distinct score, ``AP = sum_k (R_k - R_{k-1}) P_k`` (items with equal
+    scores enter together). Without ties this is the mean, over positives, of
+    the precision among the items ranked at or above each positive.
+
+    Args:
+        scores (Tensor): ``(M,)`` scores, larger meaning "positive".
+        positive (Tensor): ``(M,)`` booleans (or 0/1).
+
+    Returns:
+        float: AP in [0, 1]; NaN when there is no positive.
+    """
+    scores = scores.detach().double().flatten()
+    positive = positive.detach().flatten().bool()
+    if scores.shape != positive.shape:
+        raise ValueError(
+            f"scores and positive must have the same length, got {scores.shape[0]} and "
+            f"{positive.shape[0]}"
+        )
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = torch.argsort(scores, descending=True)
+    hits = positive[order].double()
+    # the last item of each group of equal scores is where a threshold can stop
+    _, counts = torch.unique_consecutive(scores[order], return_counts=True)
+    ends = torch.cumsum(counts, 0) - 1
+    true_pos = torch.cumsum(hits, 0)[ends]
+    precision = true_pos / (ends + 1).double()
+    recall_step = torch.diff(true_pos, prepend=true_pos.new_zeros(1)) / n_pos
+    return float((recall_step * precision).sum())
+
+
 def _pair_scores(embeddings: Tensor, similarity: SimilarityLike) -> Tensor:
     if embeddings.dim() != 2:
         raise ValueError(f"embeddings must be (M, D), got shape {tuple(embeddings.shape)}")

@@ -18,6 +18,9 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..attributes import AttributeHeatmapHead, SalientAttributes, fit_attribute_head
+from ..data.attribute_world import ATTRIBUTE_NAMES, IDENTITIES, attribute_world
+from ..embedding_gradcam import EmbeddingGradCAM
 from ..data.orl import identity_split, load_orl_faces
 from ..data.samples import bundled_images, resize_crop, stereo_crops, stereo_pair
 from ..metrics.retrieval import retrieval_metrics
@@ -38,6 +41,23 @@ ORL_CONFIG: Dict[str, Any] = {
     "arch": "ResNetEmbedder", "widths": [16, 32, 64], "embedding_dim": 64, "size": [56, 46],
     "n_train": 30, "steps": 600, "identities_per_batch": 8, "images_per_identity": 4,
     "margin": 0.2, "lr": 2e-3, "seed": 0,
+}
+
+
+#: Training configuration of :func:`attribute_embedder`.
+ATTRIBUTE_CONFIG: Dict[str, Any] = {
+    "arch": "SimpleCNN", "widths": [16, 32, 64, 64], "embedding_dim": 32, "size": 64,
+    "n_train": 1200, "data_seed": 0, "steps": 800, "identities_per_batch": 8,
+    "images_per_identity": 4, "margin": 0.5, "lr": 2e-3, "augment": False, "seed": 0,
+    "n_test": 300, "test_seed": 1,
+}
+
+
+#: Training configuration of the attribute head of :func:`attribute_explainer`.
+ATTRIBUTE_HEAD_CONFIG: Dict[str, Any] = {
+    "layer": "features.10", "n_images": 1000, "data_seed": 10, "epochs": 30,
+    "heatmap_weight": 5e-3, "saliency": "EmbeddingGradCAM against the image's partner",
+    "seed": 0,
 }
 
 
@@ -270,3 +290,146 @@ def fit_orl(
         extra_loss=extra_loss, lr=config["lr"], seed=config["seed"], progress=progress,
         desc="training the ORL embedder",
     )
+
+
+def attribute_embedder(
+    cache: bool = True, progress: bool = False, steps: Optional[int] = None
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    r"""A small CNN trained on the attribute world to tell its identities apart.
+
+    Training (``ATTRIBUTE_CONFIG``): ``n_train`` images of the attribute world
+    (:func:`~captum_similarity.data.attribute_world`, 64x64, seed
+    ``data_seed``, the 15 identities equally often), P x K batches of 8
+    identities x 4 images, batch-hard triplet loss
+    (:func:`~captum_similarity.training.fit_metric`). Only the identity
+    objects decide identity; distractors and backgrounds vary within each
+    identity, so the model learns to ignore them. Measured on ``n_test``
+    fresh images (seed ``test_seed``): leave-one-out retrieval, and the mean
+    cosine similarity of pairs of the same identity, of identities sharing
+    one object, and of identities sharing none.
+
+    Args:
+        cache (bool, optional): Load from / save to :func:`cache_dir`.
+            Default: True
+        progress (bool, optional): Show a progress bar while training.
+            Default: False
+        steps (int, optional): Override the number of steps (a different
+            configuration, cached separately).
+            Default: None
+
+    Returns:
+        tuple: the embedder in eval mode (``(N, 3, 64, 64)`` -> ``(N, 32)``;
+        ``features[7]`` and ``features[10]`` are its 16x16 and 8x8 feature
+        maps) and a dict with ``recall_at_1``, ``mean_average_precision``,
+        ``similarity_same``, ``similarity_share_one``,
+        ``similarity_share_none``, ``train_seconds``, ``config``,
+        ``cache_file`` and ``loaded_from_cache``.
+    """
+    config = dict(ATTRIBUTE_CONFIG, **({"steps": steps} if steps is not None else {}))
+
+    def build() -> nn.Module:
+        torch.manual_seed(config["seed"])
+        return SimpleCNN(widths=config["widths"], embedding_dim=config["embedding_dim"])
+
+    def train(model: nn.Module) -> Dict[str, Any]:
+        n = config["n_train"]
+        world = attribute_world(
+            n, seed=config["data_seed"], size=config["size"],
+            identities=[i % len(IDENTITIES) for i in range(n)],
+        )
+        result = fit_metric(
+            model, world.images, world.identities, steps=config["steps"],
+            identities_per_batch=config["identities_per_batch"],
+            images_per_identity=config["images_per_identity"], margin=config["margin"],
+            augment=config["augment"], lr=config["lr"], seed=config["seed"], progress=progress,
+            desc="training the attribute-world embedder",
+        )
+        return dict(attribute_world_metrics(model, config), train_seconds=result.seconds)
+
+    return _cached("attribute_embedder", config, build, train, cache)
+
+
+def attribute_world_metrics(model: nn.Module, config: Dict[str, Any] = ATTRIBUTE_CONFIG) -> Dict[str, float]:
+    """Retrieval and mean cosine similarities of ``model`` on fresh attribute-world
+    images (``config["n_test"]`` images, seed ``config["test_seed"]``), as
+    :func:`attribute_embedder` reports them."""
+    n = config["n_test"]
+    test = attribute_world(
+        n, seed=config["test_seed"], size=config["size"],
+        identities=[i % len(IDENTITIES) for i in range(n)],
+    )
+    with torch.no_grad():
+        f = torch.nn.functional.normalize(model(test.images), dim=1)
+    cosine = f @ f.T
+    objects = torch.tensor([IDENTITIES[i] for i in test.identities.tolist()])
+    shared = (objects[:, None, :, None] == objects[None, :, None, :]).flatten(2).sum(2)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    metrics = retrieval_metrics(f, test.identities)
+    for name, count in (("same", 2), ("share_one", 1), ("share_none", 0)):
+        metrics[f"similarity_{name}"] = float(cosine[(shared == count) & off_diagonal].mean())
+    return metrics
+
+
+def attribute_explainer(
+    cache: bool = True, progress: bool = False, steps: Optional[int] = None
+) -> Tuple[SalientAttributes, Dict[str, Any]]:
+    r"""A ready :class:`~captum_similarity.SalientAttributes` for the attribute world.
+
+    The embedder is :func:`attribute_embedder`; the head
+    (``ATTRIBUTE_HEAD_CONFIG``) is an
+    :class:`~captum_similarity.AttributeHeatmapHead` on its ``features.10``
+    (8x8), fitted with :func:`~captum_similarity.fit_attribute_head` on
+    1,000 attribute-world images with SANE's saliency-matching term (each
+    image's EmbeddingGradCAM map against another image of its identity). Both
+    are cached.
+
+    Args:
+        cache (bool, optional): Load from / save to :func:`cache_dir`.
+            Default: True
+        progress (bool, optional): Show progress bars while training.
+            Default: False
+        steps (int, optional): The embedder's training steps (see
+            :func:`attribute_embedder`).
+            Default: None
+
+    Returns:
+        tuple: the explainer (default saliency method, 64x64 images) and a
+        dict with the embedder's information (``"embedder"``) and the head's
+        (``"head"``: validation ``mean_average_precision``,
+        ``average_precision`` per attribute, ``train_seconds``, ``config``,
+        ``cache_file``).
+
+    Example::
+
+        >>> explainer, info = attribute_explainer()
+        >>> pairs = attribute_world_pairs(4, seed=12)
+        >>> results = explainer.explain(pairs.first.images, pairs.second.images)
+        >>> visualize_attributes(pairs.first.images, pairs.second.images, results[0],
+        ...                      path="attributes.png")
+    """
+    model, embedder_info = attribute_embedder(cache, progress, steps)
+    config = dict(ATTRIBUTE_HEAD_CONFIG, embedder=embedder_info["config"])
+    layer = config["layer"]
+
+    def build() -> nn.Module:
+        torch.manual_seed(config["seed"])
+        return AttributeHeatmapHead(64, len(ATTRIBUTE_NAMES), attribute_names=ATTRIBUTE_NAMES)
+
+    def train(head: nn.Module) -> Dict[str, Any]:
+        n = config["n_images"]
+        world = attribute_world(
+            n, seed=config["data_seed"], identities=[i % len(IDENTITIES) for i in range(n)]
+        )
+        saliency, _ = EmbeddingGradCAM(model, layer).attribute(
+            (world.images, world.images[world.partners()])
+        )
+        fit = fit_attribute_head(
+            model, layer, head, world.images, world.labels, saliency=saliency,
+            heatmap_weight=config["heatmap_weight"], epochs=config["epochs"],
+            seed=config["seed"], show_progress=progress,
+        )
+        return {"mean_average_precision": fit.mean_average_precision,
+                "average_precision": fit.average_precision.tolist(), "train_seconds": fit.seconds}
+
+    head, head_info = _cached("attribute_head", config, build, train, cache)
+    return SalientAttributes(model, layer, head), {"embedder": embedder_info, "head": head_info}
