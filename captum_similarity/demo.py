@@ -21,6 +21,14 @@ With PAIR-X selected (the default: all methods), each face pair and the
 stereo match also get a figure of the cells the model matches between the
 two images, with the pixels of the best matches (``*_pairx.png``).
 
+Attributes (no extra): SANE's attribute explanation
+(:class:`captum_similarity.SalientAttributes`) on pairs of the generated
+attribute world (:func:`captum_similarity.data.attribute_world_pairs`), with
+an embedder and an attribute head trained there at first use (cached; see
+:func:`captum_similarity.training.demo_models.attribute_explainer`): which
+attribute explains the match, drawn with its heatmap next to the pair's
+saliency map.
+
 Figures are written to the output folder.
 """
 
@@ -40,6 +48,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .branches import split_branches
+from .data.attribute_world import attribute_world_pairs
 from .data.orl import load_orl_faces
 from .data.pairs import astronaut_pair, notable_pairs
 from .data.samples import resize_crop, stereo_pair
@@ -47,11 +56,11 @@ from .explainers import explain_pair
 from .metrics.match_plausibility import match_plausibility
 from .models.dlib_resnet import dlib_face_resnet
 from .models.face_preprocess import face_chips
-from .figures import to_visualizer_arrays, visualize_matches, visualize_pair
+from .figures import to_visualizer_arrays, visualize_attributes, visualize_matches, visualize_pair
 from .figures.annotate import footnote, warn_on_axes
 from .pairwise_matching import PairwiseIntermediateMatching
 from .siamese import SiameseSimilarity
-from .training.demo_models import DEMO_CONFIG, demo_embedder
+from .training.demo_models import DEMO_CONFIG, attribute_explainer, demo_embedder
 
 #: The registered name of PAIR-X: with it selected (or all methods), the demo
 #: also draws each pair's matches.
@@ -213,6 +222,24 @@ def run_faces(out: Path, orl: Optional[Path] = None, methods: Optional[Sequence[
     return report
 
 
+#: Pairs of the attribute world the demo explains (seed, count): the first is drawn.
+ATTRIBUTE_PAIRS = (12, 4)
+
+
+def run_attributes(out: Path, steps: Optional[int] = None) -> Dict[str, object]:
+    """The attribute section: SANE's explanation of attribute-world pairs, the
+    first pair drawn (``attributes.png``)."""
+    explainer, info = attribute_explainer(progress=True, steps=steps)
+    seed, count = ATTRIBUTE_PAIRS
+    pairs = attribute_world_pairs(count, seed=seed)
+    x1, x2 = pairs.first.images, pairs.second.images
+    results = explainer.explain(x1, x2)
+    path = out / "attributes.png"
+    visualize_attributes(x1, x2, results[0], index=0, titles=("image 1", "image 2"), path=path)
+    names = [result.names[0] for result in results]
+    return {"info": info, "figures": [str(path)], "explained_by": names}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("demo_figures"), help="folder for the figures")
@@ -221,12 +248,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         help="training steps of the stereo embedder (default: the cached configuration)")
     parser.add_argument("--orl", type=Path, default=DEFAULT_ORL,
                         help=f"ORL faces folder for the face section (default: {DEFAULT_ORL}, used when present)")
-    parser.add_argument("--skip", choices=["faces", "stereo"], default=None, help="leave one section out")
+    parser.add_argument("--skip", choices=["faces", "stereo", "attributes"], nargs="*", default=(),
+                        help="leave sections out")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message=".*did not already require gradients.*")
     warnings.filterwarnings("ignore", message=".*non-linear.*", category=UserWarning)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.skip != "faces":
+    if "faces" not in args.skip:
         orl = args.orl if args.orl is not None and (args.orl / "s1").is_dir() else None
         if orl is None:
             print(f"ORL faces not found at {args.orl}: the face section shows the astronaut pair only")
@@ -240,8 +268,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       f"distance {pair['distance']:.3f} ({pair['seconds']:.0f} s to explain)")
             for fig in faces["figures"]:
                 print(f"wrote {fig}")
-    if args.skip != "stereo":
+    if "stereo" not in args.skip:
         print_stereo(run_stereo(args.out, args.methods, args.steps))
+    if "attributes" not in args.skip:
+        attributes = run_attributes(args.out, args.steps)
+        head = attributes["info"]["head"]
+        print(f"attribute head: validation mean AP {head['mean_average_precision']:.2f}; "
+              f"the attribute world's pairs explained by: {', '.join(attributes['explained_by'])}")
+        for fig in attributes["figures"]:
+            print(f"wrote {fig}")
     print(f"figures are in {args.out.resolve()}")
 
 

@@ -32,7 +32,10 @@ def test_demo_writes_figures(tmp_cache, tmp_path, capsys):
     fast = ["Captum LayerGradCam", "Captum Saliency (SmoothGrad)"]
     main(["--out", str(out), "--steps", "2", "--orl", str(tmp_path / "no_orl"), "--methods", *fast])
     printed = capsys.readouterr().out
-    names = ["stereo_match.png", "stereo_mismatch.png", "gallery_top_hits.png"]
+    names = ["stereo_match.png", "stereo_mismatch.png", "gallery_top_hits.png", "attributes.png"]
+    # the attribute section: SANE's explanation of the attribute world's pairs, one per pair
+    explained = printed.split("explained by: ")[1].splitlines()[0].split(", ")
+    assert len(explained) == 4 and all(name for name in explained)
     try:
         import captum_similarity.models.dlib_resnet as dlib_resnet
 
