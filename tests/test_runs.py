@@ -231,6 +231,16 @@ def test_faithfulness_columns_and_summary(dataset, tmp_path):
     by = {(r["pair"], r["method"]): r["blur_deletion2"] for r in ok}
     expected = [by[(p, "gradcam")] - by[(p, "lrp")] for p in (0, 1, 3, 4)]
     assert diff.n == 4 and diff.mean == pytest.approx(np.mean(expected))
+    # the documented promise: pandas reads the table in one call, with the same values
+    pd = pytest.importorskip("pandas")
+    frame = pd.read_csv(result["table"])
+    assert list(frame.columns) == list(rows[0])
+    assert len(frame) == len(rows)
+    for column in frame.columns:
+        if frame[column].dtype.kind in "fi":
+            np.testing.assert_allclose(frame[column].to_numpy(float), [r[column] for r in rows])
+        else:
+            assert [("" if v != v else v) for v in frame[column]] == [r[column] for r in rows]
 
 
 def test_units_are_spread_evenly_and_each_assigned_once():
