@@ -5,8 +5,8 @@ any Captum method; use the library's own methods for what Captum lacks.
 """
 
 from ._version import __version__
-from .branches import BranchLayerAttribution, split_branches
-from .candidates import CandidateLayer, candidate_layers
+from .branches import BranchLayerAttribution, GridView, split_branches
+from .candidates import CandidateLayer, candidate_layers, default_layer
 from .decomposition import SimilarityDecomposition
 from .embedding_gradcam import EmbeddingGradCAM
 from .figures import to_visualizer_arrays, visualize_matches, visualize_pair
@@ -24,6 +24,7 @@ __all__ = [
     "resolve_similarity",
     "split_branches",
     "BranchLayerAttribution",
+    "GridView",
     "EmbeddingGradCAM",
     "SimilarityDecomposition",
     "LRPRelevancePairing",
@@ -33,6 +34,7 @@ __all__ = [
     "PairwiseIntermediateMatching",
     "PairMatches",
     "candidate_layers",
+    "default_layer",
     "CandidateLayer",
     "visualize_matches",
 ]

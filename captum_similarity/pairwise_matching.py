@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ._utils.batching import batch_slices
 from ._utils import inputs as contract
 from ._utils.layers import LayerSpec, feature_grid, resolve_layer
-from .candidates import CandidateLayer, candidate_layers
+from .candidates import CandidateLayer, candidate_layers, default_layer_module
 from .lrp.composites import Composite
 from .lrp.conservation import Conservation, LayerLoss, report
 from .lrp.engine import SEED_BATCHING, LRPEngine, RelevancePass
@@ -219,12 +219,18 @@ class PairwiseIntermediateMatching(GradientAttribution):
         embedder (nn.Module or SiameseSimilarity): Maps images ``(N, C, H, W)``
             to embeddings ``(N, D)``, or a
             :class:`~captum_similarity.SiameseSimilarity` wrapping one.
-        layer (nn.Module or str): The layer whose cells are matched, or its
-            dotted name (see :func:`candidate_layers`). It must run once per
-            forward pass; its output must be a feature map ``(N, C, h, w)`` or
-            become one through ``reshape_transform``. A conv followed by
-            BatchNorm reports the BatchNorm's output (LRP folds the two): pick
-            a block or stage output.
+        layer (nn.Module or str, optional): The layer whose cells are
+            matched, or its dotted name (see :func:`candidate_layers`). It must
+            run once per forward pass; its output must be a feature map
+            ``(N, C, h, w)`` or become one through ``reshape_transform`` (a
+            channels-last map ``(N, h, w, C)`` is refused without one). A conv
+            followed by BatchNorm reports the BatchNorm's output (LRP folds the
+            two): pick a block or stage output. None: chosen on the first call
+            by :func:`~captum_similarity.candidates.default_layer` (a stride-16
+            stage output, a ViT's penultimate block), with its
+            ``reshape_transform`` unless one is given; ``self.layer`` then
+            holds it.
+            Default: None
         similarity (str, Callable or Similarity, optional): The similarity
             (``"cosine"``, ``"dot"``, ``"euclidean"``, ...), which must define
             per-dimension contributions. Not allowed with a SiameseSimilarity,
@@ -278,7 +284,7 @@ class PairwiseIntermediateMatching(GradientAttribution):
     def __init__(
         self,
         embedder: Union[Embedder, SiameseSimilarity],
-        layer: LayerSpec,
+        layer: Optional[LayerSpec] = None,
         similarity: Optional[SimilarityLike] = None,
         composite: Union[str, Composite] = "epsilon_plus",
         rules: Optional[Mapping[LayerSpec, RuleLike]] = None,
@@ -295,7 +301,7 @@ class PairwiseIntermediateMatching(GradientAttribution):
             )
         super().__init__(model)
         self.model = model
-        self.layer = resolve_layer(model.embedder, layer)
+        self.layer = None if layer is None else resolve_layer(model.embedder, layer)
         if reshape_transform is not None and not callable(reshape_transform):
             raise TypeError(
                 f"reshape_transform must be callable, got {type(reshape_transform).__name__}"
@@ -432,10 +438,17 @@ class PairwiseIntermediateMatching(GradientAttribution):
                 f"x1 has {x1.shape[1]} channels and x2 has {x2.shape[1]}: both images go "
                 "through the same embedder"
             )
+        self._choose_layer(x1)
         return contract.broadcast_pair(x1, x2)
 
-    def _grid(self, t: Tensor) -> Tensor:
-        return feature_grid(t, self.reshape_transform, "PAIR-X")
+    def _grid(self, t: Tensor, image_size: Sequence[int]) -> Tensor:
+        return feature_grid(t, self.reshape_transform, "PAIR-X", image_size)
+
+    def _choose_layer(self, example: Tensor) -> None:
+        """Resolves ``layer=None`` to the default layer for these images."""
+        if self.layer is None:
+            embedder, transform = self.model.embedder, self.reshape_transform
+            self.layer, self.reshape_transform = default_layer_module(embedder, example, transform)
 
     def _check(
         self,
@@ -506,10 +519,12 @@ class PairwiseIntermediateMatching(GradientAttribution):
             layer_errors.append(
                 self._check(pass_, seed[None], raw[None], "the similarity", target=self.layer)
             )
-            layer_relevance.append(self._grid(raw))
+            layer_relevance.append(self._grid(raw, pass_.input.shape[-2:]))
         self.layer_conservation = self.conservation
         layer_error = torch.maximum(*(layer_errors[i][rows] for i, rows in where))
-        activations = [self._grid(p.activation(self.layer).detach()) for p in passes]
+        activations = [
+            self._grid(p.activation(self.layer).detach(), p.input.shape[-2:]) for p in passes
+        ]
         relevance = [layer_relevance[i][rows].sum(1).abs() for i, rows in where]
         acts = [activations[i][rows] for i, rows in where]
         if acts[0].shape[1] != acts[1].shape[1]:
