@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from typing import NamedTuple, Tuple
+from typing import NamedTuple
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import assert_unchanged, snapshot
 from torch import nn
 
@@ -34,9 +33,8 @@ from captum_similarity import (  # noqa: E402
     SimilarityRISE,
 )
 from captum_similarity.branches import GridView, split_branches  # noqa: E402
-from captum_similarity.data.samples import bundled_images  # noqa: E402
 from captum_similarity.lrp.conservation import ConservationWarning  # noqa: E402
-from captum_similarity.models.backbones import BACKBONES, backbone  # noqa: E402
+from captum_similarity.models.backbones import BACKBONES, backbone, held_out_images  # noqa: E402
 from captum_similarity.rise import random_masks  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -62,20 +60,10 @@ class Net(NamedTuple):
     bound: float
 
 
-def _pair() -> Tuple[torch.Tensor, torch.Tensor]:
-    """Two bundled images the BatchNorm statistics were not calibrated on (inputs
-    unlike the calibration images, e.g. uniform noise, drive random-weight
-    networks far from their statistics: embeddings of norm 1e4 to 1e5 whose
-    float32 cosine changes with the batch they are computed in)."""
-    images = bundled_images(("immunohistochemistry", "retina")).values()
-    x1, x2 = (F.interpolate(x[None], size=(SIZE, SIZE), mode="bilinear", antialias=True) for x in images)
-    return x1, x2
-
-
 @pytest.fixture(scope="module", params=list(BACKBONES))
 def net(request) -> Net:
     model = backbone(request.param, image_size=SIZE)
-    x1, x2 = _pair()
+    x1, x2 = held_out_images(SIZE).split(1)
     sim = SiameseSimilarity(model, "cosine")
     return Net(request.param, model, sim, x1, x2, snapshot(model), BACKBONES[request.param].lrp_bound)
 

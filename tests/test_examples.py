@@ -59,7 +59,8 @@ def orl_or_none() -> Optional[Path]:
 
 def test_every_example_is_tested():
     tested = {"siamese_wrapper.py", "faithfulness.py", "embedding_gradcam.py",
-              "face_verification.py", "lrp_orl_faces.py", "pairwise_matching_orl.py"}
+              "face_verification.py", "lrp_orl_faces.py", "pairwise_matching_orl.py",
+              "backbones.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -133,3 +134,16 @@ def test_pairwise_matching_orl(orl_root, tmp_path):
     names = ["pairx_orl_same.png", "pairx_orl_same_raw.png", "pairx_orl_different.png"]
     assert_images(*(tmp_path / "figs" / name for name in names))
     assert out.count("inlier ratio") == 2
+
+
+@pytest.mark.slow
+def test_backbones(tmp_path):
+    pytest.importorskip("torchvision")
+    pytest.importorskip("timm")
+    out = run_example(
+        "backbones.py", "--size", "64", "--k", "3", "--out", str(tmp_path / "pairx.png"), cwd=tmp_path
+    )
+    assert_images(tmp_path / "pairx.png")
+    assert "default layer features.5 (Sequential), channels_last, cells (4, 4)" in out
+    assert number_after("conservation error", out) < 1.0  # percent
+    assert "3 explained" in out

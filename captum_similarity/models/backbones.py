@@ -16,13 +16,20 @@ not installed raises an ``ImportError`` saying so.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Backbone", "BACKBONES", "backbone", "calibrate_batchnorm", "calibration_images"]
+__all__ = [
+    "Backbone",
+    "BACKBONES",
+    "backbone",
+    "calibrate_batchnorm",
+    "calibration_images",
+    "held_out_images",
+]
 
 
 class Backbone(NamedTuple):
@@ -67,6 +74,8 @@ BACKBONES: Dict[str, Backbone] = {
 
 #: Bundled scikit-image images the BatchNorm statistics are calibrated on.
 CALIBRATION_IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
+#: Bundled images the calibration does not use (the model matrix's pair).
+HELD_OUT_IMAGES = ("immunohistochemistry", "retina")
 
 
 def _library(name: str) -> Any:
@@ -89,17 +98,30 @@ def _build(entry: Backbone, embedding_dim: int, size: int) -> nn.Module:
     raise ValueError(f"unknown library {entry.library!r}")
 
 
+def _resized(names: Tuple[str, ...], size: int) -> List[Tensor]:
+    from ..data.samples import bundled_images
+
+    return [
+        F.interpolate(img[None], size=(size, size), mode="bilinear", antialias=True)[0]
+        for img in bundled_images(names).values()
+    ]
+
+
 def calibration_images(size: int, count: int = 8) -> Tensor:
     """``count`` images ``(count, 3, size, size)`` in [0, 1]: the bundled
     :data:`CALIBRATION_IMAGES`, resized, and their mirror images."""
-    from ..data.samples import bundled_images
-
-    images = [
-        F.interpolate(img[None], size=(size, size), mode="bilinear", antialias=True)[0]
-        for img in bundled_images(CALIBRATION_IMAGES).values()
-    ]
+    images = _resized(CALIBRATION_IMAGES, size)
     images += [img.flip(-1) for img in images]
     return torch.stack([images[i % len(images)] for i in range(count)])
+
+
+def held_out_images(size: int) -> Tensor:
+    """The bundled :data:`HELD_OUT_IMAGES` ``(2, 3, size, size)`` in [0, 1]:
+    natural images the calibration did not see. (Inputs unlike the
+    calibration images, uniform noise for one, drive random-weight networks
+    far from their statistics: embeddings of norm 1e4 to 1e5 whose float32
+    cosine changes with the batch they are computed in.)"""
+    return torch.stack(_resized(HELD_OUT_IMAGES, size))
 
 
 def calibrate_batchnorm(model: nn.Module, images: Tensor) -> nn.Module:
