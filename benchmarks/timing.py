@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -30,6 +30,21 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def rounds(cases: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
+    """Median seconds of each case over ``repeats`` rounds after one warm-up call
+    each, all cases timed back to back in every round (so that load from other
+    processes that changes during the run affects them alike)."""
+    times: Dict[str, list] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def forward_backward(model: Callable, *inputs: torch.Tensor) -> Callable[[], None]:

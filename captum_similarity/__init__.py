@@ -4,6 +4,7 @@ Wrap an embedder in :class:`SiameseSimilarity` to explain ``s(x1, x2)`` with
 any Captum method; use the library's own methods for what Captum lacks.
 """
 
+from ._utils.state import InferenceModeError
 from ._version import __version__
 from .branches import BranchLayerAttribution, GridView, split_branches
 from .candidates import CandidateLayer, candidate_layers, default_layer
@@ -37,4 +38,5 @@ __all__ = [
     "default_layer",
     "CandidateLayer",
     "visualize_matches",
+    "InferenceModeError",
 ]

@@ -101,8 +101,7 @@ class SimilarityHeadRule(PropagationRule):
             / (scores + sign * self.STABILITY_FACTOR)[:, None]
         )
         self._has_single_input = False
-        # a precomputed reference embedding is a constant: only the side(s) in
-        # the graph get a hook (Captum's LRP removes the handles it finds)
+        # a side given as a precomputed embedding (a constant) needs no relevance
         self._handle_input_hooks = [
             f.register_hook(self._input_relevance(share)) for f in (f1, f2) if f.requires_grad
         ]

@@ -3,12 +3,13 @@ Zhu et al. 2019) for embedders that end in global pooling and a linear map."""
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from captum.attr import LayerAttribution
 from torch import Tensor, nn
 
+from ._utils.entry import attribution_entry
 from ._utils.hooks import recording
 from ._utils import inputs as contract
 from ._utils.layers import LayerSpec, resolve_layer
@@ -21,7 +22,7 @@ _METHOD = "SimilarityDecomposition"
 
 POOLINGS = ("avg", "max")
 
-Decomposition = Union[Tensor, Tuple[Tensor, Tensor], Tuple[Tensor, Tuple[Tensor, Tensor]]]
+Decomposition = Union[Tensor, Tuple[Tensor, ...], Tuple[Any, ...]]
 
 
 class SimilarityDecomposition(LayerAttribution):
@@ -122,9 +123,29 @@ class SimilarityDecomposition(LayerAttribution):
                 )
             self.projection = proj
 
+    def has_convergence_delta(self) -> bool:
+        return True
+
+    def compute_convergence_delta(self, attributions: Tensor, output: Tensor) -> Tensor:
+        r"""``output - attributions.sum((1, 2))``: what the matrix misses of the score.
+
+        Args:
+            attributions (Tensor): A matrix ``(N, n1, n2)`` from :meth:`attribute`
+                (or a 1-tuple holding one).
+            output (Tensor): The similarities ``(N,)`` of the pairs.
+
+        Returns:
+            Tensor: ``(N,)``.
+        """
+        if isinstance(attributions, tuple):
+            (attributions,) = attributions
+        return output.to(attributions.dtype) - attributions.sum((1, 2))
+
+    @attribution_entry(gradients=False)
     def attribute(  # type: ignore[override]
         self,
-        inputs: Tuple[Tensor, Tensor],
+        inputs: Union[Tensor, Tuple[Tensor, ...]],
+        additional_forward_args: Optional[Any] = None,
         attribute_to_layer_input: bool = False,
         include_bias: bool = True,
         return_marginals: bool = False,
@@ -133,8 +154,16 @@ class SimilarityDecomposition(LayerAttribution):
         r"""The point-to-point matrix of each pair.
 
         Args:
-            inputs (tuple of Tensor): ``(x1, x2)``, image batches ``(N, C,
-                H, W)`` (a batch-1 side is broadcast).
+            inputs (Tensor or tuple of Tensor): ``(x1, x2)``, image batches
+                ``(N, C, H, W)`` (a batch-1 or identical-rows side is
+                broadcast); or ``x1`` (or a 1-tuple ``(x1,)``) with ``x2`` in
+                ``additional_forward_args``.
+            additional_forward_args (Tensor or tuple, optional): With a single
+                image batch: the second images (batch ``N``, 1 or identical
+                rows), as a tensor or a 1-tuple. They must be images: the
+                decomposition needs their feature maps. Not accepted with a
+                pair ``inputs``.
+                Default: None
             attribute_to_layer_input (bool, optional): Decompose at the
                 layer's input instead of its output.
                 Default: False
@@ -143,8 +172,7 @@ class SimilarityDecomposition(LayerAttribution):
                 False, the bias terms are left out of the matrix and make up
                 the convergence delta.
                 Default: True
-            return_marginals (bool, optional): Also return the two marginal
-                maps.
+            return_marginals (bool, optional): Also return the marginal maps.
                 Default: False
             return_convergence_delta (bool, optional): Also return ``s -
                 P.sum((1, 2))`` per pair: rounding error with
@@ -154,22 +182,31 @@ class SimilarityDecomposition(LayerAttribution):
         Returns:
             The matrix, then the marginals, then the delta, each only when asked for:
 
-            - **matrix** (*Tensor*): ``(N, h1 * w1, h2 * w2)``, cells in
-                row-major order; ``matrix.sum((1, 2))`` is the similarity.
-            - **marginals** (*tuple of Tensor*, with ``return_marginals``):
-                ``(M1, M2)``, ``(N, 1, h1, w1)`` and ``(N, 1, h2, w2)``, the
-                row and column sums of the matrix.
+            - **matrix** (*Tensor*, or a 1-tuple of it for a 1-tuple input):
+                ``(N, h1 * w1, h2 * w2)``, cells in row-major order;
+                ``matrix.sum((1, 2))`` is the similarity.
+            - **marginals** (with ``return_marginals``): ``(M1, M2)`` for a
+                pair, ``(N, 1, h1, w1)`` and ``(N, 1, h2, w2)``, the row and
+                column sums of the matrix; ``M1`` for a tensor input, ``(M1,)``
+                for a 1-tuple.
             - **delta** (*Tensor*, with ``return_convergence_delta``): ``(N,)``.
         """
-        matrix, f1, f2, grids = self._decompose(inputs, attribute_to_layer_input, include_bias)
-        out: List[object] = [matrix]
+        images, reference, is_tuple = contract.format_inputs(
+            inputs, additional_forward_args, _METHOD
+        )
+        pair = tuple(images) if len(images) == 2 else (images[0], reference)
+        matrix, f1, f2, grids = self._decompose(pair, attribute_to_layer_input, include_bias)
+        single = len(images) == 1
+        out: List[object] = [(matrix,) if single and is_tuple else matrix]
         if return_marginals:
             n = matrix.shape[0]
-            out.append((matrix.sum(2).view(n, 1, *grids[0]), matrix.sum(1).view(n, 1, *grids[1])))
+            marginals = [matrix.sum(2).view(n, 1, *grids[0]), matrix.sum(1).view(n, 1, *grids[1])]
+            out.append(contract.format_output(marginals[:1] if single else marginals, is_tuple))
         if return_convergence_delta:
             out.append(self.model.similarity(f1, f2) - matrix.sum((1, 2)))
         return out[0] if len(out) == 1 else tuple(out)  # type: ignore[return-value]
 
+    @attribution_entry(gradients=False)
     def point_matches(
         self,
         inputs: Tuple[Tensor, Tensor],
@@ -208,12 +245,14 @@ class SimilarityDecomposition(LayerAttribution):
         if not isinstance(inputs, tuple) or len(inputs) != 2:
             raise TypeError("inputs must be a tuple (x1, x2) of image batches")
         x1, x2 = (
-            contract.check_images(x, f"inputs[{i}]", _METHOD, self.model, reference_ok=False)
-            for i, x in enumerate(inputs)
+            contract.check_images(x, name, _METHOD, self.model, reference_ok=False)
+            for name, x in zip(("x1", "x2"), inputs)
         )
         x1, x2 = contract.broadcast_pair(x1, x2)
-        with torch.no_grad(), recording(self.layer, to_input) as rec:
+        with recording(self.layer, to_input) as rec:
             f1, f2 = self.model.embed_pair(x1, x2)
+        for name, f in (("x1", f1), ("x2", f2)):
+            contract.check_embedding(f, name=f"the embeddings of {name}")
         maps = rec.tensors
         if len(maps) == 1 and maps[0].shape[0] == 2 * f1.shape[0]:
             maps = [maps[0][0::2], maps[0][1::2]]

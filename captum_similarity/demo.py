@@ -34,6 +34,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from captum.attr import LayerGradCam
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import Tensor
 
@@ -46,6 +48,7 @@ from .metrics.match_plausibility import match_plausibility
 from .models.dlib_resnet import dlib_face_resnet
 from .models.face_preprocess import face_chips
 from .figures import to_visualizer_arrays, visualize_matches, visualize_pair
+from .figures.annotate import footnote, warn_on_axes
 from .pairwise_matching import PairwiseIntermediateMatching
 from .siamese import SiameseSimilarity
 from .training.demo_models import DEMO_CONFIG, demo_embedder
@@ -89,7 +92,7 @@ def _gallery_figure(sim: SiameseSimilarity, query: Tensor, gallery: Tensor, laye
         query.expand(len(hits), -1, -1, -1), additional_forward_args=(hits,), relu_attributions=True
     )
     q_maps, g_maps = split_branches(maps.detach())
-    fig = Figure(figsize=(2.2 * (top + 1), 4.8), layout="constrained")
+    fig = Figure(figsize=(2.2 * (top + 1) + 0.8, 5.4), layout="constrained")
     axes = fig.subplots(2, top + 1, squeeze=False)
     q_img = to_visualizer_arrays(q_maps[0], query[0])[1]
     axes[0, 0].imshow(q_img)
@@ -100,12 +103,19 @@ def _gallery_figure(sim: SiameseSimilarity, query: Tensor, gallery: Tensor, laye
         attr, img = to_visualizer_arrays(g_maps[k], hits[k])
         axes[0, k + 1].imshow(img)
         label = "true match" if idx == 0 else f"gallery #{idx}"
-        axes[0, k + 1].set_title(f"{label}\ns = {float(scores[idx]):.3f}", fontsize=9)
+        axes[0, k + 1].set_title(f"rank {k + 1}: {label}\ns = {float(scores[idx]):.3f}", fontsize=9)
         axes[1, k + 1].imshow(img)
-        axes[1, k + 1].imshow(attr[..., 0], cmap="jet", alpha=0.5)
+        peak = float(attr.max())
+        if peak > 0:
+            axes[1, k + 1].imshow(attr[..., 0] / peak, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        else:
+            warn_on_axes(axes[1, k + 1], "all-zero Grad-CAM map: nothing to draw")
         axes[1, k + 1].set_title("Grad-CAM of the hit", fontsize=9)
         for ax in axes[:, k + 1]:
             ax.axis("off")
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), ax=axes[1, 1:].tolist(), shrink=0.8)
+    bar.set_label("Grad-CAM (ReLU) / its maximum", fontsize=8)
+    footnote(fig, "each hit's map is scaled to its own maximum; rank 1 = highest cosine similarity")
     fig.suptitle("Query against a gallery of right-view crops: top hits", fontsize=10)
     fig.savefig(path, dpi=110)
     return [float(s) for s in scores]

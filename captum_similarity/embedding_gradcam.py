@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ._utils.batching import batch_slices
 from ._utils.checks import check_float_tensor
+from ._utils.entry import attribution_entry
 from ._utils.hooks import recording
 from ._utils import inputs as contract
 from ._utils.layers import LayerSpec, feature_grid, resolve_layer
@@ -77,9 +78,12 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
     Both images of a pair (or the three of a triplet) are embedded in one
     forward pass of the shared embedder (rows interleaved, as
     :class:`~captum_similarity.SiameseSimilarity` does) and all maps come
-    from one backward pass from the embeddings to the layer. Rows are
-    treated as independent: use the model in eval mode (BatchNorm in train
-    mode above the layer would mix the rows).
+    from one backward pass from the embeddings to the layer. The model runs
+    in eval mode, so rows are independent (its training flags are restored
+    after the call; see ``docs/reliability.md`` for this and the other
+    guarantees every method gives: one call at a time per model, autograd
+    under ``torch.no_grad()`` and ``torch.inference_mode()``, non-finite
+    inputs refused).
 
     Args:
         embedder (nn.Module, Callable or SiameseSimilarity): Maps images
@@ -147,7 +151,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
         """The similarity the maps explain."""
         return self.model.similarity
 
-    @torch.enable_grad()
+    @attribution_entry()
     def attribute(  # type: ignore[override]
         self,
         inputs: Union[Tensor, Tuple[Tensor, ...]],
@@ -238,13 +242,15 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
             f_ref = f.detach()
         else:
             with torch.no_grad():
-                f_ref = self.model.embed(reference)
+                f_ref = contract.check_embedding(
+                    self.model.embed(reference), name="the embedding of the reference"
+                )
         create_graph = bool(grad_kwargs.get("create_graph", False))
         g = self._weights(weighting, (f, f_ref), create_graph)[0]
         maps = self._cams([f], [g], rec.tensors, 1, relu_attributions, grad_kwargs, x.shape[-2:])
         return contract.format_output(maps, is_tuple)
 
-    @torch.enable_grad()
+    @attribution_entry()
     def attribute_gallery(
         self,
         query: Tensor,
@@ -296,9 +302,12 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
         if query.shape[0] != 1:
             raise ValueError(f"the query must be one image (1, ...), got batch {query.shape[0]}")
         references = check_float_tensor(references, "references")
+        contract.check_finite(references, "references")
         self._choose_layer(query)
         with recording(self.layer, attribute_to_layer_input) as rec:
-            f_q = self.model.embed(_grad_leaf(query))
+            f_q = contract.check_embedding(
+                self.model.embed(_grad_leaf(query)), name="the embedding of the query"
+            )
         a_q = rec.single()
         ref_images = not self.model.is_embedding(references)
         r_maps: List[Tensor] = []
@@ -387,6 +396,8 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
         """One backward pass from the embeddings to the recorded activations;
         the Grad-CAM map of each image, split into ``groups`` when the
         activations hold the groups' rows interleaved."""
+        for f in embeddings:
+            contract.check_embedding(f, name="the embeddings")
         rows = [f.shape[0] for f in embeddings]
         if [a.shape[0] for a in activations] not in ([sum(rows)], rows):
             raise ValueError(

@@ -4,8 +4,10 @@ An explainer maps a :class:`~captum_similarity.SiameseSimilarity`, a batch of
 pairs ``(x1, x2)`` and the explained layer to one map per image. Every method
 of the library, and the Captum baselines run through the wrapper, are
 registered here, in this one module (the methods themselves know nothing of
-the registry); the demo draws all of them and the benchmark runner measures
-all of them. Other code adds explainers with :func:`register`.
+the registry); the demo draws all of them, the benchmark runner measures all
+of them and the command line (``captum-similarity explain --methods``) picks
+them by their short names (:func:`short_names`, :func:`resolve_methods`).
+Other code adds explainers with :func:`register`.
 
 :data:`EXCLUDED` names the library's attribution classes that are not
 registered, and why.
@@ -14,7 +16,7 @@ registered, and why.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from captum.attr import LRP, IntegratedGradients, LayerGradCam, NoiseTunnel, Occlusion, Saliency
@@ -32,7 +34,11 @@ __all__ = [
     "register",
     "explainers",
     "explain_pair",
+    "explain_pair_detailed",
+    "short_names",
+    "resolve_methods",
     "RISE_MASKS",
+    "PAIRX_MATCHES",
     "EXCLUDED",
 ]
 
@@ -46,10 +52,23 @@ EXCLUDED = {
     ),
 }
 
+#: Where maps of a registered explainer survived model randomisation (measured).
+_DLIB = ("dlib face ResNet",)
+
 #: Masks of the registered SimilarityRISE: SANE's 2000. Lower it for quick checks.
 RISE_MASKS = 2000
 
+#: Per-match pixel maps of the registered PAIR-X (its maps are their sum).
+PAIRX_MATCHES = 10
+
+#: Selections that :func:`resolve_methods` accepts besides names: every
+#: explainer that is not a baseline, and the default (fast) ones.
+SELECTIONS = ("all", "default")
+
 ExplainFn = Callable[[SiameseSimilarity, Tensor, Tensor, Optional[nn.Module]], Tuple[Tensor, Tensor]]
+DetailFn = Callable[
+    [SiameseSimilarity, Tensor, Tensor, Optional[nn.Module]], Tuple[Tensor, Tensor, Any]
+]
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,21 @@ class PairExplainer:
         black_box (bool): Uses only forward passes.
         baseline (bool): A reference point for benchmarks (e.g. a random
             map), not an explanation; the demo leaves it out.
+        short (str, optional): The command line's name for it
+            (``--methods gradcam,lrp``); None for none.
+        default (bool): In the command line's default selection: the methods
+            that cost a few forward and backward passes per pair.
+        cost (str): What one pair costs, in passes of the model, as
+            ``--help`` and the report say it.
+        detail (Callable, optional): ``detail(model, x1, x2, layer) -> (a1,
+            a2, extra)``: the same maps and the method's richer result
+            (PAIR-X's matches, BiLRP's patch-pair relevance) from one run;
+            see :func:`explain_pair_detailed`.
+        survives_randomization (tuple of str): The models on which the
+            explainer's maps survived the model-parameter randomisation test
+            (they barely changed with every layer random, so there they do
+            not explain the model), as measured by
+            ``benchmarks/methods/sanity_checks.py`` (docs/sanity-checks.md).
     """
 
     name: str
@@ -71,20 +105,45 @@ class PairExplainer:
     needs_layer: bool = False
     black_box: bool = False
     baseline: bool = False
+    short: Optional[str] = None
+    default: bool = False
+    cost: str = ""
+    detail: Optional[DetailFn] = None
+    survives_randomization: Tuple[str, ...] = ()
 
 
 _REGISTRY: Dict[str, PairExplainer] = {}
 
 
 def register(
-    name: str, needs_layer: bool = False, black_box: bool = False, baseline: bool = False
+    name: str,
+    needs_layer: bool = False,
+    black_box: bool = False,
+    baseline: bool = False,
+    short: Optional[str] = None,
+    default: bool = False,
+    cost: str = "",
+    detail: Optional[DetailFn] = None,
+    survives_randomization: Tuple[str, ...] = (),
 ) -> Callable[[ExplainFn], ExplainFn]:
-    """Decorator adding ``fn`` to the registry under ``name``."""
+    """Decorator adding ``fn`` to the registry under ``name`` (and the short
+    name ``short``); the arguments are :class:`PairExplainer`'s fields."""
+    valid = short is None or (short.replace("-", "").isalnum() and short not in SELECTIONS)
+    if not valid:
+        raise ValueError(
+            f"short name {short!r} must be letters, digits and '-', and not one of {SELECTIONS}"
+        )
 
     def add(fn: ExplainFn) -> ExplainFn:
         if name in _REGISTRY:
             raise ValueError(f"an explainer named {name!r} is already registered")
-        _REGISTRY[name] = PairExplainer(name, fn, needs_layer, black_box, baseline)
+        if short is not None and short in short_names():
+            taken = short_names()[short]
+            raise ValueError(f"the short name {short!r} is already taken by {taken!r}")
+        _REGISTRY[name] = PairExplainer(
+            name, fn, needs_layer, black_box, baseline, short, default, cost, detail,
+            tuple(survives_randomization),
+        )
         return fn
 
     return add
@@ -93,6 +152,54 @@ def register(
 def explainers() -> Dict[str, PairExplainer]:
     """All registered explainers, by name, in registration order."""
     return dict(_REGISTRY)
+
+
+def short_names() -> Dict[str, str]:
+    """``{short name: registered name}`` of the explainers that have one."""
+    return {spec.short: name for name, spec in _REGISTRY.items() if spec.short is not None}
+
+
+def resolve_methods(selection: Union[str, Iterable[str]]) -> List[str]:
+    r"""Registered names of a selection of explainers.
+
+    Args:
+        selection (str or iterable of str): Short names (``"gradcam"``),
+            registered names (``"EmbeddingGradCAM"``), ``"default"`` (the
+            explainers registered with ``default=True``: a few passes per
+            pair) or ``"all"`` (every explainer that is not a baseline), as
+            a list or one comma-separated string (``"gradcam,lrp"``).
+
+    Returns:
+        list of str: registered names, in the order given (duplicates dropped).
+
+    Raises:
+        ValueError: an unknown name, naming the short names there are.
+    """
+    items = selection.split(",") if isinstance(selection, str) else list(selection)
+    shorts = short_names()
+    chosen: List[str] = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        if item == "all":
+            names = [n for n, spec in _REGISTRY.items() if not spec.baseline]
+        elif item == "default":
+            names = [n for n, spec in _REGISTRY.items() if spec.default]
+        elif item in shorts:
+            names = [shorts[item]]
+        elif item in _REGISTRY:
+            names = [item]
+        else:
+            raise ValueError(
+                f"unknown method {item!r}; choose from {', '.join(shorts)}, "
+                f"{' or '.join(SELECTIONS)} (or a registered name)"
+            )
+        chosen.extend(n for n in names if n not in chosen)
+    if not chosen:
+        raise ValueError(
+            f"no method selected; choose from {', '.join(shorts)} or {' or '.join(SELECTIONS)}"
+        )
+    return chosen
 
 
 def explain_pair(
@@ -138,7 +245,48 @@ def explain_pair(
     return out
 
 
-@register("Captum IntegratedGradients")
+def explain_pair_detailed(
+    model: SiameseSimilarity,
+    x1: Tensor,
+    x2: Tensor,
+    layer: Optional[nn.Module],
+    name: str,
+) -> Tuple[Tensor, Tensor, Any]:
+    r"""One registered explainer's maps and, where it has one, its richer result.
+
+    Args:
+        model (SiameseSimilarity): The similarity model.
+        x1 (Tensor): First images ``(N, C, H, W)``.
+        x2 (Tensor): Second images ``(N, C, H, W)``.
+        layer (nn.Module, optional): Layer for layer methods.
+        name (str): A registered name or short name.
+
+    Returns:
+        tuple: ``(a1, a2, extra)``, the maps as :func:`explain_pair` returns
+        them and ``extra``: for PAIR-X the list of
+        :class:`~captum_similarity.PairMatches` (one per pair), for BiLRP a
+        dict with the ``(N, P1, P2)`` ``"relevance"`` and its
+        ``"patch_size"``, None for the others.
+
+    Raises:
+        ValueError: an unknown name, or a layer method without ``layer``.
+    """
+    (registered,) = resolve_methods([name])
+    spec = _REGISTRY[registered]
+    if spec.needs_layer and layer is None:
+        raise ValueError(f"{registered} explains a layer: pass layer")
+    if spec.detail is None:
+        a1, a2 = spec.fn(model, x1, x2, layer)
+        extra = None
+    else:
+        a1, a2, extra = spec.detail(model, x1, x2, layer)
+    return a1.detach(), a2.detach(), extra
+
+
+@register(
+    "Captum IntegratedGradients", short="ig",
+    cost="32 forward+backward passes (integration steps)",
+)
 def _integrated_gradients(model, x1, x2, layer):
     return IntegratedGradients(model).attribute(
         (x1, x2), baselines=(torch.zeros_like(x1), torch.zeros_like(x2)), n_steps=32,
@@ -146,12 +294,15 @@ def _integrated_gradients(model, x1, x2, layer):
     )
 
 
-@register("Captum Saliency")
+@register("Captum Saliency", short="saliency", default=True, cost="1 forward+backward pass")
 def _saliency(model, x1, x2, layer):
     return Saliency(model).attribute((x1, x2))
 
 
-@register("Captum Saliency (SmoothGrad)")
+@register(
+    "Captum Saliency (SmoothGrad)", short="smoothgrad",
+    cost="16 forward+backward passes (noisy copies)",
+)
 def _smoothgrad(model, x1, x2, layer):
     torch.manual_seed(0)
     return NoiseTunnel(Saliency(model)).attribute(
@@ -159,7 +310,11 @@ def _smoothgrad(model, x1, x2, layer):
     )
 
 
-@register("Captum Occlusion", black_box=True)
+@register(
+    "Captum Occlusion", black_box=True, short="occlusion",
+    cost="about 450 forward passes (a window 1/8 of the image side, half-window strides, "
+    "on each image)",
+)
 def _occlusion(model, x1, x2, layer):
     side = max(2, x1.shape[-1] // 8)
     channels = x1.shape[1]
@@ -169,23 +324,33 @@ def _occlusion(model, x1, x2, layer):
     )
 
 
-@register("Captum LayerGradCam", needs_layer=True)
+@register(
+    "Captum LayerGradCam", needs_layer=True, short="captum-gradcam",
+    cost="1 forward+backward pass",
+)
 def _layer_gradcam(model, x1, x2, layer):
     maps = LayerGradCam(model, layer).attribute(x1, additional_forward_args=(x2,))
     return split_branches(maps)
 
 
-@register("Captum LRP")
+@register("Captum LRP", short="captum-lrp", cost="1 forward+backward pass (Captum's rules)")
 def _lrp(model, x1, x2, layer):
     return LRP(model).attribute((x1, x2))
 
 
-@register("LRPRelevancePairing (epsilon_plus)")
+@register(
+    "LRPRelevancePairing (epsilon_plus)", short="lrp", default=True,
+    cost="1 forward and 1 relevance backward pass", survives_randomization=_DLIB,
+)
 def _lrp_pairing(model, x1, x2, layer):
     return LRPRelevancePairing(model).attribute((x1, x2))
 
 
-@register("SimilarityRISE", black_box=True)
+@register(
+    "SimilarityRISE", black_box=True, short="rise",
+    cost=f"{RISE_MASKS} masked forward passes per image (SANE's setting): minutes on a CPU",
+    survives_randomization=_DLIB,
+)
 def _rise(model, x1, x2, layer):
     maps = SimilarityRISE(model).attribute((x1, x2), n_masks=RISE_MASKS, seed=0)
     # drop each map's offset (about the mean masked score) so that figures show contrast;
@@ -193,7 +358,7 @@ def _rise(model, x1, x2, layer):
     return tuple(m - m.amin(dim=(1, 2, 3), keepdim=True) for m in maps)
 
 
-@register("Random map (baseline)", black_box=True, baseline=True)
+@register("Random map (baseline)", black_box=True, baseline=True, short="random", cost="none")
 def _random_map(model, x1, x2, layer):
     # independent uniform noise per pixel, the same for every run: the chance level
     generator = torch.Generator().manual_seed(0)
@@ -203,11 +368,68 @@ def _random_map(model, x1, x2, layer):
     )
 
 
-@register("EmbeddingGradCAM", needs_layer=True)
+@register(
+    "EmbeddingGradCAM", needs_layer=True, short="gradcam-signed", cost="1 forward+backward pass"
+)
 def _embedding_gradcam(model, x1, x2, layer):
     return EmbeddingGradCAM(model, layer).attribute((x1, x2))
 
 
-@register("PairwiseIntermediateMatching (PAIR-X)", needs_layer=True)
+#: Similarities for which the registered "EmbeddingGradCAM (ReLU)" uses the
+#: pair weighting (for the others: the similarity's gradient).
+PAIR_WEIGHTED = ("cosine", "dot")
+
+
+@register(
+    "EmbeddingGradCAM (ReLU)", needs_layer=True, short="gradcam", default=True,
+    cost="1 forward+backward pass",
+)
+def _embedding_gradcam_relu(model, x1, x2, layer):
+    # what the command line's figures show (docs/embedding-gradcam.md, near-identical
+    # pairs): no negative part to misread, and for cosine and dot the pair weighting,
+    # whose weights do not vanish as s -> 1
+    weighting = "pair" if model.similarity.name in PAIR_WEIGHTED else "similarity"
+    return EmbeddingGradCAM(model, layer).attribute(
+        (x1, x2), weighting=weighting, relu_attributions=True
+    )
+
+
+def _pairx_detail(model, x1, x2, layer):
+    matches = PairwiseIntermediateMatching(model, layer).explain(x1, x2, k=PAIRX_MATCHES)
+    maps = [torch.stack([m.pixel_relevance1.sum(0) for m in matches]),
+            torch.stack([m.pixel_relevance2.sum(0) for m in matches])]
+    return maps[0], maps[1], matches
+
+
+@register(
+    "PairwiseIntermediateMatching (PAIR-X)", needs_layer=True, short="pairx", default=True,
+    cost=f"1 forward pass and relevance backward passes for {PAIRX_MATCHES} matches",
+    detail=_pairx_detail, survives_randomization=_DLIB,
+)
 def _pairx(model, x1, x2, layer):
-    return PairwiseIntermediateMatching(model, layer).attribute((x1, x2))
+    return PairwiseIntermediateMatching(model, layer).attribute((x1, x2), k=PAIRX_MATCHES)
+
+
+#: Patches across the shorter image side of the registered BiLRP.
+BILRP_PATCHES = 12
+
+
+def _bilrp_detail(model, x1, x2, layer):
+    side = max(1, min(x1.shape[-2:]) // BILRP_PATCHES)
+    relevance = LRPRelevancePairing(model).attribute_pairwise((x1, x2), patch_size=side)
+    maps = []
+    # row sums are image 1's patch relevance, column sums image 2's: a coarse map on each
+    for x, marginal in ((x1, relevance.sum(2)), (x2, relevance.sum(1))):
+        grid = [-(-d // side) for d in x.shape[-2:]]
+        maps.append(marginal.reshape(x.shape[0], 1, *grid))
+    return maps[0], maps[1], {"relevance": relevance.detach(), "patch_size": side}
+
+
+@register(
+    "BiLRP (LRPRelevancePairing.attribute_pairwise)", short="bilrp",
+    cost="1 relevance backward pass per embedding dimension and image (dot or cosine only)",
+    detail=_bilrp_detail,
+)
+def _bilrp(model, x1, x2, layer):
+    a1, a2, _ = _bilrp_detail(model, x1, x2, layer)
+    return a1, a2

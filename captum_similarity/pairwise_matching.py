@@ -13,6 +13,7 @@ from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
 from ._utils.batching import batch_slices
+from ._utils.entry import attribution_entry
 from ._utils import inputs as contract
 from ._utils.layers import LayerSpec, feature_grid, resolve_layer
 from .candidates import CandidateLayer, candidate_layers, default_layer_module
@@ -336,6 +337,11 @@ class PairwiseIntermediateMatching(GradientAttribution):
         """The similarity being explained."""
         return self.model.similarity
 
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
+
+    @attribution_entry()
     def explain(
         self, x1: Tensor, x2: Tensor, k: int = 10, internal_batch_size: Optional[int] = 4
     ) -> List[PairMatches]:
@@ -369,6 +375,7 @@ class PairwiseIntermediateMatching(GradientAttribution):
             results.extend(self._explain(x1[rows], x2[rows], k))
         return results
 
+    @attribution_entry()
     def attribute(  # type: ignore[override]
         self,
         inputs: Union[Tensor, Tuple[Tensor, Tensor]],
@@ -430,7 +437,7 @@ class PairwiseIntermediateMatching(GradientAttribution):
 
     def _images(self, x1: Any, x2: Any) -> Tuple[Tensor, Tensor]:
         x1, x2 = (
-            contract.check_images(x, name, _METHOD, image_dim=4, reference_ok=False)
+            contract.check_images(x, name, _METHOD, self.model, image_dim=4, reference_ok=False)
             for name, x in (("x1", x1), ("x2", x2))
         )
         if x1.shape[1] != x2.shape[1]:
@@ -480,7 +487,6 @@ class PairwiseIntermediateMatching(GradientAttribution):
             self.engine.conservation_bound,
             f"{_METHOD}: {what}",
             diagnose,
-            stacklevel=6,
         )
         return self.conservation.relative_error.to(seeds.dtype)
 
@@ -499,15 +505,16 @@ class PairwiseIntermediateMatching(GradientAttribution):
         """Steps 1-4 for a batch of pairs."""
         n = x1.shape[0]
         if x1.shape[1:] == x2.shape[1:] and x1.device == x2.device and x1.dtype == x2.dtype:
-            passes = [self.engine.forward(torch.cat([x1, x2]), record=[self.layer])]
+            with contract.embedder_call(x1, "x1 and x2"):
+                passes = [self.engine.forward(torch.cat([x1, x2]), record=[self.layer])]
             where = [(0, slice(0, n)), (0, slice(n, 2 * n))]
         else:
             passes = [self.engine.forward(x, record=[self.layer]) for x in (x1, x2)]
             where = [(0, slice(0, n)), (1, slice(0, n))]
         embeddings = []
-        for pass_, rows in where:
-            f = contract.check_embedding(passes[pass_].output.detach())
-            embeddings.append(f[rows])
+        for (pass_, rows), name in zip(where, ("x1", "x2")):
+            f = passes[pass_].output.detach()
+            embeddings.append(contract.check_embedding(f, name=f"the embeddings of {name}")[rows])
         f1, f2 = embeddings
         contribution = self.similarity.contribution(f1, f2).detach()
         scores = self.similarity(f1, f2).detach()

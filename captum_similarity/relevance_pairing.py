@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ._utils.batching import batch_slices
 from ._utils.checks import rows_identical
+from ._utils.entry import attribution_entry
 from ._utils import inputs as contract
 from ._utils.layers import LayerSpec
 from ._utils.patches import PatchSize, patch_centers, patch_pair, patch_sums
@@ -156,9 +157,34 @@ class LRPRelevancePairing(GradientAttribution):
         """
         self.engine.set_rule(layer, rule)
 
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
+
     def has_convergence_delta(self) -> bool:
         return True
 
+    def compute_convergence_delta(
+        self, attributions: Union[Tensor, Tuple[Tensor, ...]], output: Tensor
+    ) -> Tensor:
+        r"""``output - sum R`` per pair (and image): the relevance the rules did
+        not conserve, as ``return_convergence_delta`` reports it.
+
+        Args:
+            attributions (Tensor or tuple of Tensor): What :meth:`attribute`
+                returned: ``R1``, ``(R1,)`` or ``(R1, R2)``.
+            output (Tensor): The similarities ``(N,)`` of the pairs.
+
+        Returns:
+            Tensor: ``(N,)`` for a tensor or a 1-tuple, ``(N, 2)`` for a pair.
+        """
+        if isinstance(attributions, Tensor):
+            return output.to(attributions.dtype) - _total(attributions)
+        totals = torch.stack([_total(r) for r in attributions], dim=1)
+        delta = output.to(totals.dtype)[:, None] - totals
+        return delta[:, 0] if len(attributions) == 1 else delta
+
+    @attribution_entry()
     def attribute(  # type: ignore[override]
         self,
         inputs: Union[Tensor, Tuple[Tensor, Tensor]],
@@ -197,17 +223,18 @@ class LRPRelevancePairing(GradientAttribution):
             x1, reference = contract.broadcast_pair(x1, reference)
             with torch.no_grad():
                 f2 = self.model.embed(reference).detach()
+            contract.check_embedding(f2, name="the embedding of the reference")
             (r1,), scores = self._first_order((x1,), f2)
             result = contract.format_output([r1], is_tuple)
-            if return_convergence_delta:
-                return result, scores - _total(r1)
-            return result
-        x1, x2 = self._pair(images)
-        (r1, r2), scores = self._first_order((x1, x2), None)
+        else:
+            x1, x2 = self._pair(images)
+            (r1, r2), scores = self._first_order((x1, x2), None)
+            result = (r1, r2)
         if return_convergence_delta:
-            return (r1, r2), scores[:, None] - torch.stack((_total(r1), _total(r2)), dim=1)
-        return r1, r2
+            return result, self.compute_convergence_delta(result, scores)
+        return result
 
+    @attribution_entry()
     def attribute_pairwise(
         self,
         inputs: Tuple[Tensor, Tensor],
@@ -261,10 +288,7 @@ class LRPRelevancePairing(GradientAttribution):
         images, _, _ = contract.format_inputs(inputs, None, _METHOD)
         if len(images) != 2:
             raise TypeError("attribute_pairwise explains a pair: inputs must be a tuple (x1, x2)")
-        x1, x2 = self._pair(images)
-        for name, x in (("x1", x1), ("x2", x2)):
-            if x.dim() != 4:
-                raise ValueError(f"{name} must be images (N, C, H, W), got shape {tuple(x.shape)}")
+        x1, x2 = self._pair(images, image_dim=4)
         patch = patch_pair(patch_size)
         n = x1.shape[0]
         (rows1, shared1), (rows2, shared2) = _distinct(x1), _distinct(x2)
@@ -287,8 +311,13 @@ class LRPRelevancePairing(GradientAttribution):
 
     # -- internals ---------------------------------------------------------
 
-    def _pair(self, images: Tuple[Tensor, ...]) -> Tuple[Tensor, Tensor]:
-        x1, x2 = (contract.check_images(x, f"x{i + 1}", _METHOD, self.model) for i, x in enumerate(images))
+    def _pair(
+        self, images: Tuple[Tensor, ...], image_dim: Optional[int] = None
+    ) -> Tuple[Tensor, Tensor]:
+        x1, x2 = (
+            contract.check_images(x, f"x{i + 1}", _METHOD, self.model, image_dim=image_dim)
+            for i, x in enumerate(images)
+        )
         return contract.broadcast_pair(x1, x2)
 
     def _first_order(
@@ -302,8 +331,9 @@ class LRPRelevancePairing(GradientAttribution):
         embeddings = []
         for x in sides:
             rows, shared = _distinct(x)
-            p = self.engine.forward(rows)
-            contract.check_embedding(p.output)
+            with contract.embedder_call(x, "the input"):
+                p = self.engine.forward(rows)
+            contract.check_embedding(p.output, name="the embeddings")
             passes.append((p, shared))
             embeddings.append(p.output.detach().expand(n, -1) if shared else p.output.detach())
         if f2_fixed is not None:
@@ -346,7 +376,6 @@ class LRPRelevancePairing(GradientAttribution):
             self.engine.conservation_bound,
             f"{_METHOD}: the similarity",
             diagnose,
-            stacklevel=5,
         )
 
     def _check_pairwise(
@@ -377,7 +406,6 @@ class LRPRelevancePairing(GradientAttribution):
             self.engine.conservation_bound,
             f"{_METHOD}.attribute_pairwise: an embedding dimension's relevance",
             diagnose,
-            stacklevel=4,
         )
 
     def _dimension_maps(
@@ -391,7 +419,7 @@ class LRPRelevancePairing(GradientAttribution):
         embeddings: List[Tensor] = []
         for rows in batch_slices(len(x), max(1, budget // projection.shape[0])):
             p = self.engine.forward(x[rows])
-            contract.check_embedding(p.output)
+            contract.check_embedding(p.output, name="the embeddings")
             f = p.output.detach()
             relevance = _batched(p, f[None] * projection[:, None, :], budget, per_seed=len(f))
             maps.append(patch_sums(relevance.sum(2), patch))

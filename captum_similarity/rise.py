@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ._utils.batching import batch_slices
 from ._utils.checks import broadcast_baselines, rows_identical
+from ._utils.entry import attribution_entry
 from ._utils import inputs as contract
 from .siamese import SiameseSimilarity
 
@@ -152,7 +153,8 @@ class SimilarityRISE(PerturbationAttribution):
 
     The masks come from a generator seeded with ``seed``; the global random
     state is neither used nor changed. Only forward passes are run, without
-    gradients; the model is not modified.
+    gradients, in eval mode; the model is left as found (see
+    ``docs/reliability.md``).
 
     Args:
         forward_func (SiameseSimilarity or Callable): The similarity model. A
@@ -198,6 +200,7 @@ class SimilarityRISE(PerturbationAttribution):
         self, inputs: Tuple[Tensor, Tensor], additional_forward_args: Any = ..., **kwargs: Any
     ) -> Tuple[Tensor, Tensor]: ...
 
+    @attribution_entry(gradients=False)
     def attribute(  # type: ignore[override]
         self,
         inputs: Union[Tensor, Tuple[Tensor, Tensor]],
@@ -402,6 +405,7 @@ class _RiseRun:
             targets = references[:, None] * masks[None] + ref_fill * (1 - masks[None])
         if self.siamese is not None and not is_embedding:
             flat = self.siamese.embed(targets.flatten(0, 1), batch_size=self.per_eval)
+            contract.check_embedding(flat, name="the embeddings of the references")
             targets = flat.reshape(targets.shape[0], targets.shape[1], -1)
         return targets
 
@@ -421,6 +425,7 @@ class _RiseRun:
                 )
                 columns.append(out.reshape(masked.shape[0]))
             scores = torch.stack(columns, 1)
+        contract.check_finite(scores, "the scores of the masked queries")
         return scores.reshape(masked.shape[0], targets.shape[0], targets.shape[1]).mean(2)
 
     def _saliency(

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+import inspect
+import sys
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
+import captum.attr as captum_attr
+from captum.attr import GuidedGradCam, LayerAttribution, NeuronAttribution, NoiseTunnel
+from captum.metrics import sensitivity_max
 from torch import Tensor, nn
 
 from ._utils.batching import batch_slices
 from ._utils.checks import check_float_tensor, rows_identical
 from ._utils.hooks import has_hooks
-from ._utils.inputs import broadcast_pair
+from ._utils.inputs import broadcast_pair, check_dtype, embedder_call
 from .head import SimilarityHead
 from .similarity import Similarity, SimilarityLike, resolve_similarity
 
@@ -147,7 +152,9 @@ class SiameseSimilarity(nn.Module):
         x = self._check_side(x, "x")
         if self.is_embedding(x):
             return x
-        return torch.cat([self._run_embedder(x[s]) for s in batch_slices(x.shape[0], batch_size)])
+        return torch.cat(
+            [self._run_embedder(x[s], x) for s in batch_slices(x.shape[0], batch_size)]
+        )
 
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         r"""Similarity of each pair ``(x1[i], x2[i])``.
@@ -204,19 +211,24 @@ class SiameseSimilarity(nn.Module):
                 f"{name} has {x.dim()} dimensions (shape {tuple(x.shape)}); the embedder "
                 f"takes {self.input_ndim}-D inputs, and a precomputed embedding is 2-D"
             )
+        if not self.is_embedding(x):
+            check_dtype(x, self, name)
         return x
 
-    def _run_embedder(self, x: Tensor) -> Tensor:
-        out = self.embedder(x)
-        if not isinstance(out, Tensor):
-            raise TypeError(
-                f"the embedder must return a Tensor of shape (N, D), got {type(out).__name__}"
-            )
-        if out.dim() != 2 or out.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"the embedder must return a 2-D tensor (N, D) with N = {x.shape[0]}, "
-                f"got shape {tuple(out.shape)}; flatten or pool its output"
-            )
+    def _run_embedder(self, x: Tensor, side: Optional[Tensor] = None, name: str = "x") -> Tensor:
+        """The embedder's output for ``x``, checked; errors name ``side`` (the
+        tensor the user gave, when ``x`` is made from it)."""
+        with embedder_call(x if side is None else side, name):
+            out = self.embedder(x)
+            if not isinstance(out, Tensor):
+                raise TypeError(
+                    f"the embedder must return a Tensor of shape (N, D), got {type(out).__name__}"
+                )
+            if out.dim() != 2 or out.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"the embedder must return a 2-D tensor (N, D) with N = {x.shape[0]}, "
+                    f"got shape {tuple(out.shape)}; flatten or pool its output"
+                )
         return out
 
     def embed_pair(self, x1: Tensor, x2: Tensor) -> Tuple[Tensor, Tensor]:
@@ -248,7 +260,9 @@ class SiameseSimilarity(nn.Module):
             and x1.device == x2.device
         )
         if one_call:
-            both = self._run_embedder(torch.stack((x1, x2), dim=1).flatten(0, 1))
+            if isinstance(self.embedder, nn.Module) and has_hooks(self.embedder):
+                _check_captum_layer_method()
+            both = self._run_embedder(torch.stack((x1, x2), dim=1).flatten(0, 1), x1, "x1 and x2")
             return both[0::2], both[1::2]
         return self.embed(x1), self.embed(x2)
 
@@ -272,6 +286,88 @@ class SiameseSimilarity(nn.Module):
         f_one = self.embed(one[:1]).expand(many.shape[0], -1)
         f_many = self.embed(many)
         return (f_many, f_one) if n2 < n1 else (f_one, f_many)
+
+
+#: Captum's layer and neuron methods that explain a SiameseSimilarity with two
+#: image sides correctly although the encoder runs once on both images: the
+#: layer attribution holds both branches row-interleaved (split it with
+#: :func:`~captum_similarity.split_branches`; the scaled or shifted side is
+#: the explained one, the other half is zero for LayerIntegratedGradients and
+#: LayerDeepLift), or the input attribution is the queries' own. The other
+#: layer and neuron methods perturb, scale or multiply the layer batch as if
+#: it were the inputs' batch, and are refused (they returned wrong rows,
+#: wrong shapes or raw shape errors).
+TWO_BRANCH_LAYER_METHODS = tuple(
+    getattr(captum_attr, name)
+    for name in (
+        "LayerActivation",
+        "LayerDeepLift",
+        "LayerGradCam",
+        "LayerGradientXActivation",
+        "LayerIntegratedGradients",
+        "NeuronDeconvolution",
+        "NeuronDeepLift",
+        "NeuronDeepLiftShap",
+        "NeuronGradient",
+        "NeuronGradientShap",
+        "NeuronGuidedBackprop",
+        "NeuronIntegratedGradients",
+    )
+)
+
+#: Captum code that needs a layer attribution with one row per input: it
+#: averages the wrapped method's result over noise samples (NoiseTunnel),
+#: multiplies it by the input's guided backpropagation (GuidedGradCam) or
+#: compares it row by row (sensitivity_max).
+_ROW_WISE_CALLERS: Dict[object, str] = {
+    inspect.unwrap(NoiseTunnel.attribute).__code__: "NoiseTunnel",
+    inspect.unwrap(GuidedGradCam.attribute).__code__: "GuidedGradCam",
+    inspect.unwrap(sensitivity_max).__code__: "sensitivity_max",
+}
+
+_FIX = (
+    "pass the reference as a precomputed embedding, "
+    "additional_forward_args=(sim.embed(reference).detach(),), so that the encoder runs on "
+    "the inputs only; or explain each image with BranchLayerAttribution({}, sim, layer)"
+)
+
+
+def _check_captum_layer_method() -> None:
+    """Raises when one of Captum's layer or neuron methods is about to see both
+    image sides in one layer batch (``2N`` rows) and cannot use it: the method
+    is not one of :data:`TWO_BRANCH_LAYER_METHODS`, or Captum code that needs
+    one row per input (:data:`_ROW_WISE_CALLERS`) called a layer method.
+    Read off the call stack (the outermost of Captum's layer or neuron
+    ``attribute`` calls), since Captum calls the model the same way for each."""
+    method = None
+    caller = None
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        owner = frame.f_locals.get("self") if code.co_name == "attribute" else None
+        if isinstance(owner, (LayerAttribution, NeuronAttribution)) and type(
+            owner
+        ).__module__.startswith("captum."):
+            method, caller = owner, None  # the outermost one wins
+        elif method is not None and caller is None and code in _ROW_WISE_CALLERS:
+            caller = _ROW_WISE_CALLERS[code]
+        frame = frame.f_back
+    if method is None:
+        return
+    name = type(method).__name__
+    if type(method) not in TWO_BRANCH_LAYER_METHODS:  # subclasses (the Shap variants) differ
+        raise ValueError(
+            f"{name} cannot explain a SiameseSimilarity whose two sides are images: the "
+            "shared encoder runs once on both images, so the layer's batch holds both "
+            f"branches (2N rows) while {name} perturbs or scales it as the inputs' batch; "
+            + _FIX.format(name)
+        )
+    if caller is not None and isinstance(method, LayerAttribution):
+        raise ValueError(
+            f"{caller} needs one attribution row per input, but {name} on a SiameseSimilarity "
+            "with two image sides sees both images in one layer batch (2N rows, see "
+            "split_branches); " + _FIX.format(name)
+        )
 
 
 def as_siamese(

@@ -42,8 +42,12 @@ LAYERS: Dict[str, int] = {
     "captum_similarity.training": 4,
     # the registry of methods
     "captum_similarity.explainers": 5,
-    # applications
+    # applications: the report draws a results dict (below the registry's
+    # level); the command line runs the registry and the report
     "captum_similarity.demo": 6,
+    "captum_similarity.report": 6,
+    "captum_similarity.cli": 6,
+    "captum_similarity.__main__": 6,
 }
 METHODS = {name for name, layer in LAYERS.items() if layer == 3}
 MAX_LEVELS = 7
@@ -63,6 +67,12 @@ MODULES = _modules()
 
 def _is_package(name: str) -> bool:
     return MODULES[name].name == "__init__.py"
+
+
+def _is_entry_point(name: str) -> bool:
+    """``__main__`` modules only start an application (``python -m``): nothing
+    imports them, so they add no level to any chain of imports."""
+    return MODULES[name].name == "__main__.py"
 
 
 def _imports(name: str) -> List[Tuple[str, str]]:
@@ -162,12 +172,12 @@ def test_captum_base_classes_come_from_the_public_path():
 
 
 def test_at_most_seven_import_levels():
-    deepest = max((n for n in MODULES if not _is_package(n)), key=level)
+    deepest = max((n for n in MODULES if not _is_package(n) and not _is_entry_point(n)), key=level)
     assert level(deepest) <= MAX_LEVELS, f"{deepest} is {level(deepest)} levels deep"
 
 
 def _report() -> str:
-    counted = [n for n in MODULES if not _is_package(n)]
+    counted = [n for n in MODULES if not _is_package(n) and not _is_entry_point(n)]
     deepest = max(counted, key=level)
     lines = [f"{level(deepest)} import levels (deepest: {deepest})"]
     for depth in range(level(deepest), 0, -1):

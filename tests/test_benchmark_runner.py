@@ -90,3 +90,21 @@ def test_dlib_model_writes_its_own_docs_block(orl_root, tmp_path):
     assert "\norl\n" in page and "old" not in page  # only the dlib block was replaced
     assert "dlib's pretrained face-recognition ResNet" in out.read_text()
     assert "| Captum Saliency |" in page
+
+
+@pytest.mark.slow
+def test_entry_overhead_smoke_run(tmp_path):
+    """benchmarks/engine/entry_overhead.py runs and writes its table."""
+    import subprocess
+    import sys
+
+    script = RUNNER.parents[1] / "engine" / "entry_overhead.py"
+    out = tmp_path / "entry_overhead.md"
+    result = subprocess.run(
+        [sys.executable, str(script), "--models", "cnn", "--repeats", "3", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert "Command: `python benchmarks/engine/entry_overhead.py --models cnn" in text
+    assert "| cnn | 12 |" in text

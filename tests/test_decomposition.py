@@ -98,8 +98,10 @@ def test_explicit_structure_and_clear_errors(images):
         SimilarityDecomposition(model, "features.4", projection="features.3")
     with pytest.raises(ValueError, match="both sides must be images"):
         dec.attribute((x, model(x)))
-    with pytest.raises(TypeError, match="tuple"):
+    with pytest.raises(TypeError, match="needs a reference"):
         dec.attribute(x)
+    with pytest.raises(ValueError, match="both sides must be images"):
+        dec.attribute(x, additional_forward_args=(model(x),))
     # a SiameseSimilarity brings its similarity
     sim = SiameseSimilarity(model, "cosine")
     cos = SimilarityDecomposition(sim, "features.4")

@@ -127,7 +127,7 @@ def test_tensor_errors():
     dims = b"\x01\x01" * 4
     with pytest.raises(DlibFormatError, match="version 1, expected 2"):
         DlibReader(b"\x01\x01" + dims + bytes(4)).tensor()
-    with pytest.raises(DlibFormatError, match="unexpected end"):
+    with pytest.raises(DlibFormatError, match="only 4 bytes are left"):
         DlibReader(b"\x01\x02" + b"\x01\x02" + b"\x01\x01" * 3 + bytes(4)).tensor()
     with pytest.raises(DlibFormatError, match="negative dimension"):
         DlibReader(b"\x01\x02" + b"\x81\x01" + b"\x01\x01" * 3).tensor()
@@ -329,7 +329,7 @@ def test_unknown_layer(random_net):
 
 def test_truncated_and_trailing(random_net):
     data = write_network(random_net.dlib_steps())
-    with pytest.raises(DlibFormatError, match="unexpected end"):
+    with pytest.raises(DlibFormatError, match="unexpected end|bytes are left"):
         read_dlib_network(data[: len(data) // 2])
     with pytest.raises(DlibFormatError, match="2 bytes left"):
         read_dlib_network(data + b"\x01\x00")
@@ -348,3 +348,52 @@ def test_layer_list_is_dlib_definition(random_net):
     assert kinds.count("con") == 29 and kinds.count("add_prev") == 14
     assert kinds.count(TAG_OR_SKIP) == 14 + 2 * 4  # one per block, two more per downsampling
     assert sum(p.numel() for p in random_net.parameters()) == 5_614_592
+
+
+# --------------------------------------------------------------------------
+# Untrusted files: bounded reading, overflow-safe sizes, linear-time rejection
+
+
+def test_declared_sizes_are_checked_before_allocation():
+    """(2^32, 2^32, 1, 1) overflows a 64-bit product to 0; the reader counts in
+    Python integers and compares with the bytes left."""
+    huge = b"\x05" + (2**32).to_bytes(5, "little")
+    with pytest.raises(DlibFormatError, match=r"declares shape \(4294967296, 4294967296, 1, 1\)"):
+        DlibReader(b"\x01\x02" + huge + huge + b"\x01\x01" * 2 + bytes(64)).tensor()
+
+
+def _header() -> bytes:
+    return enc_int(1) + enc_str("loss_metric_2") + enc_float(0.04) + enc_float(0.6)
+
+
+def test_repeated_layer_records_are_rejected_at_the_layer_bound():
+    """2 MB of repeated layer headers: rejected after MAX_LAYERS of them, not
+    at the end of the data."""
+    from captum_similarity.models.dlib_format import MAX_LAYERS
+
+    data = _header() + enc_int(1) * 1_000_000
+    with pytest.raises(DlibFormatError, match=f"more than {MAX_LAYERS} layers") as error:
+        read_dlib_network(data)
+    offset = int(str(error.value).split("byte ")[1].split(":")[0])
+    assert offset <= len(_header()) + 2 * (MAX_LAYERS + 1)  # one record past the bound
+
+
+def test_only_regular_files_of_bounded_size_are_read(tmp_path):
+    import os
+
+    from captum_similarity.models.dlib_format import read_file
+
+    for special in ("/dev/zero", str(tmp_path)):
+        with pytest.raises(DlibFormatError, match="not a regular file"):
+            read_dlib_network(special)
+    fifo = tmp_path / "pipe.dat"
+    os.mkfifo(fifo)
+    with pytest.raises(DlibFormatError, match="not a regular file"):  # would block when opened
+        read_dlib_network(fifo)
+    with pytest.raises(DlibFormatError, match="not a regular file"):
+        dlib_face_resnet(fifo)
+    small = tmp_path / "small.dat"
+    small.write_bytes(bytes(100))
+    with pytest.raises(DlibFormatError, match="more than the 10 a dlib network"):
+        read_file(small, max_bytes=10)
+    assert read_file(small) == bytes(100)

@@ -7,6 +7,7 @@ installed; the comparison with dlib itself skips when ``dlib`` (the
 
 from __future__ import annotations
 
+import hashlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -145,6 +146,20 @@ def test_package_without_the_file(monkeypatch, tmp_path):
     monkeypatch.setattr(dlib_resnet.importlib.util, "find_spec", lambda name: spec)
     with pytest.raises(FileNotFoundError, match="has no models/dlib_face_recognition"):
         dlib_face_resnet()
+
+
+def test_the_published_file_is_checked_by_its_sha256(monkeypatch, tmp_path):
+    """The package's file must be the published one; one changed byte is refused."""
+    original = _weights_path()
+    data = bytearray(original.read_bytes())
+    assert hashlib.sha256(data).hexdigest() == dlib_resnet.FACE_RESNET_SHA256
+    data[len(data) // 2] ^= 0x01  # a float of some filter: still a valid network
+    tampered = tmp_path / dlib_resnet.FACE_RESNET_FILE
+    tampered.write_bytes(bytes(data))
+    monkeypatch.setattr(dlib_resnet, "dlib_model_path", lambda: tampered)
+    with pytest.raises(ValueError, match="SHA-256 is [0-9a-f]{64}, expected 55533b28"):
+        dlib_face_resnet()
+    assert isinstance(dlib_face_resnet(tampered), DlibFaceResNet)  # a path given: no check
 
 
 def test_other_dlib_file_is_refused():

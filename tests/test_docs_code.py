@@ -199,6 +199,28 @@ def _backbones() -> Dict[str, Any]:
             "x1": _images(2, 0, torch.float32), "x2": _images(2, 1, torch.float32)}
 
 
+def _command_line() -> Dict[str, Any]:
+    """In the working directory: a user's model file (a small CNN instead of
+    the page's torchvision one), a query, a gallery folder and the worked
+    example's output folder ``gallery_report`` (from the small model)."""
+    import numpy as np
+    from skimage import io
+
+    from captum_similarity.cli import main
+
+    Path("my_model.py").write_text(
+        "import torch\nfrom captum_similarity.models import SimpleCNN\n\n\n"
+        "def build():\n    torch.manual_seed(0)\n    return SimpleCNN()\n"
+    )
+    rng = np.random.default_rng(0)
+    Path("gallery").mkdir()
+    for name in ("query.png", "gallery/a.png", "gallery/b.png"):
+        io.imsave(name, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), check_contrast=False)
+    assert main(["explain", "query.png", "gallery", "--model", "my_model.py:build", "--size", "32",
+                 "32", "--methods", "gradcam", "--out", "gallery_report"]) == 0
+    return {}
+
+
 #: Per page: the names its prose gives the reader (pages not listed define all they use).
 CONTEXTS: Dict[str, Callable[[], Dict[str, Any]]] = {
     "getting-started.md": _getting_started,
@@ -208,6 +230,7 @@ CONTEXTS: Dict[str, Callable[[], Dict[str, Any]]] = {
     "faithfulness.md": _faithfulness,
     "visualization.md": _visualization,
     "backbones.md": _backbones,
+    "command-line.md": _command_line,
 }
 
 
@@ -264,6 +287,13 @@ def _check_backbones(ns: Dict[str, Any], cwd: Path) -> None:
     assert ns["view"].layer is ns["model"].blocks[1]  # the penultimate block
 
 
+def _check_command_line(ns: Dict[str, Any], cwd: Path) -> None:
+    assert ns["gradcam_query"].shape == (1, 8, 8)  # the 8x8 grid of SimpleCNN on 32x32 images
+    assert ns["best"]["rank"] == 1
+    assert (cwd / "out" / "results.json").is_file() and (cwd / "out" / "maps.npz").is_file()
+    assert (cwd / "again.html").stat().st_size > 10_000
+
+
 def _check_visualization(ns: Dict[str, Any], cwd: Path) -> None:
     assert isinstance(ns["fig"], Figure) and ns["attr_hwc"].shape == (32, 32, 1)
     _check_writes_pair_png(ns, cwd)
@@ -279,6 +309,7 @@ CHECKS: Dict[str, Callable[[Dict[str, Any], Path], None]] = {
     "siamese-wrapper.md": _check_siamese_wrapper,
     "visualization.md": _check_visualization,
     "backbones.md": _check_backbones,
+    "command-line.md": _check_command_line,
 }
 
 #: Pages whose blocks take long (seconds of dlib's ResNet at 150x150).

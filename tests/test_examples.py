@@ -60,7 +60,8 @@ def orl_or_none() -> Optional[Path]:
 def test_every_example_is_tested():
     tested = {"siamese_wrapper.py", "faithfulness.py", "embedding_gradcam.py",
               "face_verification.py", "lrp_orl_faces.py", "pairwise_matching_orl.py",
-              "backbones.py"}
+              "command_line.py", "captum_compositions.py", "reliability.py",
+              "sanity_checks.py", "backbones.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -73,6 +74,25 @@ def test_siamese_wrapper(tmp_path):
     assert number_after("IG on both images: completeness error", out) < 1e-8
     assert number_after("summation error", out) < 1e-10
     assert number_after("|sum R1 - s| =", out) < 1e-5 and number_after("|sum R2 - s| =", out) < 1e-5
+
+
+@pytest.mark.slow
+def test_captum_compositions(tmp_path):
+    out = run_example("captum_compositions.py", "--samples", "2", "--out", str(tmp_path / "sg.png"),
+                      cwd=tmp_path)
+    assert_images(tmp_path / "sg.png")
+    assert "equals the mean over the same noisy inputs: True" in out
+    assert "LayerConductance with an image reference: ValueError: LayerConductance cannot" in out
+    assert out.count("per query:") == 2
+
+
+@pytest.mark.slow
+def test_reliability(tmp_path):
+    out = run_example("reliability.py", "--threads", "3", "--calls", "2", cwd=tmp_path)
+    assert out.count(": True") == 7 and ": False" not in out
+    assert "a NaN pixel: ValueError: NaN or infinite values in inputs (row 1 of 2)" in out
+    assert "float64 images on a float32 model: TypeError" in out
+    assert "pass x[None]" in out
 
 
 @pytest.mark.slow
@@ -147,3 +167,31 @@ def test_backbones(tmp_path):
     assert "default layer features.5 (Sequential), channels_last, cells (4, 4)" in out
     assert number_after("conservation error", out) < 1.0  # percent
     assert "3 explained" in out
+
+
+@pytest.mark.slow
+def test_command_line_gallery(tmp_path):
+    pytest.importorskip("face_recognition_models", reason="needs the faces extra")
+    import shutil
+
+    shot = ["--screenshot", str(tmp_path / "shot.png")] if shutil.which("chromium") else []
+    out = run_example("command_line.py", "--out", str(tmp_path / "ex"), "--methods", "gradcam",
+                      *shot, cwd=tmp_path)
+    ranks = re.findall(r"rank (\d): (\S+)\s+distance ([0-9.]+)", out)
+    assert [r[0] for r in ranks] == ["1", "2", "3", "4"]
+    assert ranks[0][1] == "astronaut-altered.png" and float(ranks[0][2]) < 0.6  # the same person
+    assert all(float(r[2]) >= 0.6 for r in ranks[1:])  # the others are not
+    assert (tmp_path / "ex" / "gallery_report" / "report.html").stat().st_size > 100_000
+    if shot:
+        assert_images(tmp_path / "shot.png")
+
+
+@pytest.mark.slow
+def test_sanity_checks(tmp_path):
+    pytest.importorskip("face_recognition_models", reason="needs the faces extra")
+    out = run_example("sanity_checks.py", "--out", str(tmp_path / "sanity.png"), cwd=tmp_path)
+    assert_images(tmp_path / "sanity.png")
+    assert "a fixed map (ignores the model): similarity as layers go random from the top: " \
+        "1.00, 1.00, 1.00, 1.00, 1.00, 1.00, 1.00; survives: True" in out
+    assert "EmbeddingGradCAM: similarity" in out and "Captum Saliency: similarity" in out
+    assert out.count("survives: False") >= 2  # the gradient maps follow the weights

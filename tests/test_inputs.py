@@ -29,6 +29,7 @@ def _methods(model):
         ("LRPRelevancePairing", LRPRelevancePairing(sim).attribute),
         ("PairwiseIntermediateMatching", PairwiseIntermediateMatching(sim, "layer2").attribute),
         ("SimilarityRISE", lambda x, a: SimilarityRISE(sim).attribute(x, a, n_masks=20, seed=0)),
+        ("SimilarityDecomposition", SimilarityDecomposition(sim, "layer3").attribute),
     ]
 
 

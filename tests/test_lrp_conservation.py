@@ -117,3 +117,23 @@ def test_pairx_results_carry_both_errors(images):
     torch.testing.assert_close(
         torch.tensor([m.layer_conservation_error for m in matches], dtype=DT), errors.amax(0)
     )
+
+
+def test_the_warning_points_at_the_callers_line(images):
+    """However many of the library's frames (entry decorator, Captum's logging
+    wrapper) lie between, the warning names the line that called the method."""
+    model = _with_head_bias(make_reference_model("resnet"))
+    x1, x2 = images(1), images(1, seed=1)
+    lrp = LRPRelevancePairing(model, "dot", composite="epsilon")
+    pairx = PairwiseIntermediateMatching(model, "layer2", composite="epsilon")
+    calls = [
+        lambda: lrp.attribute((x1, x2)),
+        lambda: lrp.attribute_pairwise((x1, x2), patch_size=8, projection_dim=2),
+        lambda: pairx.explain(x1, x2, k=2),
+    ]
+    for call in calls:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        where = {(w.filename, w.lineno) for w in caught if w.category is ConservationWarning}
+        assert where == {(__file__, call.__code__.co_firstlineno)}

@@ -268,6 +268,43 @@ def test_multi_head_attention_with_masks_matches_the_module():
     torch.testing.assert_close(p.output.detach(), model(x))
 
 
+class _HeldSoftmax(torch.overrides.TorchFunctionMode):
+    """Every softmax's output detached: the attention weights held constant."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        softmaxes = (F.softmax, torch.softmax, torch.Tensor.softmax)
+        return out.detach() if func in softmaxes else out
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_swin_shifted_window_attention_holds_its_weights(shift):
+    """torchvision's shifted-window attention (windows cut by roll and pad, a
+    relative position bias and, shifted, the mask between regions added to the
+    logits): with its biases zeroed, relevance is conserved exactly and equals
+    LRP-0 of the map with the softmax weights held (computed aside)."""
+    swin = pytest.importorskip("torchvision.models.swin_transformer")
+    torch.manual_seed(0)
+    model = swin.ShiftedWindowAttention(8, [4, 4], [shift, shift], num_heads=2).to(DT).eval()
+    with torch.no_grad():
+        model.qkv.bias.zero_()
+        model.proj.bias.zero_()
+        model.qkv.weight[:16].mul_(4.0)  # sharp attention
+        model.relative_position_bias_table.normal_(0, 1.0)  # a bias that matters
+    x = torch.randn(2, 8, 8, 8, dtype=DT)  # (N, H, W, C): channels-last
+    seed = torch.randn(2, 8, 8, 8, dtype=DT)
+    before = snapshot(model)
+    p, r = _relevance(model, x, seed)
+    xg = x.clone().requires_grad_(True)
+    with _HeldSoftmax():
+        out = model(xg)
+    (grad,) = torch.autograd.grad(out, xg, seed / out.detach())
+    torch.testing.assert_close(p.output.detach(), out.detach())
+    torch.testing.assert_close(r, x * grad)
+    torch.testing.assert_close(r.sum((1, 2, 3)), seed.sum((1, 2, 3)))
+    assert_unchanged(model, before)
+
+
 # -- products, BatchNorm without a conv before it, in-place activations -----------
 
 

@@ -321,15 +321,18 @@ def test_figure_draws_lines_maps_and_hides_the_overlay(images, tmp_path):
     (result,) = pairx.explain(x1, x2, k=3)
     fig = visualize_matches(x1, x2, result, lines=5, path=tmp_path / "pairx.png")
     assert (tmp_path / "pairx.png").stat().st_size > 5_000
-    top, bottom = fig.axes
+    top, bottom, colorbar = fig.axes
     assert len(top.lines) == 5 and len(top.images) == 2  # the images and the overlay
     assert len(bottom.images) == 1
+    assert "layer relevance / max of both" in colorbar.get_ylabel()
+    assert [t.get_text() for t in top.get_legend().get_texts()][:2] == ["rank 1", "rank 2"]
+    assert fig.get_supxlabel().startswith("pair 0")
     bare = visualize_matches(x1, x2, result, lines=5, overlay=False)
-    assert len(bare.axes[0].images) == 1
+    assert len(bare.axes) == 2 and len(bare.axes[0].images) == 1  # no overlay, no colorbar
     matches_only = pairx.explain(x1, x2, k=0)[0]
     assert (
         isinstance(matches_only, PairMatches)
-        and len(visualize_matches(x1, x2, matches_only).axes) == 1
+        and len(visualize_matches(x1, x2, matches_only).axes) == 2  # the panel and its colorbar
     )
     with pytest.raises(ValueError, match="pass the images"):
         visualize_matches(images(1, size=16), x2, result)

@@ -51,15 +51,52 @@ def test_pair_figure_rows_and_file(tmp_path):
         "layer": (torch.rand(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)),  # an empty map is drawn bare
     }
     path = tmp_path / "pair.png"
-    fig = visualize_pair(x1, x2, maps, index=1, suptitle="s = 0.5", path=path)
+    with pytest.warns(UserWarning, match="layer: all-zero map"):
+        fig = visualize_pair(x1, x2, maps, index=1, suptitle="s = 0.5", path=path)
     assert isinstance(fig, Figure)
     assert path.stat().st_size > 1000
-    assert len(fig.axes) >= 6  # 2 rows x (images + 2 methods), plus colorbars if any
-    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 7  # 2 rows x (images + 2 methods), and the colorbar
+    titles = [ax.get_title().split("\n")[0] for ax in fig.axes]
     assert "input" in titles and "layer" in titles and "(empty map)" in titles  # image 2's layer map
+    empty = fig.axes[titles.index("(empty map)")]
+    assert any("all-zero map" in t.get_text() for t in empty.texts)  # said on the figure
+    assert fig.get_supxlabel().startswith("pair 1 of 2")
+    assert "share one scale" in " ".join(fig.get_supxlabel().split())
     fig2 = visualize_pair(x1, x2, maps["input"], show_images=False)
-    assert [ax.get_title() for ax in fig2.axes][:2] == ["image 1", "image 2"]
+    assert [ax.get_title().split("\n")[0] for ax in fig2.axes][:2] == ["image 1", "image 2"]
     with pytest.raises(TypeError, match="must be a pair"):
         visualize_pair(x1, x2, {"bad": (maps["input"][0],)})
     with pytest.raises(ValueError, match="empty"):
         visualize_pair(x1, x2, {})
+
+
+def test_pair_normalisation_shares_one_scale_with_captums_outlier_rule():
+    from captum.attr._utils.visualization import _cumulative_sum_threshold
+
+    from captum_similarity.figures.annotate import pair_scale
+
+    g = torch.Generator().manual_seed(0)
+    a1 = torch.randn(1, 1, 8, 8, generator=g)
+    a2 = 0.1 * torch.randn(1, 1, 8, 8, generator=g)  # ten times weaker
+    both = np.concatenate([a1.numpy().ravel(), a2.numpy().ravel()])
+    assert pair_scale(both, 2.0) == pytest.approx(_cumulative_sum_threshold(np.abs(both), 98.0))
+    x = torch.rand(1, 3, 8, 8)
+    fig = visualize_pair(x, x, {"m": (a1, a2)}, sign="all", show_images=False)
+    panels = [ax for ax in fig.axes if ax.images]
+    shown = [np.abs(np.asarray(ax.images[-1].get_array())).max() for ax in panels]
+    assert shown[0] > 5 * shown[1]  # the weak map stays weak on the shared scale
+    bar = fig.axes[-1]
+    assert "red raises the score" in bar.get_ylabel() and bar.get_ylim() == (-1.0, 1.0)
+    own = visualize_pair(x, x, {"m": (a1, a2)}, sign="all", show_images=False, normalize="image")
+    shown = [np.abs(np.asarray(ax.images[-1].get_array())).max() for ax in own.axes if ax.images]
+    assert shown == [pytest.approx(1.0), pytest.approx(1.0)]  # each saturates at its own scale
+    with pytest.raises(ValueError, match="normalize"):
+        visualize_pair(x, x, {"m": (a1, a2)}, normalize="global")
+
+
+def test_nan_map_is_drawn_bare_with_a_warning_on_the_panel():
+    x = torch.rand(1, 3, 8, 8)
+    bad = torch.full((1, 1, 8, 8), float("nan"))
+    with pytest.warns(UserWarning, match="NaN"):
+        fig = visualize_pair(x, x, {"m": (bad, torch.rand(1, 1, 8, 8))}, show_images=False)
+    assert any("NaN" in t.get_text() for t in fig.axes[0].texts)

@@ -28,11 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
-from statistics import median
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from shared_models import PAIRX_MODELS  # noqa: E402
-from timing import command_line, machine  # noqa: E402
+from timing import command_line, machine, rounds  # noqa: E402
 
 from captum_similarity.lrp import LRPEngine  # noqa: E402
 from captum_similarity.lrp.linear import ConvAdjoint, LinearOp  # noqa: E402
@@ -81,19 +79,6 @@ def strided_pointwise(model: nn.Module) -> List[str]:
         and m.padding in ((0, 0), "valid")
         and any(s > 1 for s in m.stride)
     ]
-
-
-def rounds(cases: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
-    """Median seconds of each case, all cases timed back to back in each round."""
-    times: Dict[str, list] = {name: [] for name in cases}
-    for fn in cases.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: median(t) for name, t in times.items()}
 
 
 def shortcut(repeats: int) -> Dict[str, float]:

@@ -4,9 +4,13 @@ each weighting, with and without ReLU, next to Captum's LayerGradCam.
 The variants are registered here only (they would crowd the demo's figures),
 then the runner scores them on held-out ORL pairs and writes its table to
 benchmarks/results/gradcam_weighting.md and into docs/embedding-gradcam.md.
+With --near-identical, the pairs are each image and an altered copy of itself
+(the runner's --altered-copies), where the cosine's gradient nearly vanishes;
+the table goes to benchmarks/results/gradcam_near_identical.md and the
+page's near-identical block.
 
 Usage: python benchmarks/methods/gradcam_weighting.py --orl ../shared/data/orl_faces
-       [runner options]
+       [--near-identical] [runner options]
 """
 
 from __future__ import annotations
@@ -42,9 +46,15 @@ for name, (weighting, relu) in VARIANTS.items():
     register(name, needs_layer=True)(_variant(weighting, relu))
 
 if __name__ == "__main__":
-    argv = sys.argv[1:] + [
+    given = sys.argv[1:]
+    near = "--near-identical" in given
+    dlib = any(a == "dlib" and b == "--model" for b, a in zip(given, given[1:]))
+    name = ("gradcam_near_identical" if near else "gradcam_weighting") + ("-dlib" if dlib else "")
+    argv = [a for a in given if a != "--near-identical"] + [
         "--methods", *VARIANTS, "Captum LayerGradCam", "Random map (baseline)",
-        "--out", str(ROOT / "benchmarks" / "results" / "gradcam_weighting.md"),
+        "--out", str(ROOT / "benchmarks" / "results" / f"{name}.md"),
         "--docs", str(ROOT / "docs" / "embedding-gradcam.md"),
     ]
+    if near:
+        argv += ["--altered-copies", "--docs-block", "near-identical" + ("-dlib" if dlib else "")]
     main(argv, command=command_line(__file__))  # the command that reproduces the table

@@ -63,7 +63,15 @@ SMOKE_STEPS = 20
 MARKERS = {
     "orl": ("<!-- benchmark:start -->", "<!-- benchmark:end -->"),
     "dlib": ("<!-- benchmark:dlib:start -->", "<!-- benchmark:dlib:end -->"),
+    "near-identical": ("<!-- benchmark:near-identical:start -->", "<!-- benchmark:near-identical:end -->"),
+    "near-identical-dlib": (
+        "<!-- benchmark:near-identical-dlib:start -->",
+        "<!-- benchmark:near-identical-dlib:end -->",
+    ),
 }
+#: What ``--altered-copies`` does to an image: mirrored, then gamma (as the
+#: astronaut pair of ``captum_similarity.data.astronaut_pair``, without the rotation).
+COPY_GAMMA = 1.3
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -113,6 +121,18 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument(
         "--methods", nargs="*", default=None, help="explainers to run (default: all registered)"
     )
+    parser.add_argument(
+        "--altered-copies",
+        action="store_true",
+        help="explain near-identical pairs instead: each of --pairs held-out images against a "
+        f"copy of itself, mirrored with gamma {COPY_GAMMA} (no different-person pairs)",
+    )
+    parser.add_argument(
+        "--docs-block",
+        choices=sorted(MARKERS),
+        default=None,
+        help="which benchmark block of --docs to replace (default: the model's)",
+    )
     parser.add_argument("--layer", default="layer3", help="layer for layer methods (dotted name)")
     parser.add_argument("--batch", type=int, default=4, help="pairs per explanation call")
     parser.add_argument(
@@ -143,12 +163,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     args.impostor_pairs = (
         args.impostor_pairs if args.impostor_pairs is not None else (1 if smoke else 6)
     )
+    if args.altered_copies:
+        args.impostor_pairs = 0
+    args.docs_block = args.docs_block or args.model
     args.n_steps = args.n_steps if args.n_steps is not None else (11 if smoke else 101)
     if args.train_steps is None and smoke:
         args.train_steps = SMOKE_STEPS
     if smoke and args.model != "orl":
         parser.error("--smoke runs the tiny ORL model only")
     suffix = "-smoke" if smoke else ("-dlib" if args.model == "dlib" else "")
+    suffix += "-near-identical" if args.altered_copies else ""
     args.out = args.out or ROOT / "benchmarks" / "results" / f"faithfulness{suffix}.md"
     if args.docs is None and not smoke:
         args.docs = ROOT / "docs" / "faithfulness.md"
@@ -178,6 +202,12 @@ def select_pairs(
     pairs = torch.stack(same + other) if same or other else torch.empty(0, 2, dtype=torch.long)
     is_same = torch.tensor([True] * len(same) + [False] * len(other))
     return pairs[:, 0], pairs[:, 1], is_same
+
+
+def altered_copy(x: Tensor) -> Tensor:
+    """Images mirrored left-right, then raised to the power ``COPY_GAMMA``
+    (values in [0, 1]): a near-identical view of the same image."""
+    return x.flip(-1).clamp(0, 1) ** COPY_GAMMA
 
 
 def explain_and_time(
@@ -329,9 +359,16 @@ def report(args, command: str, embedder: str, same: Tensor, scores: Tensor, resu
         "",
         embedder,
         "",
-        f"Protocol: {int(same.sum())} same-person (mean similarity {_mean(scores[same])}) and "
-        f"{int((~same).sum())} different-person (mean similarity {_mean(scores[~same])}) held-out "
-        "pairs; both images of each pair explained (x1 for s(., x2), x2 for s(x1, .)) and scored "
+        (
+            f"Protocol: {int(same.sum())} held-out images, each paired with a copy of itself "
+            f"mirrored with gamma {COPY_GAMMA} (mean similarity {_mean(scores[same])}, min "
+            f"{float(scores.min()):.4f}); both images"
+            if args.altered_copies
+            else f"Protocol: {int(same.sum())} same-person (mean similarity {_mean(scores[same])}) "
+            f"and {int((~same).sum())} different-person (mean similarity {_mean(scores[~same])}) "
+            "held-out pairs; both images"
+        )
+        + " of each pair explained (x1 for s(., x2), x2 for s(x1, .)) and scored "
         f"against the unperturbed other image; {args.n_steps} steps. Insertion/deletion AUC: mean "
         "± standard error over explained images of the area under each image's min-max normalised "
         "curve, x 100 (SANE); raw: area under the similarity curve. Time: seconds of the "
@@ -340,7 +377,10 @@ def report(args, command: str, embedder: str, same: Tensor, scores: Tensor, resu
         "",
     ]
     for label, per_method in aucs.items():
-        for kind, mask in (("Same-person", same), ("Different-person", ~same)):
+        kinds = (("Same-person", same), ("Different-person", ~same))
+        if args.altered_copies:
+            kinds = (("Image and altered copy", same),)
+        for kind, mask in kinds:
             if mask.any():
                 lines += [f"{kind} pairs, removed pixels become {label}:", ""]
                 lines += results_table(results, per_method, torch.cat([mask, mask])) + [""]
@@ -392,6 +432,8 @@ def main(argv: Optional[Sequence[str]] = None, command: Optional[str] = None) ->
     model = sim.embedder
     idx1, idx2, same = select_pairs(test_set.labels, args.pairs, args.impostor_pairs, args.seed)
     x1, x2 = test_set.images[idx1], test_set.images[idx2]
+    if args.altered_copies:
+        x2 = altered_copy(x1)
 
     layer = model.get_submodule(args.layer)  # a dotted name, as model.named_modules() lists it
     results = explain_and_time(sim, x1, x2, layer, names, args.batch)
@@ -415,7 +457,7 @@ def main(argv: Optional[Sequence[str]] = None, command: Optional[str] = None) ->
     print(text)
     print(f"wrote {args.out}")
     if args.docs is not None:
-        write_docs_block(args.docs, text, args.model)
+        write_docs_block(args.docs, text, args.docs_block)
         print(f"updated {args.docs}")
     return {"embedder": info, "results": results, "aucs": aucs, "out": args.out, "text": text}
 

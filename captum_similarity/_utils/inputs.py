@@ -22,22 +22,32 @@ message exists once:
   (``model.is_embedding``) and checked (:func:`check_images`,
   :func:`check_embedding`);
 - a similarity used to split a score over embedding dimensions must define
-  contributions (:func:`require_contributions`).
+  contributions (:func:`require_contributions`);
+- non-finite images, references, embeddings and scores are refused, naming
+  the side and the rows (:func:`check_finite`); images of another dtype than
+  the model's parameters are refused, naming both (:func:`check_dtype`); an
+  embedder failing on (or mis-shaping) a 3-D tensor is reported as a missing
+  batch dimension (:func:`embedder_call`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple, Union
+from contextlib import contextmanager
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from .checks import check_float_tensor, rows_identical
 
 __all__ = [
     "MissingReferenceError",
     "broadcast_pair",
+    "check_dtype",
     "check_embedding",
+    "check_finite",
     "check_images",
+    "embedder_call",
     "format_inputs",
     "format_output",
     "reference_from_args",
@@ -78,7 +88,8 @@ def reference_from_args(additional_forward_args: Any, method: str) -> Optional[T
             f"{method}: additional_forward_args must hold the reference, an image batch or "
             f"an embedding (as a tensor or a 1-tuple), got {type(args).__name__}"
         )
-    return check_float_tensor(args, "the reference (additional_forward_args)")
+    name = "the reference (additional_forward_args)"
+    return check_finite(check_float_tensor(args, name), name)
 
 
 def format_inputs(
@@ -169,10 +180,17 @@ def broadcast_pair(x1: Tensor, x2: Tensor) -> Tuple[Tensor, Tensor]:
         return x1, x2[:1].expand(n1, *x2.shape[1:])
     if rows_identical(x1):
         return x1[:1].expand(n2, *x1.shape[1:]), x2
+    hint = ""
+    if abs(x1.dim() - x2.dim()) == 1:
+        short = "x1" if x1.dim() < x2.dim() else "x2"
+        hint = (
+            f"; {short} has one dimension less than the other side: a batch dimension is "
+            f"missing if it is one image (C, H, W): pass x[None]"
+        )
     raise ValueError(
         f"cannot broadcast batch sizes {n1} (x1) and {n2} (x2): a reference must have the "
         f"queries' batch size, batch size 1, or identical rows (x1 has batch {n1}, x2 "
-        f"batch {n2})"
+        f"batch {n2}){hint}"
     )
 
 
@@ -206,7 +224,7 @@ def check_images(
         ValueError: an empty batch, a precomputed embedding, or the wrong
             number of dimensions (a missing batch dimension is named).
     """
-    x = check_float_tensor(x, name)
+    x = check_finite(check_float_tensor(x, name), name)
     if (model is not None and model.is_embedding(x)) or (image_dim is not None and x.dim() == 2):
         raise ValueError(
             f"{name} has shape {tuple(x.shape)}, a batch of precomputed embeddings, but both "
@@ -229,21 +247,98 @@ def check_images(
             if image_dim == 4
             else f"{name} must have {image_dim} dimensions, got shape {tuple(x.shape)}{hint}"
         )
+    if isinstance(model, nn.Module):
+        check_dtype(x, model, name)
     return x
 
 
-def check_embedding(f: Any, where: str = "the embedder") -> Tensor:
-    """``f`` if it is a batch of embeddings ``(N, D)``.
+def nonfinite_rows(x: Tensor) -> List[int]:
+    """Indices of the rows of a batch ``x`` holding a NaN or an infinite value."""
+    bad = ~torch.isfinite(x.detach())
+    if x.dim() == 0:
+        return [0] if bool(bad) else []
+    return bad.reshape(x.shape[0], -1).any(1).nonzero().flatten().tolist()
+
+
+def _rows_text(rows: List[int], n: int) -> str:
+    shown = ", ".join(map(str, rows[:8])) + (", ..." if len(rows) > 8 else "")
+    return f"row{'s' if len(rows) > 1 else ''} {shown} of {n}"
+
+
+def check_finite(x: Tensor, name: str) -> Tensor:
+    """``x`` if it holds no NaN or infinite value.
+
+    Args:
+        x (Tensor): Batched ``(N, ...)``.
+        name (str): What it is, in the message (``"inputs"``, ``"x2"``, ``"the
+            reference (additional_forward_args)"``, ``"the embeddings of x1"``).
 
     Raises:
-        ValueError: ``f`` is not 2-D.
+        ValueError: naming ``name`` and the offending rows.
+    """
+    rows = nonfinite_rows(x)
+    if rows:
+        raise ValueError(
+            f"NaN or infinite values in {name} ({_rows_text(rows, len(x) if x.dim() else 1)}): "
+            "an explanation of a non-finite value is undefined; clean or drop those rows "
+            "(or check the model's weights when the inputs are finite)"
+        )
+    return x
+
+
+def module_dtypes(module: nn.Module) -> set:
+    """The floating-point dtypes of ``module``'s parameters."""
+    return {p.dtype for p in module.parameters() if p.is_floating_point()}
+
+
+def check_dtype(x: Tensor, module: nn.Module, name: str) -> Tensor:
+    """``x`` if its dtype is that of ``module``'s parameters (or if the model
+    has none, mixes several, or runs under autocast, which casts for it).
+
+    Raises:
+        TypeError: naming both dtypes and the two ways to make them agree.
+    """
+    dtypes = module_dtypes(module)
+    if len(dtypes) != 1 or x.dtype in dtypes or torch.is_autocast_enabled(x.device.type):
+        return x
+    (dtype,) = dtypes
+    raise TypeError(
+        f"{name} has dtype {x.dtype} but the model's parameters are {dtype}: convert the "
+        f"inputs (x.to({dtype})) or the model (model.to({x.dtype}))"
+    )
+
+
+@contextmanager
+def embedder_call(x: Tensor, name: str) -> Iterator[None]:
+    """Runs the embedder on ``x``; if it fails on a 3-D ``x``, says that a batch
+    dimension is probably missing (a single image ``(C, H, W)``)."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as error:
+        if x.dim() == 3:
+            raise ValueError(
+                f"the embedder failed on {name} of shape {tuple(x.shape)} ({error}); a batch "
+                "dimension is missing if that is one image (C, H, W): pass x[None] "
+                "(or x.unsqueeze(0))"
+            ) from error
+        raise
+
+
+def check_embedding(f: Any, where: str = "the embedder", name: Optional[str] = None) -> Tensor:
+    """``f`` if it is a batch of finite embeddings ``(N, D)`` (``where``
+    produced it; ``name`` names it in the message about non-finite values,
+    by default ``where``'s output).
+
+    Raises:
+        ValueError: ``f`` is not 2-D, or holds NaN or infinite values (the
+            rows are named).
     """
     if not isinstance(f, Tensor) or f.dim() != 2:
         shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
         raise ValueError(
             f"{where} must return (N, D) embeddings, got {shape}; flatten or pool its output"
         )
-    return f
+    return check_finite(f, name or f"{where}'s output")
 
 
 def require_contributions(similarity: Any, method: str) -> None:

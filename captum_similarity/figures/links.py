@@ -7,9 +7,11 @@ from typing import Optional, Tuple, Union
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from torch import Tensor
 
 from .._utils.patches import PatchSize, patch_centers
+from .annotate import pair_label, warn_on_axes
 from .pair import side_by_side, to_visualizer_arrays
 
 __all__ = ["strongest_links", "visualize_links"]
@@ -64,7 +66,11 @@ def visualize_links(
 ) -> Figure:
     r"""Draws the two images side by side with their ``k`` strongest links.
 
-    Line width and opacity grow with the link's relevance.
+    Line width and opacity grow with the link's ``|relevance|`` divided by
+    the largest one drawn; red links are positive (they raise the score),
+    blue ones negative, as the legend says. The caption under the images
+    gives the pair index and that normalisation; a pair whose relevance is
+    all zeros gets a red warning on the figure.
 
     Args:
         x1 (Tensor): First images ``(N, C, H, W)``.
@@ -111,6 +117,32 @@ def visualize_links(
         )
     ax.set_axis_off()
     ax.set_title(f"{len(values[0])} strongest BiLRP links", fontsize=9)
+    if not float(relevance[index].abs().max()) > 0:
+        warn_on_axes(ax, "all-zero BiLRP relevance: no link to draw")
+    handles = [
+        Line2D([], [], color="tab:red", linewidth=2),
+        Line2D([], [], color="tab:blue", linewidth=2),
+    ]
+    ax.legend(
+        handles,
+        ["positive link (raises the score)", "negative link (lowers it)"],
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=2,
+        fontsize=7,
+        frameon=False,
+    )
+    ax.text(
+        0.5,
+        -0.12,
+        f"{pair_label(index, int(relevance.shape[0]))}; width and opacity: |relevance| / "
+        f"largest drawn ({top:.2g}); patches of {patch_size} px",
+        transform=ax.transAxes,
+        ha="center",
+        va="top",
+        fontsize=7,
+        color="0.25",
+    )
     if path is not None:
         fig.savefig(path, dpi=110, bbox_inches="tight")
     return fig

@@ -4,8 +4,8 @@
 tensors in ``(C, H, W)`` layout, into the ``(H, W, C)`` numpy arrays that
 :func:`captum.attr.visualization.visualize_image_attr` expects (layer maps are
 upsampled to the image, grey images made RGB, pixel values scaled to [0, 1]).
-:func:`visualize_pair` draws both images of a pair with their maps, one row
-per method, headless.
+:func:`visualize_pair` draws both images of a pair with their maps, one
+column per method, on one colour scale per method, with a colorbar, headless.
 """
 
 from __future__ import annotations
@@ -17,8 +17,21 @@ from typing import Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 from captum.attr import LayerAttribution
 from captum.attr import visualization as viz
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from torch import Tensor
+
+from .annotate import (
+    DIVERGING,
+    SEQUENTIAL,
+    batch_count,
+    finish,
+    footnote,
+    pair_label,
+    pair_scale,
+    warn_on_axes,
+)
 
 __all__ = ["to_visualizer_arrays", "visualize_pair", "side_by_side"]
 
@@ -30,6 +43,11 @@ def _select(t: Tensor, index: int, name: str, max_dim: int) -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     t = t.detach()
     if t.dim() == max_dim + 1:
+        if isinstance(index, bool) or not isinstance(index, int) or not -len(t) <= index < len(t):
+            raise ValueError(
+                f"index {index!r} is not a sample of {name}, a batch of {len(t)} "
+                f"(use 0 to {len(t) - 1})"
+            )
         t = t[index]
     if t.dim() == 2:
         t = t[None]
@@ -84,13 +102,23 @@ def to_visualizer_arrays(
     return attr.permute(1, 2, 0).numpy(), img.permute(1, 2, 0).numpy()
 
 
-def _draws_something(attr: np.ndarray, sign: str) -> bool:
+#: Normalisations of :func:`visualize_pair`.
+NORMALIZATIONS = ("pair", "image")
+
+#: What signed maps mean, as the colorbar says it.
+SIGNED_MEANING = ("lowers the score", "raises the score")
+
+
+def _channel_sum(attr: np.ndarray, sign: str) -> np.ndarray:
+    """``(H, W, C)`` -> ``(H, W)``: the channel sum, transformed for ``sign``."""
     total = attr.sum(axis=2)
     if sign == "positive":
-        return bool((total > 0).any())
+        return np.maximum(total, 0)
     if sign == "negative":
-        return bool((total < 0).any())
-    return bool(np.abs(total).max() > 0)
+        return np.minimum(total, 0)
+    if sign == "absolute_value":
+        return np.abs(total)
+    return total
 
 
 def visualize_pair(
@@ -105,15 +133,24 @@ def visualize_pair(
     show_images: bool = True,
     path: Union[None, str, Path] = None,
     panel_size: float = 2.4,
+    normalize: str = "pair",
+    outlier_perc: float = 2.0,
+    colorbar_label: Optional[str] = None,
 ) -> Figure:
     r"""Draws both images of a pair with their attribution maps.
 
     The first row shows image 1, the second image 2; each column after the
-    bare images shows one method's map over the image. Maps are drawn by
-    :func:`captum.attr.visualization.visualize_image_attr`, so ``method`` and
-    ``sign`` take Captum's values. A map with nothing to draw for ``sign``
-    (e.g. all zeros) shows the bare image with a note instead of failing.
-    The figure is created without pyplot, so it works headless.
+    bare images shows one method's map over the image. Each map is summed
+    over its channels (layer maps are upsampled bilinearly), transformed for
+    ``sign`` and divided by a scale (``normalize``); values beyond the scale
+    saturate. Signed maps (``sign="all"``) share one diverging colormap
+    centred at 0 (red raises the score, blue lowers it), non-negative ones a
+    sequential colormap, and one colorbar says so. The column titles give
+    each scale; a footnote says which pair of the batch is drawn and how the
+    maps were normalised. A map that is all zeros (or has nothing to draw
+    for ``sign``) or contains NaN is drawn as the bare image with a red
+    warning on its panel (and a ``UserWarning``). The figure is created
+    without pyplot, so it works headless.
 
     Args:
         x1 (Tensor): First images, ``(N, C, H, W)`` or ``(C, H, W)``.
@@ -124,7 +161,11 @@ def visualize_pair(
             :func:`to_visualizer_arrays`).
         index (int, optional): Which pair of a batch to draw.
             Default: 0
-        method (str, optional): Captum visualization method for the maps.
+        method (str, optional): ``"blended_heat_map"`` (the map over the
+            image in grey) or ``"heat_map"`` (the map alone); any other of
+            Captum's methods (``"masked_image"``, ``"alpha_scaling"``, ...)
+            is drawn by :func:`captum.attr.visualization.visualize_image_attr`,
+            which normalises each panel itself.
             Default: ``"blended_heat_map"``
         sign (str, optional): ``"absolute_value"``, ``"positive"``,
             ``"negative"`` or ``"all"``.
@@ -140,6 +181,17 @@ def visualize_pair(
             Default: None
         panel_size (float, optional): Side of each panel in inches.
             Default: 2.4
+        normalize (str, optional): ``"pair"``: a method's two maps share one
+            scale, so that their colours compare; ``"image"``: each map has
+            its own (Captum's behaviour). The scale is the value at which the
+            sorted ``|values|`` reach ``100 - outlier_perc`` percent of their
+            sum (Captum's outlier rule), over both images or over one.
+            Default: ``"pair"``
+        outlier_perc (float, optional): Percentage of the total ``|value|``
+            left to saturate.
+            Default: 2.0
+        colorbar_label (str, optional): The colorbar's label.
+            Default: None (what the colours mean for ``sign``)
 
     Returns:
         matplotlib.figure.Figure: the figure (also saved to ``path`` if given).
@@ -147,48 +199,133 @@ def visualize_pair(
     Example::
 
         >>> a1, a2 = IntegratedGradients(sim).attribute((x1, x2))
-        >>> visualize_pair(x1, x2, {"IG": (a1, a2)}, path="pair.png")
+        >>> visualize_pair(x1, x2, {"IG": (a1, a2)}, sign="all", path="pair.png")
     """
     columns = dict(attributions) if isinstance(attributions, Mapping) else {"": attributions}
     if not columns:
         raise ValueError("attributions is empty")
+    for arg, value, known in (
+        ("method", method, viz.ImageVisualizationMethod.__members__),
+        ("sign", sign, viz.VisualizeSign.__members__),
+    ):
+        if value not in known:
+            raise ValueError(
+                f"{arg} must be one of Captum's {', '.join(map(repr, known))}, got {value!r}"
+            )
     for name, pair in columns.items():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise TypeError(f"attributions for {name or 'the pair'} must be a pair (a1, a2)")
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    if sign not in ("all", "positive", "negative", "absolute_value"):
+        raise ValueError(
+            f"sign must be 'all', 'positive', 'negative' or 'absolute_value', got {sign!r}"
+        )
+    own = method in ("blended_heat_map", "heat_map")
     offset = 1 if show_images else 0
     ncols = offset + len(columns)
     fig = Figure(
-        figsize=(panel_size * ncols, panel_size * 2 + (0.5 if suptitle else 0.3)), layout="constrained"
+        figsize=(panel_size * ncols + (0.9 if own else 0.0), panel_size * 2 + 1.0),
+        layout="constrained",
     )
     axes = np.asarray(fig.subplots(2, ncols, squeeze=False))
     images = (x1, x2)
+    cmap = DIVERGING if sign == "all" else SEQUENTIAL
+    low = -1.0 if sign == "all" else 0.0
     for c, (name, pair) in enumerate(columns.items()):
+        arrays = [to_visualizer_arrays(pair[side], images[side], index) for side in (0, 1)]
+        maps = [_channel_sum(a, sign) for a, _ in arrays]
+        if sign == "negative":
+            maps = [-m for m in maps]  # drawn as magnitudes of the negative part
+        if normalize == "pair":
+            shared = pair_scale(np.concatenate([m.ravel() for m in maps]), outlier_perc)
+            scales = [shared, shared]
+        else:
+            scales = [pair_scale(m, outlier_perc) for m in maps]
         for side in (0, 1):
-            attr_np, img_np = to_visualizer_arrays(pair[side], images[side], index)
+            attr_np, img_np = arrays[side]
             if show_images and c == 0:
                 axes[side, 0].imshow(img_np)
                 axes[side, 0].set_title(titles[side], fontsize=9)
                 axes[side, 0].axis("off")
             ax = axes[side, offset + c]
-            if _draws_something(attr_np, sign):
-                viz.visualize_image_attr(
-                    attr_np, img_np, method=method, sign=sign,
-                    plt_fig_axis=(fig, ax), use_pyplot=False,
-                )
-                note = ""
-            else:
+            label = (name if side == 0 else "") if name else titles[side]
+            finite = bool(np.isfinite(attr_np).all())
+            if not finite:
                 ax.imshow(img_np)
                 ax.axis("off")
-                note = "(empty map)"
-            # the method's name heads its column; an unnamed pair is labelled per image
-            label = (name if side == 0 else "") if name else titles[side]
-            title = " ".join(t for t in (label, note) if t)
-            ax.set_title(textwrap.fill(title, 28, break_long_words=False), fontsize=9)  # wrap long names
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
-    if path is not None:
-        fig.savefig(path, dpi=110)
-    return fig
+                warn_on_axes(ax, f"{name or titles[side]}: map has NaN or infinite values")
+                title = label
+            elif scales[side] == 0.0 or not np.abs(maps[side]).max() > 0:
+                ax.imshow(img_np)
+                ax.axis("off")
+                what = "all-zero map" if not np.abs(attr_np).max() > 0 else f"no {sign} values"
+                warn_on_axes(ax, f"{name or titles[side]}: {what}, nothing to draw")
+                title = " ".join(t for t in (label, "(empty map)") if t)
+            elif own:
+                if method == "blended_heat_map":
+                    ax.imshow(img_np.mean(axis=2), cmap="gray", vmin=0, vmax=1)
+                ax.imshow(
+                    np.clip(maps[side] / scales[side], low, 1.0),
+                    cmap=cmap,
+                    vmin=low,
+                    vmax=1.0,
+                    alpha=0.6 if method == "blended_heat_map" else 1.0,
+                )
+                ax.axis("off")
+                scale_text = (
+                    f"scale {scales[side]:.2g}" if side == 0 or normalize == "image" else ""
+                )
+                title = "\n".join(t for t in (label, scale_text) if t)
+            else:
+                viz.visualize_image_attr(
+                    attr_np,
+                    img_np,
+                    method=method,
+                    sign=sign,
+                    outlier_perc=outlier_perc,
+                    plt_fig_axis=(fig, ax),
+                    use_pyplot=False,
+                )
+                title = label
+            ax.set_title(_wrap(title), fontsize=9)
+    if own:
+        if colorbar_label is None:
+            colorbar_label = (
+                f"map / scale: red {SIGNED_MEANING[1]}, blue {SIGNED_MEANING[0]}"
+                if sign == "all"
+                else {
+                    "positive": "positive part",
+                    "negative": "negative part (magnitude)",
+                    "absolute_value": "|map|",
+                }[sign]
+                + " / scale (0: none)"
+            )
+        mappable = ScalarMappable(Normalize(low, 1.0), cmap)
+        bar = fig.colorbar(mappable, ax=axes[:, offset:].ravel().tolist(), shrink=0.8, pad=0.02)
+        bar.set_label(colorbar_label, fontsize=8)
+        bar.set_ticks([low, (low + 1.0) / 2, 1.0])
+        bar.ax.tick_params(labelsize=7)
+    rule = f"the value at which the sorted |values| reach {100 - outlier_perc:g}% of their sum"
+    how = (
+        f"each method's two maps share one scale ({rule}, over both images)"
+        if normalize == "pair"
+        else f"each map has its own scale ({rule})"
+    )
+    if not own:
+        how = f"Captum's {method}, normalised per map"
+    footnote(
+        fig,
+        f"{pair_label(index, batch_count(x1))}; maps summed over channels, layer maps upsampled; "
+        f"{how}; values beyond the scale saturate.",
+        width=int(40 * ncols),
+    )
+    return finish(fig, suptitle, path)
+
+
+def _wrap(title: str) -> str:
+    # wrap long method names, keep the scale on its own line
+    return "\n".join(textwrap.fill(line, 28, break_long_words=False) for line in title.split("\n"))
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int, fill: float) -> np.ndarray:

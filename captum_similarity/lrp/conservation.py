@@ -24,6 +24,8 @@ conserve).
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -156,7 +158,7 @@ def report(
     bound: float,
     what: str,
     diagnose: Optional[Callable[[], List[LayerLoss]]] = None,
-    stacklevel: int = 3,
+    stacklevel: Optional[int] = None,
 ) -> Conservation:
     r"""Builds the :class:`Conservation` of a call and warns when it exceeds ``bound``.
 
@@ -168,7 +170,10 @@ def report(
         what (str): What was explained (starts the message).
         diagnose (Callable, optional): Called when the bound is exceeded;
             returns the :class:`LayerLoss` entries that name the layers.
-        stacklevel (int, optional): Of the warning.
+        stacklevel (int, optional): Of the warning. None: the first frame
+            outside this package (the user's call, however many of the
+            package's frames are between it and this function).
+            Default: None
 
     Returns:
         Conservation: with ``layers`` filled when the bound was exceeded.
@@ -183,8 +188,25 @@ def report(
     if result.exceeded:
         if diagnose is not None:
             result.layers = diagnose()
-        warnings.warn(result.summary(), ConservationWarning, stacklevel=stacklevel)
+        level = _user_stacklevel() if stacklevel is None else stacklevel
+        warnings.warn(result.summary(), ConservationWarning, stacklevel=level)
     return result
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that, given to ``warnings.warn`` in :func:`report`,
+    names the first frame outside this package and Captum's logging wrapper
+    (which every entry point carries)."""
+    import captum.log
+
+    inside = (
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+        os.path.dirname(os.path.abspath(captum.log.__file__)) + os.sep,
+    )
+    frame, level = sys._getframe(1), 1  # report's frame
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 # -- naming the layers ------------------------------------------------------------

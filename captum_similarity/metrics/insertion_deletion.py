@@ -20,6 +20,8 @@ from tqdm.auto import tqdm
 
 from .._utils.batching import batch_slices
 from .._utils.checks import broadcast_baselines, check_float_tensor
+from .._utils.inputs import check_finite, check_images
+from .._utils.state import explaining
 from ..siamese import SiameseSimilarity
 
 __all__ = ["InsertionDeletion", "insertion_deletion", "gaussian_blur"]
@@ -223,9 +225,13 @@ def insertion_deletion(
         InsertionDeletion: curves ``(N, n_steps)``, the unperturbed scores and
         the AUCs (raw and min-max normalised) as properties.
 
+    The model runs in eval mode (its training flags are restored after), one
+    call at a time per model (see ``docs/reliability.md``).
+
     Raises:
-        ValueError: for inputs that are not ``(N, C, H, W)``, attributions with
-            another batch size or containing NaN/inf, references whose batch
+        ValueError: for inputs that are not ``(N, C, H, W)``, inputs,
+            references or attributions containing NaN/inf, attributions with
+            another batch size, references whose batch
             is neither ``N`` nor 1, an unknown baseline or channel reduction,
             or ``n_steps < 2``.
 
@@ -236,11 +242,9 @@ def insertion_deletion(
         >>> result = insertion_deletion(sim, x, attr, ref)
         >>> result.deletion_auc_normalized.mean() * 100    # SANE's deletion number
     """
-    inputs = check_float_tensor(inputs, "inputs")
-    if inputs.dim() != 4:
-        raise ValueError(f"inputs must be images (N, C, H, W), got shape {tuple(inputs.shape)}")
+    inputs = check_images(inputs, "inputs", "insertion_deletion", image_dim=4, reference_ok=False)
     attributions = check_float_tensor(attributions, "attributions")
-    references = check_float_tensor(references, "references")
+    references = check_finite(check_float_tensor(references, "references"), "references")
     n, _, height, width = inputs.shape
     if attributions.shape[0] != n:
         raise ValueError(
@@ -266,7 +270,7 @@ def insertion_deletion(
     counts = torch.round(fractions.double() * height * width).long().to(inputs.device)
     fill = _baseline_images(baselines, inputs, blur_sigma)
 
-    with torch.no_grad():
+    with explaining(forward_func, gradients=False, method="insertion_deletion"):
         if isinstance(forward_func, SiameseSimilarity):
             references = forward_func.embed(references)
         total = 2 * n * n_steps
@@ -288,6 +292,7 @@ def insertion_deletion(
                     f"forward_func must return one score per image, shape ({perturbed.shape[0]},); "
                     f"got {tuple(out.shape)}"
                 )
+            check_finite(out, "forward_func's scores of the perturbed images")
             curves[index] = out.to(curves.dtype)
             bar.update(perturbed.shape[0])
         bar.close()

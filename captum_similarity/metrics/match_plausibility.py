@@ -20,114 +20,21 @@ similarity bins.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
+
+import math
 
 import torch
 from torch import Tensor
 
+from .._utils.affine import ransac_affine
+from .._utils.inputs import check_finite
 from .retrieval import auroc
 
 if TYPE_CHECKING:  # the metric reads results; it does not need the method
     from ..pairwise_matching import PairMatches
 
 __all__ = ["match_plausibility", "ransac_affine", "auroc_at_equal_similarity"]
-
-
-def ransac_affine(
-    source: Tensor,
-    target: Tensor,
-    threshold: float,
-    trials: int = 256,
-    generator: Optional[torch.Generator] = None,
-    max_scale: float = 4.0,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    r"""Robust affine fit ``target ~ A [source; 1]`` (RANSAC + least squares).
-
-    ``trials`` random triples of correspondences each give an exact affine
-    map; maps that two views of one object cannot be related by are
-    discarded: mirror images (negative determinant) and maps scaling any
-    direction by more than ``max_scale`` or less than ``1 / max_scale``
-    (without this, a map collapsing all points near the targets' centre
-    counts many random matches as inliers). The map with most inliers
-    (residual below ``threshold``; ties to the smaller inlier residual sum) is
-    refined by least squares on its inliers, and inliers are recounted under
-    the refined map. With no acceptable triple (e.g. all points collinear) the
-    least-squares map of all points is returned, and if that map is not
-    acceptable either, no point counts as an inlier.
-
-    Args:
-        source (Tensor): ``(M, 2)`` points, ``M >= 3``.
-        target (Tensor): ``(M, 2)`` corresponding points.
-        threshold (float): Inlier residual bound, in the units of the points.
-        trials (int, optional): Random minimal samples.
-            Default: 256
-        generator (torch.Generator, optional): Source of the samples.
-            Default: None (a generator seeded with 0)
-        max_scale (float, optional): Largest scaling accepted in any direction.
-            Default: 4.0
-
-    Returns:
-        tuple: ``(A, inliers, residuals)``: the ``(2, 3)`` map, an ``(M,)``
-        bool mask and the ``(M,)`` residuals ``|A [p; 1] - q|`` under it.
-    """
-    src, dst = _points(source, "source"), _points(target, "target")
-    if src.shape != dst.shape:
-        raise ValueError(
-            f"source and target must match, got {tuple(src.shape)} and {tuple(dst.shape)}"
-        )
-    m = src.shape[0]
-    if m < 3:
-        raise ValueError(f"an affine fit needs at least 3 correspondences, got {m}")
-    if not threshold > 0:
-        raise ValueError(f"threshold must be positive, got {threshold}")
-    if not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials must be a positive integer, got {trials!r}")
-    if not max_scale >= 1:
-        raise ValueError(f"max_scale must be at least 1, got {max_scale}")
-    generator = generator or torch.Generator().manual_seed(0)
-    homogeneous = torch.cat([src, torch.ones(m, 1, dtype=src.dtype)], dim=1)  # (M, 3)
-    triples = torch.rand(trials, m, generator=generator).argsort(dim=1)[:, :3]
-    basis = homogeneous[triples]  # (T, 3, 3)
-    scale = max(1.0, float(src.abs().max())) ** 2
-    usable = torch.linalg.det(basis).abs() > 1e-9 * scale
-    best: Optional[Tensor] = None
-    maps = torch.linalg.solve(basis[usable], dst[triples[usable]])  # (T', 3, 2)
-    maps = maps[_acceptable(maps, max_scale)]
-    if len(maps):
-        residuals = (homogeneous @ maps - dst).norm(dim=2)  # (T', M)
-        inside = residuals < threshold
-        count = inside.sum(1).double()
-        spread = torch.where(inside, residuals, torch.zeros_like(residuals)).sum(1)
-        # most inliers first, then the smaller inlier residual sum
-        best = inside[int(torch.argmax(count - spread / (spread.max() + 1.0)))]
-    fit_rows = torch.ones(m, dtype=torch.bool) if best is None else best
-    # minimum-norm least squares (pinv copes with collinear points)
-    solution = torch.linalg.pinv(homogeneous[fit_rows]) @ dst[fit_rows]  # (3, 2)
-    residuals = (homogeneous @ solution - dst).norm(dim=1)
-    inliers = residuals < threshold
-    if not bool(_acceptable(solution[None], max_scale)[0]):
-        inliers = torch.zeros_like(inliers)  # no view change explains the matches
-    return solution.T, inliers, residuals
-
-
-def _acceptable(maps: Tensor, max_scale: float) -> Tensor:
-    """Which ``(T, 3, 2)`` affine maps (``[x, y, 1] @ map``) neither mirror nor
-    scale any direction beyond ``[1 / max_scale, max_scale]``."""
-    linear = maps[:, :2, :]
-    stretch = torch.linalg.svdvals(linear)  # descending
-    return (
-        (torch.linalg.det(linear) > 0)
-        & (stretch[:, 0] <= max_scale)
-        & (stretch[:, 1] >= 1 / max_scale)
-    )
-
-
-def _points(t: Tensor, name: str) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
-    if t.dim() != 2 or t.shape[1] != 2:
-        raise ValueError(f"{name} must be (M, 2) points, got shape {tuple(t.shape)}")
-    return t.detach().double().cpu()
 
 
 def match_plausibility(
@@ -174,6 +81,17 @@ def match_plausibility(
     results = [matches] if hasattr(matches, "points1") else list(matches)
     if not results:
         raise ValueError("matches is empty")
+    if residual_threshold is not None and not (
+        not isinstance(residual_threshold, bool)
+        and isinstance(residual_threshold, (int, float, Tensor))
+        and 0 < float(residual_threshold) < math.inf
+    ):
+        raise ValueError(
+            f"residual_threshold must be a positive number of pixels or None (one cell), "
+            f"got {residual_threshold!r}"
+        )
+    for i, r in enumerate(results):
+        _check_matches(r, f"matches[{i}]" if len(results) > 1 else "matches")
     if not isinstance(top, int) or top < 3:
         raise ValueError(
             f"top must be an integer >= 3 (an affine fit needs 3 matches), got {top!r}"
@@ -184,7 +102,11 @@ def match_plausibility(
     for r in results:
         m = min(top, len(r))
         grid, size = r.layer_relevance2.shape, r.image_size2
-        threshold = residual_threshold or max(size[0] / grid[0], size[1] / grid[1])
+        threshold = (
+            max(size[0] / grid[0], size[1] / grid[1])
+            if residual_threshold is None
+            else float(residual_threshold)
+        )
         if m >= 3:
             _, inliers, residuals = ransac_affine(
                 r.points1[:m], r.points2[:m], threshold, trials, generator, max_scale
@@ -197,6 +119,15 @@ def match_plausibility(
         out["relevance_on_matches"].append(_relevance_on_matches(r))
         out["matches"].append(float(len(r)))
     return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items()}
+
+
+def _check_matches(r: "PairMatches", name: str) -> None:
+    """Raises for a PAIR-X result holding a NaN or infinite score, point or relevance."""
+    if not math.isfinite(r.score):
+        raise ValueError(f"{name} has a non-finite score ({r.score}); its matches mean nothing")
+    for field in ("points1", "points2", "relevance", "layer_relevance1", "layer_relevance2"):
+        value = getattr(r, field)
+        check_finite(value.reshape(1, -1), f"{name}.{field}")
 
 
 def _relevance_on_matches(r: "PairMatches") -> float:

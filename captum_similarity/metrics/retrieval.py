@@ -7,6 +7,7 @@ from typing import Dict
 import torch
 from torch import Tensor
 
+from .._utils.inputs import check_finite
 from ..similarity import SimilarityLike, resolve_similarity
 
 
@@ -45,6 +46,7 @@ def auroc(scores: Tensor, positive: Tensor) -> float:
 def _pair_scores(embeddings: Tensor, similarity: SimilarityLike) -> Tensor:
     if embeddings.dim() != 2:
         raise ValueError(f"embeddings must be (M, D), got shape {tuple(embeddings.shape)}")
+    check_finite(embeddings, "embeddings")
     return resolve_similarity(similarity).pairs(embeddings, embeddings)
 
 

@@ -31,9 +31,11 @@ Encoding, as dlib writes it:
 from __future__ import annotations
 
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -43,13 +45,24 @@ __all__ = [
     "DlibLayer",
     "DlibNetwork",
     "read_dlib_network",
+    "read_file",
     "TAG_OR_SKIP",
+    "MAX_FILE_BYTES",
+    "MAX_LAYERS",
 ]
 
 #: Kind given to tag and skip layers, which dlib serializes identically.
 TAG_OR_SKIP = "tag_or_skip"
 
 _FLOAT_INF, _FLOAT_NINF, _FLOAT_NAN = 32000, 32001, 32002
+
+#: Largest file :func:`read_dlib_network` reads (dlib's face network is 22 MB).
+MAX_FILE_BYTES = 1 << 30
+
+#: Most layers a network may have (dlib's face network has 130): a file of
+#: repeated layer headers is rejected after this many instead of being read
+#: to its end.
+MAX_LAYERS = 10_000
 
 
 class DlibFormatError(ValueError):
@@ -165,11 +178,20 @@ class DlibReader:
     def tensor(self, what: str = "a tensor") -> np.ndarray:
         """A tensor: version 2, shape ``(n, k, nr, nc)``, float32 data.
 
+        The size is computed with Python integers (no overflow) and checked
+        against the bytes left before anything is allocated.
+
         Returns:
             numpy.ndarray: float32 array of shape ``(n, k, nr, nc)``.
         """
         shape = self._shape(2, what)
-        count = int(np.prod(shape))
+        count = math.prod(shape)
+        left = len(self._data) - self.position
+        if 4 * count > left:
+            raise self.error(
+                f"{what} declares shape {shape}, {count} float32 values, but only {left} "
+                "bytes are left"
+            )
         raw = self.take(4 * count, f"the values of {what}")
         return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
 
@@ -237,7 +259,7 @@ def _split_params(
 ) -> Dict[str, np.ndarray]:
     """Cuts a layer's flat parameter tensor into its alias tensors, in order."""
     flat = params.reshape(-1)
-    need = sum(int(np.prod(s)) for _, s in parts)
+    need = sum(math.prod(s) for _, s in parts)  # Python integers: no overflow
     if need != flat.size:
         raise reader.error(
             f"{what}: its parameter tensor holds {flat.size} values but its parts "
@@ -245,7 +267,7 @@ def _split_params(
         )
     out, start = {}, 0
     for name, shape in parts:
-        size = int(np.prod(shape))
+        size = math.prod(shape)
         out[name] = flat[start : start + size].reshape(shape).copy()
         start += size
     return out
@@ -323,9 +345,14 @@ def _read_fc(reader: DlibReader, version: str) -> DlibLayer:
     if fields["bias_mode"] == 0:  # FC_HAS_BIAS
         parts.append(("biases", biases))
     tensors = _split_params(reader, params, parts, what)
-    tensors["weights"] = tensors["weights"].reshape(
-        int(fields["num_inputs"]), int(fields["num_outputs"])  # type: ignore[call-overload]
-    )
+    rows = int(fields["num_inputs"])  # type: ignore[call-overload]
+    cols = int(fields["num_outputs"])  # type: ignore[call-overload]
+    if rows * cols != tensors["weights"].size:
+        raise reader.error(
+            f"{what}: {rows} inputs x {cols} outputs do not match its "
+            f"{tensors['weights'].size} weights"
+        )
+    tensors["weights"] = tensors["weights"].reshape(rows, cols)
     return DlibLayer("fc", version, fields, tensors)
 
 
@@ -391,11 +418,43 @@ def _read_input(reader: DlibReader) -> Dict[str, object]:
     return {"version": version, "mean": mean, "nr": nr, "nc": nc}
 
 
-def read_dlib_network(source: Union[str, Path, bytes]) -> DlibNetwork:
+def read_file(path: Union[str, Path], max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    r"""The bytes of a regular file of at most ``max_bytes`` bytes.
+
+    Only regular files are read (a FIFO, a device such as ``/dev/zero`` or a
+    directory is refused before it is opened), and never more than the size
+    the file had when it was checked.
+
+    Raises:
+        FileNotFoundError: no such file.
+        DlibFormatError: not a regular file, or larger than ``max_bytes``.
+    """
+    path = Path(path)
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise DlibFormatError(f"{path} is not a regular file (a FIFO, device or directory)")
+    if info.st_size > max_bytes:
+        raise DlibFormatError(
+            f"{path} has {info.st_size} bytes, more than the {max_bytes} a dlib network is "
+            "read from (max_bytes)"
+        )
+    with open(path, "rb") as f:
+        return f.read(info.st_size)
+
+
+def read_dlib_network(source: Union[str, Path, bytes], name: Optional[str] = None) -> DlibNetwork:
     r"""Parses a dlib DNN file made of the layers the face ResNet uses.
+
+    Reading is bounded: a path must be a regular file of at most
+    :data:`MAX_FILE_BYTES` (see :func:`read_file`), every declared size is
+    checked against the bytes left before anything is allocated, and a
+    network of more than :data:`MAX_LAYERS` layers is rejected; so malformed
+    or hostile data is rejected in time linear in its size.
 
     Args:
         source (str, Path or bytes): A file path, or the file's bytes.
+        name (str, optional): What error messages call the data.
+            Default: None (the path, or ``"<bytes>"``)
 
     Returns:
         DlibNetwork: the loss and input details and every layer, in execution
@@ -407,10 +466,9 @@ def read_dlib_network(source: Union[str, Path, bytes]) -> DlibNetwork:
             know. (A subclass of ``ValueError``.)
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        reader = DlibReader(bytes(source))
+        reader = DlibReader(bytes(source), source=name or "<bytes>")
     else:
-        path = Path(source)
-        reader = DlibReader(path.read_bytes(), source=str(path))
+        reader = DlibReader(read_file(source), source=name or str(source))
     version = reader.integer(what="the network's version")
     if version != 1:
         raise reader.error(
@@ -426,6 +484,8 @@ def read_dlib_network(source: Union[str, Path, bytes]) -> DlibNetwork:
             break
         if v not in (1, 2):
             raise reader.error(f"unexpected layer version {v} (dlib writes 1, 2 or 3)")
+        if len(wrappers) == MAX_LAYERS:
+            raise reader.error(f"more than {MAX_LAYERS} layers (MAX_LAYERS); not a network")
         wrappers.append(v)
     inp = _read_input(reader)
     layers = [_read_layer_details(reader)]

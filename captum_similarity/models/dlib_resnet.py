@@ -25,6 +25,7 @@ dlib specifics made explicit as modules:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from collections import OrderedDict
 from pathlib import Path
@@ -42,6 +43,7 @@ from .dlib_format import (
     DlibLayer,
     DlibNetwork,
     read_dlib_network,
+    read_file,
 )
 
 __all__ = [
@@ -53,11 +55,16 @@ __all__ = [
     "dlib_face_resnet",
     "dlib_model_path",
     "FACE_RESNET_FILE",
+    "FACE_RESNET_SHA256",
     "FACES_EXTRA_HINT",
 ]
 
 #: File name of dlib's face-recognition network in the weights package.
 FACE_RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+
+#: SHA-256 of the published ``dlib_face_recognition_resnet_model_v1.dat``
+#: (22,466,066 bytes, as dlib and the face-recognition-models packages ship it).
+FACE_RESNET_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
 
 #: How to install the weights; repeated in every error about them.
 FACES_EXTRA_HINT = (
@@ -356,7 +363,10 @@ def dlib_face_resnet(path: Union[None, str, Path] = None) -> DlibFaceResNet:
     Args:
         path (str or Path, optional): A ``dlib_face_recognition_resnet_model_v1.dat``
             file. When None, the one in the installed weights package (the
-            ``faces`` extra) is used.
+            ``faces`` extra) is used, after checking that it is the published
+            file (:data:`FACE_RESNET_SHA256`). Any file is read with bounds
+            (a regular file, sizes checked before allocation; see
+            :func:`~captum_similarity.models.dlib_format.read_dlib_network`).
             Default: None
 
     Returns:
@@ -381,10 +391,17 @@ def dlib_face_resnet(path: Union[None, str, Path] = None) -> DlibFaceResNet:
         >>> sim(faces[:1], faces[1:])   # > -0.6: dlib says "same person"
     """
     file = dlib_model_path() if path is None else Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise FileNotFoundError(f"no such dlib model file: {file}")
+    data = read_file(file)
+    if path is None and hashlib.sha256(data).hexdigest() != FACE_RESNET_SHA256:
+        raise DlibFormatError(
+            f"{file} is not the published {FACE_RESNET_FILE}: its SHA-256 is "
+            f"{hashlib.sha256(data).hexdigest()}, expected {FACE_RESNET_SHA256} (a damaged or "
+            f"replaced download); reinstall the weights ({FACES_EXTRA_HINT})"
+        )
     try:
-        network = read_dlib_network(file)
+        network = read_dlib_network(data, name=str(file))
     except DlibFormatError as e:
         raise DlibFormatError(
             f"{e}\n(expected dlib's face-recognition network, {FACE_RESNET_FILE})"

@@ -58,10 +58,14 @@ def _as_rgb_uint8(image: ImageLike, index: int) -> np.ndarray:
         raise ValueError(
             f"image {index} must be (H, W) grey or (H, W, 3) RGB, got shape {arr.shape}"
         )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"image {index} is empty: shape {arr.shape}")
     if arr.dtype == np.uint8:
         pass
     elif np.issubdtype(arr.dtype, np.floating):
-        if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"image {index} has NaN or infinite values")
+        if arr.min() < 0.0 or arr.max() > 1.0:
             raise ValueError(f"image {index} is float but not in [0, 1]; pass uint8 0..255 instead")
         arr = np.round(arr * 255.0).astype(np.uint8)
     else:
@@ -176,7 +180,8 @@ def face_chips(
     Raises:
         ImportError: ``align="dlib"`` without dlib or the ``faces`` extra.
         ValueError: unknown ``align``, an empty list, or an image that is
-            not a 2-D grey or RGB(A) array.
+            not a 2-D grey or RGB(A) array, is empty (no pixels) or has NaN
+            or infinite values.
 
     Example::
 

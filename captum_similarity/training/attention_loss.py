@@ -44,12 +44,12 @@ class SimilarityAttentionLoss(nn.Module):
     a learnable threshold the loss has the trivial minimum of masking
     everything (all three masked images equal).
 
-    The masked forward pass (and the maps' forward pass) run in the
-    embedder's current mode (train mode during training) with BatchNorm
-    running statistics left unchanged, so masked images do not shift the
-    statistics used at test time. The explained layer should have no
-    BatchNorm above it (train-mode BatchNorm above the layer mixes the rows
-    of the maps' batch).
+    The maps are computed as every method of the library computes them, in
+    eval mode (BatchNorm with its running statistics, Dropout off; the
+    training flags are restored right after, see ``docs/reliability.md``).
+    The masked forward pass runs in the embedder's current mode (train mode
+    during training) with BatchNorm running statistics left unchanged, so
+    masked images do not shift the statistics used at test time.
 
     Args:
         layer (nn.Module or str): The explained layer of the embedder (module

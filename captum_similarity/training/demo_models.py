@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -56,10 +57,12 @@ def _cached(
     key = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / f"{name}-{key}.pt"
     model = build()
+    info = None
     if cache and path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["state_dict"])
-        info = json.loads(saved["info"])
+        info = _load_cached(model, path)
+        if info is None:
+            model = build()  # the failed load may have written some weights
+    if info is not None:
         info["loaded_from_cache"] = True
     else:
         info = train(model)
@@ -70,6 +73,25 @@ def _cached(
             torch.save({"state_dict": model.state_dict(), "info": json.dumps(info)}, path)
     info["cache_file"] = str(path) if cache else None
     return model.eval(), info
+
+
+def _load_cached(model: nn.Module, path: Path) -> Optional[Dict[str, Any]]:
+    """The cached model's training record, its weights loaded into ``model``;
+    None (with a warning) when the file cannot be read as one: it is then
+    trained again and the file rewritten."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["state_dict"])
+        return json.loads(saved["info"])
+    except Exception as error:  # any damage: truncated, not a checkpoint, other keys
+        first_line = (str(error).splitlines() or [""])[0][:160]
+        warnings.warn(
+            f"the cached model {path} cannot be read ({type(error).__name__}: {first_line}); "
+            "training it again",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
 
 
 def _crop_sampler(images: Tuple[Tensor, ...], config: Dict[str, Any]) -> Callable[[torch.Generator], Tensor]:
