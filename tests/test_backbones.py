@@ -40,7 +40,7 @@ from captum_similarity.rise import random_masks  # noqa: E402
 pytestmark = pytest.mark.slow
 
 SIZE = 64
-N_STEPS = 8
+N_STEPS = 4
 METHOD = "riemann_trapezoid"
 #: The first backbone of each family: PAIR-X's per-match maps are checked
 #: against one backward pass per match there.
@@ -140,7 +140,7 @@ def test_bilrp_with_projection_totals_the_projected_score(net):
     totals of the two images' maps of projected dimension ``k``; each map is
     within the bound of its seed ``(P f)_k``, so the total is within the bound
     that implies of the projected score ``<P f1, P f2> / (|f1| |f2|)``."""
-    k = 4
+    k = 2
     lrp = LRPRelevancePairing(net.sim)
     with _quiet():
         relevance = lrp.attribute_pairwise((net.x1, net.x2), patch_size=16, projection_dim=k)
