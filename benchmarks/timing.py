@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -105,3 +105,20 @@ def median_ratio(
         fn()
         ratios.append((time.perf_counter() - middle) / (middle - start))
     return statistics.median(ratios)
+
+
+def results_header(command: str) -> List[str]:
+    """The first lines of a results file: the command that wrote it, the machine
+    and its load when the run ended (timings on a shared machine are noisy)."""
+    return [
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end (2 cores "
+        "shared with other jobs: read the ratios, each timed back to back with its unit).",
+    ]
+
+
+def write_results(path: Path, lines: Sequence[str]) -> None:
+    """Writes ``lines`` to ``path`` (creating its folder) and says so."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")

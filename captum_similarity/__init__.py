@@ -13,8 +13,8 @@ from .attributes import (
     SalientAttributes,
     fit_attribute_head,
 )
-from .branches import BranchLayerAttribution, split_branches
-from .candidates import CandidateLayer, candidate_layers
+from .branches import BranchLayerAttribution, GridView, split_branches
+from .candidates import CandidateLayer, candidate_layers, default_layer
 from .decomposition import SimilarityDecomposition
 from .embedding_gradcam import EmbeddingGradCAM
 from .figures import (
@@ -37,6 +37,7 @@ __all__ = [
     "resolve_similarity",
     "split_branches",
     "BranchLayerAttribution",
+    "GridView",
     "EmbeddingGradCAM",
     "SimilarityDecomposition",
     "LRPRelevancePairing",
@@ -46,6 +47,7 @@ __all__ = [
     "PairwiseIntermediateMatching",
     "PairMatches",
     "candidate_layers",
+    "default_layer",
     "CandidateLayer",
     "visualize_matches",
     "AttributeHeatmapHead",

@@ -7,20 +7,24 @@ branches interleaved, a layer attribution covers both images, row-interleaved:
 the inputs (LayerConductance, LayerIntegratedGradients, LayerDeepLift, ...)
 expect the layer's batch to equal the input batch, which a two-branch call
 cannot give; :class:`BranchLayerAttribution` runs such a method once per
-branch with the other branch's embedding held fixed.
+branch with the other branch's embedding held fixed. Captum's layer methods
+read a layer's output as ``(N, C, h, w)``; :class:`GridView` shows them
+transformer tokens and channels-last maps in that layout.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Type, Union
+from typing import Any, Callable, Optional, Tuple, Type, Union
 
 import torch
 from torch import Tensor, nn
 
 from ._utils.inputs import broadcast_pair
+from ._utils.layers import LayerSpec, resolve_layer
+from .candidates import candidate_layers, default_layer
 from .siamese import SiameseSimilarity
 
-__all__ = ["split_branches", "BranchLayerAttribution"]
+__all__ = ["split_branches", "BranchLayerAttribution", "GridView"]
 
 TensorOrTuple = Union[Tensor, Tuple[Tensor, ...]]
 
@@ -154,3 +158,101 @@ class BranchLayerAttribution:
             a1 = self.first.attribute(x1, baselines=b1, additional_forward_args=(f2,), **kwargs)
             a2 = self.second.attribute(x2, baselines=b2, additional_forward_args=(f1,), **kwargs)
         return a1, a2
+
+
+class GridView(nn.Module):
+    r"""The model with one layer's output shown as a feature map
+    ``(N, C, h, w)``, for Captum's layer methods.
+
+    Captum's ``LayerGradCam`` (and every layer method) reads the recorded
+    layer's output as ``(N, C, h, w)``: given transformer tokens
+    ``(N, T, C)`` it averages gradients over the channels and returns "maps"
+    over channels, and a channels-last map ``(N, h, w, C)`` is read with its
+    axes mixed up. ``GridView(model, layer)`` runs ``model`` with the layer's
+    output passed through ``reshape_transform`` and its inverse, the grid in
+    between going through the identity module :attr:`grid`: explain
+    ``view.grid`` instead of the layer. The values are the model's; the layer
+    is hooked only while the view runs.
+
+    Args:
+        model (nn.Module): A :class:`~captum_similarity.SiameseSimilarity`
+            (or any model whose first argument is an image batch).
+        layer (nn.Module or str, optional): A layer inside ``model`` (or
+            inside its embedder, by name). None: the
+            :func:`~captum_similarity.candidates.default_layer` of the first
+            images the view sees, with its transform.
+            Default: None
+        reshape_transform (Callable, optional): Turns the layer's output into
+            ``(N, C, h, w)`` and has an ``inverse(grid, like)`` method:
+            :class:`~captum_similarity.models.TokenGrid`,
+            :class:`~captum_similarity.models.ChannelsLast`. None: the one
+            :func:`~captum_similarity.candidate_layers` chooses for the layer
+            (none for a channels-first map).
+            Default: None
+
+    Example::
+
+        >>> from captum.attr import LayerGradCam
+        >>> view = GridView(SiameseSimilarity(vit), "blocks.10")
+        >>> maps = LayerGradCam(view, view.grid).attribute(x1, additional_forward_args=(x2,))
+        >>> m1, m2 = split_branches(maps)          # (N, 1, h, w) each
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: Optional[LayerSpec] = None,
+        reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if reshape_transform is not None and not callable(getattr(reshape_transform, "inverse", None)):
+            raise TypeError(
+                "reshape_transform must have an inverse(grid, like) method (TokenGrid, ChannelsLast)"
+            )
+        self.model = model
+        self.grid = nn.Identity()
+        self._embedder = model.embedder if isinstance(model, SiameseSimilarity) else model
+        self._layer = None if layer is None else resolve_layer(self._embedder, layer)
+        self.reshape_transform = reshape_transform
+        self._resolved = False
+
+    @property
+    def layer(self) -> Optional[nn.Module]:
+        """The viewed layer (None until the first call when chosen by default)."""
+        return self._layer
+
+    def _resolve(self, example: Tensor) -> None:
+        if self._resolved:
+            return
+        image = example[:1]
+        if self._layer is None:
+            chosen = default_layer(self._embedder, image)
+            self._layer = resolve_layer(self._embedder, chosen.name)
+            transform = chosen.reshape_transform
+        else:
+            name = next(n for n, m in self._embedder.named_modules() if m is self._layer)
+            listed = [c for c in candidate_layers(self._embedder, image) if c.name == name]
+            transform = listed[0].reshape_transform if listed else None
+        if self.reshape_transform is None:
+            self.reshape_transform = transform
+        self._resolved = True
+
+    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Any:
+        if self.reshape_transform is None:
+            return self.grid(output)
+        grid = self.grid(self.reshape_transform(output))
+        return self.reshape_transform.inverse(grid, output)  # type: ignore[attr-defined]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        images = [a for a in args if isinstance(a, Tensor) and a.dim() == 4]
+        if images:
+            self._resolve(images[0])
+        elif not self._resolved:
+            raise ValueError("GridView needs an image batch (N, C, H, W) among its inputs")
+        handle = self._layer.register_forward_hook(self._hook)  # type: ignore[union-attr]
+        try:
+            return self.model(*args, **kwargs)
+        finally:
+            handle.remove()

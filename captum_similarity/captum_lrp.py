@@ -72,7 +72,8 @@ class SimilarityHeadRule(PropagationRule):
     per-dimension contributions ``c = Similarity.contribution(f1, f2)``:
     ``R(f1)_j = R(f2)_j = R * c_j / s``. Both sides therefore receive the whole
     score, ``sum_j R(f1)_j = sum_j R(f2)_j = s`` once Captum scales relevance
-    back by the output. For ``"dot"``, ``c = f1 * f2`` and this equals what
+    back by the output (a side given as a precomputed embedding is a constant
+    and gets none). For ``"dot"``, ``c = f1 * f2`` and this equals what
     gradient x input gives; for ``"cosine"``, ``c = f1_hat * f2_hat`` with the
     norms held constant, whereas plain gradients through the normalisation
     would give relevance summing to zero.

@@ -34,7 +34,6 @@ from torch import Tensor
 from ._utils.progress import Progress
 from ._utils.state import preserved_state
 from ._version import __version__
-from .candidates import DEFAULT_MIN_GRID
 from .data.files import SAMPLE_PREFIX, gallery_files, sample_image, sample_names
 from .data.prepare import ImagePreparation, display_image
 from .data.pair_lists import draw_identity_pairs, parse_pair_counts, read_pairs_csv
@@ -642,8 +641,8 @@ def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layer",
         metavar="NAME",
-        help="dotted name of the layer for layer methods (default: the last layer "
-        f"with a grid of at least {DEFAULT_MIN_GRID}x{DEFAULT_MIN_GRID} cells)",
+        help="dotted name of the layer for layer methods (default: the last block "
+        "of the stage of stride 16 or the nearest below it; a ViT's penultimate block)",
     )
     parser.add_argument(
         "--methods",

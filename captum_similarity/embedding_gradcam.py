@@ -15,6 +15,7 @@ from ._utils.entry import attribution_entry
 from ._utils.hooks import recording
 from ._utils import inputs as contract
 from ._utils.layers import LayerSpec, feature_grid, resolve_layer
+from .candidates import default_layer_module
 from .siamese import Embedder, SiameseSimilarity, as_siamese
 from .similarity import Similarity, SimilarityLike
 
@@ -88,10 +89,16 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
         embedder (nn.Module, Callable or SiameseSimilarity): Maps images
             ``(N, C, H, W)`` to embeddings ``(N, D)``, or a
             :class:`~captum_similarity.SiameseSimilarity` wrapping one.
-        layer (nn.Module or str): The explained layer inside the embedder, or
-            its dotted name (``"layer3"``, ``"features.5"``). Its output (or
-            input, see ``attribute_to_layer_input``) must be a feature map
-            ``(N, C, h, w)``, or become one through ``reshape_transform``.
+        layer (nn.Module or str, optional): The explained layer inside the
+            embedder, or its dotted name (``"layer3"``, ``"features.5"``). Its
+            output (or input, see ``attribute_to_layer_input``) must be a
+            feature map ``(N, C, h, w)``, or become one through
+            ``reshape_transform`` (a channels-last map ``(N, h, w, C)`` is
+            refused without one). None: chosen on the first call by
+            :func:`~captum_similarity.candidates.default_layer`, with its
+            ``reshape_transform`` unless one is given; ``self.layer`` then
+            holds it.
+            Default: None
         similarity (str, Callable or Similarity, optional): The similarity
             (``"cosine"``, ``"dot"``, ``"euclidean"``,
             ``"squared_euclidean"``, or see
@@ -123,13 +130,13 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
     def __init__(
         self,
         embedder: Union[Embedder, SiameseSimilarity],
-        layer: LayerSpec,
+        layer: Optional[LayerSpec] = None,
         similarity: Optional[SimilarityLike] = None,
         reshape_transform: Optional[Callable[[Tensor], Tensor]] = None,
         device_ids: Optional[List[int]] = None,
     ) -> None:
         model = as_siamese(embedder, similarity, "EmbeddingGradCAM")
-        resolved = resolve_layer(model.embedder, layer)
+        resolved = None if layer is None else resolve_layer(model.embedder, layer)
         if reshape_transform is not None and not callable(reshape_transform):
             raise TypeError(
                 f"reshape_transform must be callable, got {type(reshape_transform).__name__}"
@@ -217,6 +224,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
             )
             return contract.format_output(maps, is_tuple)
         x = contract.check_images(images[0], "inputs", _METHOD, self.model)
+        self._choose_layer(x)
         if weighting == "triplet":
             raise ValueError("weighting='triplet' explains a tuple (anchors, positives, negatives)")
         if reference is not None:
@@ -239,7 +247,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
                 )
         create_graph = bool(grad_kwargs.get("create_graph", False))
         g = self._weights(weighting, (f, f_ref), create_graph)[0]
-        maps = self._cams([f], [g], rec.tensors, 1, relu_attributions, grad_kwargs)
+        maps = self._cams([f], [g], rec.tensors, 1, relu_attributions, grad_kwargs, x.shape[-2:])
         return contract.format_output(maps, is_tuple)
 
     @attribution_entry()
@@ -295,6 +303,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
             raise ValueError(f"the query must be one image (1, ...), got batch {query.shape[0]}")
         references = check_float_tensor(references, "references")
         contract.check_finite(references, "references")
+        self._choose_layer(query)
         with recording(self.layer, attribute_to_layer_input) as rec:
             f_q = contract.check_embedding(
                 self.model.embed(_grad_leaf(query)), name="the embedding of the query"
@@ -308,7 +317,8 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
                 with recording(self.layer, attribute_to_layer_input) as rec_r:
                     f_r = self.model.embed(_grad_leaf(references[chunk]))
                 g_r = self._weights(weighting, (f_q.expand(len(f_r), -1), f_r), False)[1]
-                r_maps += self._cams([f_r], [g_r], rec_r.tensors, 1, relu_attributions, {})
+                size = references.shape[-2:]
+                r_maps += self._cams([f_r], [g_r], rec_r.tensors, 1, relu_attributions, {}, size)
                 embedded.append(f_r.detach())
             f_r = torch.cat(embedded)
         else:
@@ -318,7 +328,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
         (jac,) = torch.autograd.grad(
             f_q, a_q, grad_outputs=eye, is_grads_batched=True, retain_graph=False
         )
-        activation, jac = self._grid(a_q), self._grid(jac[:, 0])
+        activation, jac = (self._grid(t, query.shape[-2:]) for t in (a_q, jac[:, 0]))
         alpha = g_q @ jac.mean((2, 3))  # (G, C)
         q_maps = torch.einsum("gc,chw->ghw", alpha, activation[0])[:, None]
         q_maps = F.relu(q_maps) if relu_attributions else q_maps
@@ -340,6 +350,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
                 + ("; pass (anchors, positives, negatives)" if expected == 3 else "; pass (x1, x2)")
             )
         xs = [contract.check_images(x, f"inputs[{i}]", _METHOD, self.model) for i, x in enumerate(inputs)]
+        self._choose_layer(xs[0])
         with recording(self.layer, attribute_to_layer_input) as rec:
             if expected == 2:
                 x1, x2 = contract.broadcast_pair(*xs)
@@ -354,7 +365,8 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
                 fs = [both[i::3] for i in range(3)]
         create_graph = bool(grad_kwargs.get("create_graph", False))
         gs = self._weights(weighting, tuple(fs), create_graph)
-        return tuple(self._cams(fs, list(gs), rec.tensors, expected, relu, grad_kwargs))
+        size = xs[0].shape[-2:]
+        return tuple(self._cams(fs, list(gs), rec.tensors, expected, relu, grad_kwargs, size))
 
     def _weights(self, weighting: str, fs: Tuple[Tensor, ...], create_graph: bool) -> Weights:
         """``g_i = dS_i/df_i`` for each image of the group (``(N, D)`` each)."""
@@ -379,6 +391,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
         groups: int,
         relu: bool,
         grad_kwargs: Dict[str, Any],
+        image_size: Sequence[int],
     ) -> List[Tensor]:
         """One backward pass from the embeddings to the recorded activations;
         the Grad-CAM map of each image, split into ``groups`` when the
@@ -396,7 +409,7 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
         keep_graph = bool(grad_kwargs.get("create_graph", False))
         maps = []
         for act, grad in zip(activations, grads):
-            act, grad = self._grid(act), self._grid(grad)
+            act, grad = self._grid(act, image_size), self._grid(grad, image_size)
             if not keep_graph:
                 act, grad = act.detach(), grad.detach()
             cam = (grad.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True)
@@ -405,8 +418,14 @@ class EmbeddingGradCAM(LayerAttribution, GradientAttribution):
             return [maps[0][i::groups] for i in range(groups)]
         return maps
 
-    def _grid(self, t: Tensor) -> Tensor:
-        return feature_grid(t, self.reshape_transform, "EmbeddingGradCAM")
+    def _grid(self, t: Tensor, image_size: Sequence[int]) -> Tensor:
+        return feature_grid(t, self.reshape_transform, "EmbeddingGradCAM", image_size)
+
+    def _choose_layer(self, example: Tensor) -> None:
+        """Resolves ``layer=None`` to the default layer for these images."""
+        if self.layer is None:
+            embedder, transform = self.model.embedder, self.reshape_transform
+            self.layer, self.reshape_transform = default_layer_module(embedder, example, transform)
 
 
 def _grad_leaf(x: Tensor) -> Tensor:

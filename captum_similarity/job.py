@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ._version import __version__
-from .candidates import DEFAULT_MIN_GRID, default_layer
+from .candidates import default_layer
 from .data.files import load_image
 from .data.prepare import ImagePreparation, parse_normalization
 from .models.loading import DLIB_FACE, LoadedModel, load_model
@@ -123,6 +123,8 @@ def choose_layer(loaded: LoadedModel, layer: Optional[str], example: Tensor) -> 
         return {"layer": layer, "layer_choice": "given with --layer", "layer_grid": grid}
     try:
         chosen = default_layer(model, example)
+    except ValueError:
+        chosen = None
     except Exception as err:  # a model whose layers cannot be listed
         return {
             "layer": None,
@@ -137,8 +139,8 @@ def choose_layer(loaded: LoadedModel, layer: Optional[str], example: Tensor) -> 
         }
     return {
         "layer": chosen.name,
-        "layer_choice": f"chosen by default: the last layer with a grid of at least "
-        f"{DEFAULT_MIN_GRID}x{DEFAULT_MIN_GRID} cells (captum_similarity.candidate_layers)",
+        "layer_choice": "chosen by default: the last block of the stage of stride 16 or "
+        "the nearest below it, a ViT's penultimate block (captum_similarity.default_layer)",
         "layer_grid": list(chosen.grid),
     }
 

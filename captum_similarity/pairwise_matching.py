@@ -16,8 +16,9 @@ from ._utils.batching import batch_slices
 from ._utils.entry import attribution_entry
 from ._utils import inputs as contract
 from ._utils.layers import LayerSpec, feature_grid, resolve_layer
-from .candidates import CandidateLayer, candidate_layers
+from .candidates import CandidateLayer, candidate_layers, default_layer_module
 from .lrp.composites import Composite
+from .lrp.conservation import Conservation, LayerLoss, report
 from .lrp.engine import SEED_BATCHING, LRPEngine, RelevancePass
 from .lrp.rules import RuleLike
 from .siamese import Embedder, SiameseSimilarity, as_siamese
@@ -72,6 +73,12 @@ class PairMatches:
             pixels for each of the top ``k'`` matches, seeded at the layer with
             the match's cell activation (all channels), zero elsewhere.
         pixel_relevance2 (Tensor): ``(k', C, H, W)``, the same for image 2.
+        layer_conservation_error (float): How far the relevance that reached
+            the layer is from the score, ``|s - sum R| / sum |c|`` (``c``:
+            the seeded contributions), the larger of the two images.
+        pixel_conservation_error (float): The same for the per-match maps:
+            ``|sum seed - sum map| / sum |seed|``, the largest over the top
+            ``k'`` matches of both images (0 with ``k = 0``).
     """
 
     score: float
@@ -85,6 +92,8 @@ class PairMatches:
     relevance: Tensor
     pixel_relevance1: Tensor
     pixel_relevance2: Tensor
+    layer_conservation_error: float = float("nan")
+    pixel_conservation_error: float = float("nan")
 
     def __len__(self) -> int:
         return int(self.relevance.shape[0])
@@ -211,12 +220,18 @@ class PairwiseIntermediateMatching(GradientAttribution):
         embedder (nn.Module or SiameseSimilarity): Maps images ``(N, C, H, W)``
             to embeddings ``(N, D)``, or a
             :class:`~captum_similarity.SiameseSimilarity` wrapping one.
-        layer (nn.Module or str): The layer whose cells are matched, or its
-            dotted name (see :func:`candidate_layers`). It must run once per
-            forward pass; its output must be a feature map ``(N, C, h, w)`` or
-            become one through ``reshape_transform``. A conv followed by
-            BatchNorm reports the BatchNorm's output (LRP folds the two): pick
-            a block or stage output.
+        layer (nn.Module or str, optional): The layer whose cells are
+            matched, or its dotted name (see :func:`candidate_layers`). It must
+            run once per forward pass; its output must be a feature map
+            ``(N, C, h, w)`` or become one through ``reshape_transform`` (a
+            channels-last map ``(N, h, w, C)`` is refused without one). A conv
+            followed by BatchNorm reports the BatchNorm's output (LRP folds the
+            two): pick a block or stage output. None: chosen on the first call
+            by :func:`~captum_similarity.candidates.default_layer` (a stride-16
+            stage output, a ViT's penultimate block), with its
+            ``reshape_transform`` unless one is given; ``self.layer`` then
+            holds it.
+            Default: None
         similarity (str, Callable or Similarity, optional): The similarity
             (``"cosine"``, ``"dot"``, ``"euclidean"``, ...), which must define
             per-dimension contributions. Not allowed with a SiameseSimilarity,
@@ -270,7 +285,7 @@ class PairwiseIntermediateMatching(GradientAttribution):
     def __init__(
         self,
         embedder: Union[Embedder, SiameseSimilarity],
-        layer: LayerSpec,
+        layer: Optional[LayerSpec] = None,
         similarity: Optional[SimilarityLike] = None,
         composite: Union[str, Composite] = "epsilon_plus",
         rules: Optional[Mapping[LayerSpec, RuleLike]] = None,
@@ -287,7 +302,7 @@ class PairwiseIntermediateMatching(GradientAttribution):
             )
         super().__init__(model)
         self.model = model
-        self.layer = resolve_layer(model.embedder, layer)
+        self.layer = None if layer is None else resolve_layer(model.embedder, layer)
         if reshape_transform is not None and not callable(reshape_transform):
             raise TypeError(
                 f"reshape_transform must be callable, got {type(reshape_transform).__name__}"
@@ -311,6 +326,11 @@ class PairwiseIntermediateMatching(GradientAttribution):
         self.engine = LRPEngine(model.embedder, composite)
         for key, rule in (rules or {}).items():
             self.engine.set_rule(key, rule)
+        #: The :class:`~captum_similarity.lrp.conservation.Conservation` of the
+        #: last relevance propagation (to the layer, or of the per-match maps).
+        self.conservation: Optional[Conservation] = None
+        #: That of the last propagation of the similarity to the layer.
+        self.layer_conservation: Optional[Conservation] = None
 
     @property
     def similarity(self) -> Similarity:
@@ -425,10 +445,50 @@ class PairwiseIntermediateMatching(GradientAttribution):
                 f"x1 has {x1.shape[1]} channels and x2 has {x2.shape[1]}: both images go "
                 "through the same embedder"
             )
+        self._choose_layer(x1)
         return contract.broadcast_pair(x1, x2)
 
-    def _grid(self, t: Tensor) -> Tensor:
-        return feature_grid(t, self.reshape_transform, "PAIR-X")
+    def _grid(self, t: Tensor, image_size: Sequence[int]) -> Tensor:
+        return feature_grid(t, self.reshape_transform, "PAIR-X", image_size)
+
+    def _choose_layer(self, example: Tensor) -> None:
+        """Resolves ``layer=None`` to the default layer for these images."""
+        if self.layer is None:
+            embedder, transform = self.model.embedder, self.reshape_transform
+            self.layer, self.reshape_transform = default_layer_module(embedder, example, transform)
+
+    def _check(
+        self,
+        pass_: RelevancePass,
+        seeds: Tensor,
+        relevance: Tensor,
+        what: str,
+        source: Optional[LayerSpec] = None,
+        target: Optional[LayerSpec] = None,
+    ) -> Tensor:
+        """Measures the conservation of ``seeds`` ``(K, N, ...)`` propagated to
+        ``relevance`` ``(K, N, ...)``, sets :attr:`conservation` and returns the
+        relative error of each of the ``K * N`` rows."""
+        k, n = seeds.shape[:2]
+        flat = seeds.reshape(k * n, -1)
+        explained, magnitude = flat.sum(1), flat.abs().sum(1)
+        reached = relevance.reshape(k * n, -1).sum(1)
+
+        def diagnose() -> List[LayerLoss]:
+            errors = ((explained - reached).abs() / magnitude.clamp_min(1e-30)).nan_to_num(1e30)
+            seed, row = divmod(int(errors.argmax()), n)
+            image = pass_.input[row : row + 1]
+            return self.engine.diagnose(image, seeds[seed, row : row + 1], source, target)
+
+        self.conservation = report(
+            explained,
+            reached,
+            magnitude,
+            self.engine.conservation_bound,
+            f"{_METHOD}: {what}",
+            diagnose,
+        )
+        return self.conservation.relative_error.to(seeds.dtype)
 
     def _to_layer(self, seeds: Tensor, like: Tensor) -> Tensor:
         """Grid-shaped seeds ``(B, C, h, w)`` in the layer's own layout: the
@@ -459,10 +519,19 @@ class PairwiseIntermediateMatching(GradientAttribution):
         contribution = self.similarity.contribution(f1, f2).detach()
         scores = self.similarity(f1, f2).detach()
         layer_relevance = []
+        layer_errors = []
         for p, pass_ in enumerate(passes):
             seed = torch.cat([contribution for i, _ in where if i == p])
-            layer_relevance.append(self._grid(pass_.propagate(seed, target=self.layer)))
-        activations = [self._grid(p.activation(self.layer).detach()) for p in passes]
+            raw = pass_.propagate(seed, target=self.layer)
+            layer_errors.append(
+                self._check(pass_, seed[None], raw[None], "the similarity", target=self.layer)
+            )
+            layer_relevance.append(self._grid(raw, pass_.input.shape[-2:]))
+        self.layer_conservation = self.conservation
+        layer_error = torch.maximum(*(layer_errors[i][rows] for i, rows in where))
+        activations = [
+            self._grid(p.activation(self.layer).detach(), p.input.shape[-2:]) for p in passes
+        ]
         relevance = [layer_relevance[i][rows].sum(1).abs() for i, rows in where]
         acts = [activations[i][rows] for i, rows in where]
         if acts[0].shape[1] != acts[1].shape[1]:
@@ -487,6 +556,7 @@ class PairwiseIntermediateMatching(GradientAttribution):
             distance=distance,
             match_relevance=match_relevance,
             image_sizes=(tuple(x1.shape[-2:]), tuple(x2.shape[-2:])),
+            layer_error=layer_error,
         )
 
     def _pixel_maps(self, analysis: "_Analysis", k: int, summed: bool) -> Tuple[Tensor, Tensor]:
@@ -508,6 +578,7 @@ class PairwiseIntermediateMatching(GradientAttribution):
             mask[:kk].scatter_(2, cells.T[..., None], hits[..., None])
             masks.append(mask.reshape(k, n, 1, h, w) * acts[None])  # grid seeds (k, N, C, h, w)
         outputs: List[List[Tensor]] = [[], []]
+        errors: List[Tensor] = [torch.zeros(0)] * 2
         for p, pass_ in enumerate(analysis.passes):
             sides = [s for s, (i, _) in enumerate(analysis.where) if i == p]
             grid = torch.cat([masks[s] for s in sides], dim=1)  # (k, rows, C, h, w)
@@ -515,11 +586,16 @@ class PairwiseIntermediateMatching(GradientAttribution):
             if summed:
                 seeds = self._to_layer(grid.sum(0), like)
                 maps = pass_.propagate(seeds, source=self.layer)[None]
+                seeds = seeds[None]
             else:
                 seeds = self._to_layer(grid.flatten(0, 1), like).reshape(k, *like.shape)
                 maps = pass_.propagate_each(seeds, self.layer, batching=self.batching)
-            for s, part in zip(sides, maps.chunk(len(sides), dim=1)):
+            error = self._check(pass_, seeds, maps, "a match's relevance", source=self.layer)
+            error = error.reshape(seeds.shape[:2]).amax(0)  # per image
+            for s, part, e in zip(sides, maps.chunk(len(sides), dim=1), error.chunk(len(sides))):
                 outputs[s].append(part)
+                errors[s] = e
+        analysis.pixel_error = torch.maximum(errors[0], errors[1])
         result = tuple(torch.cat(o, dim=1) for o in outputs)
         return (result[0][0], result[1][0]) if summed else (result[0], result[1])
 
@@ -539,6 +615,9 @@ class _Analysis:
     distance: Tensor  # (N, n1)
     match_relevance: Tensor  # (N, n1)
     image_sizes: Tuple[Tuple[int, ...], Tuple[int, ...]]
+    layer_error: Tensor  # (N,) relative conservation error at the layer
+    pixel_error: Optional[Tensor] = None  # (N,) of the per-match maps
+
 
     def pair(self, p: int, maps1: Tensor, maps2: Tensor) -> PairMatches:
         idx1 = self.order[p, : int(self.counts[p])]
@@ -558,6 +637,8 @@ class _Analysis:
             relevance=self.match_relevance[p, idx1],
             pixel_relevance1=maps1,
             pixel_relevance2=maps2,
+            layer_conservation_error=float(self.layer_error[p]),
+            pixel_conservation_error=0.0 if self.pixel_error is None else float(self.pixel_error[p]),
         )
 
 

@@ -15,6 +15,7 @@ from ._utils import inputs as contract
 from ._utils.layers import LayerSpec
 from ._utils.patches import PatchSize, patch_centers, patch_pair, patch_sums
 from .lrp.composites import Composite
+from .lrp.conservation import Conservation, LayerLoss, report
 from .lrp.engine import LRPEngine, RelevancePass
 from .lrp.rules import RuleLike, ZBox
 from .siamese import SiameseSimilarity, as_siamese
@@ -125,6 +126,9 @@ class LRPRelevancePairing(GradientAttribution):
         super().__init__(model)
         self.model = model
         self.engine = LRPEngine(model.embedder, composite)
+        #: The :class:`~captum_similarity.lrp.conservation.Conservation` of the
+        #: last call (None before the first).
+        self.conservation: Optional[Conservation] = None
         for layer, rule in (rules or {}).items():
             self.engine.set_rule(layer, rule)
         if input_bounds is not None:
@@ -294,6 +298,7 @@ class LRPRelevancePairing(GradientAttribution):
         budget = internal_batch_size or _budget(rows1)
         maps1, f1 = self._dimension_maps(rows1, projection, patch, budget)
         maps2, f2 = self._dimension_maps(rows2, projection, patch, budget)
+        self._check_pairwise([(rows1, maps1, f1), (rows2, maps2, f2)], projection)
         a1, f1 = _per_pair(maps1, f1, shared1, n)
         a2, f2 = _per_pair(maps2, f2, shared2, n)
         if self.similarity.name == "cosine":
@@ -319,7 +324,8 @@ class LRPRelevancePairing(GradientAttribution):
         self, sides: Tuple[Tensor, ...], f2_fixed: Optional[Tensor]
     ) -> Tuple[Tuple[Tensor, ...], Tensor]:
         """Input relevance of each side for its pairs. Each side runs once on its
-        distinct rows; a shared row gets one seed per pair in a batched backward."""
+        distinct rows; a shared row gets one seed per pair in a batched backward.
+        Sets :attr:`conservation` (and warns when it exceeds the engine's bound)."""
         n = sides[0].shape[0]
         passes = []
         embeddings = []
@@ -340,7 +346,67 @@ class LRPRelevancePairing(GradientAttribution):
                 relevance.append(_batched(p, contributions[:, None, :], _budget(p.input))[:, 0])
             else:
                 relevance.append(p.propagate(contributions))
-        return tuple(relevance), self.similarity(f1, f2).detach()
+        scores = self.similarity(f1, f2).detach()
+        self._check(passes, contributions, scores, relevance)
+        return tuple(relevance), scores
+
+    def _check(
+        self,
+        passes: List[Tuple[RelevancePass, bool]],
+        contributions: Tensor,
+        scores: Tensor,
+        relevance: List[Tensor],
+    ) -> None:
+        """Measures the first-order conservation of both sides (rows side by side)."""
+        reached = torch.stack([_total(r) for r in relevance])  # (sides, N)
+        explained = contributions.sum(1).expand_as(reached)
+        magnitude = contributions.abs().sum(1).expand_as(reached)
+
+        def diagnose() -> List[LayerLoss]:
+            errors = ((explained - reached).abs() / magnitude.clamp_min(1e-30)).nan_to_num(1e30)
+            side, row = divmod(int(errors.argmax()), errors.shape[1])
+            p, shared = passes[side]
+            image = p.input[:1] if shared else p.input[row : row + 1]
+            return self.engine.diagnose(image, contributions[row : row + 1])
+
+        self.conservation = report(
+            explained.flatten(),
+            reached.flatten(),
+            magnitude.flatten(),
+            self.engine.conservation_bound,
+            f"{_METHOD}: the similarity",
+            diagnose,
+        )
+
+    def _check_pairwise(
+        self, sides: List[Tuple[Tensor, Tensor, Tensor]], projection: Tensor
+    ) -> None:
+        """Measures the conservation of every (projected) dimension's map of
+        every distinct image: rows ``(side, dimension, image)``."""
+        explained, reached, magnitude, where = [], [], [], []
+        for side, (rows, maps, f) in enumerate(sides):
+            seeds = f[None] * projection[:, None, :]  # (K, B, D)
+            explained.append(seeds.sum(2).flatten())
+            magnitude.append(seeds.abs().sum(2).flatten())
+            reached.append(maps.sum(2).flatten())
+            k, b = seeds.shape[:2]
+            where.extend((side, i // b, i % b) for i in range(k * b))
+        explained_t, reached_t, magnitude_t = (torch.cat(t) for t in (explained, reached, magnitude))
+
+        def diagnose() -> List[LayerLoss]:
+            errors = (explained_t - reached_t).abs() / magnitude_t.clamp_min(1e-30)
+            side, k, b = where[int(errors.nan_to_num(1e30).argmax())]
+            rows, _, f = sides[side]
+            return self.engine.diagnose(rows[b : b + 1], (f[b] * projection[k])[None])
+
+        self.conservation = report(
+            explained_t,
+            reached_t,
+            magnitude_t,
+            self.engine.conservation_bound,
+            f"{_METHOD}.attribute_pairwise: an embedding dimension's relevance",
+            diagnose,
+        )
 
     def _dimension_maps(
         self, x: Tensor, projection: Tensor, patch: Tuple[int, int], budget: int

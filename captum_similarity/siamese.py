@@ -109,6 +109,9 @@ class SiameseSimilarity(nn.Module):
         ...     (query, reference.expand(4, -1, -1, -1)))
     """
 
+    #: Marks the wrapper for ``_utils.layers.unwrap_embedder``: the embedder is ``.embedder``.
+    wraps_embedder = True
+
     def __init__(
         self,
         embedder: Embedder,

@@ -248,6 +248,16 @@ def test_captum_lrp_conserves_through_the_similarity_head(bias_free, images, nam
     assert_unchanged(model, before)
 
 
+@pytest.mark.parametrize("name", ["dot", "cosine"])
+def test_captum_lrp_with_an_embedding_reference_equals_the_image_reference(bias_free, images, name):
+    sim = SiameseSimilarity(bias_free, name)
+    x, ref = images(N), images(N, seed=1)
+    with_image = LRP(sim).attribute(x, additional_forward_args=(ref,))
+    with_embedding = LRP(sim).attribute(x, additional_forward_args=(sim.embed(ref).detach(),))
+    torch.testing.assert_close(with_embedding, with_image)
+    torch.testing.assert_close(with_embedding.sum((1, 2, 3)), sim(x, ref), atol=1e-7, rtol=1e-6)
+
+
 class _Linear(nn.Module):
     def __init__(self):
         super().__init__()

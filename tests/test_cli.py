@@ -143,7 +143,7 @@ def test_python_file_model_with_weights_matches_the_methods_run_directly(workspa
     assert [p["reference"] for p in results["pairs"]] == sorted(
         expected, key=expected.get, reverse=True
     )
-    assert results["model"]["layer"] == "features"  # the last layer with a grid >= 7x7
+    assert results["model"]["layer"] == "features"  # the last block at stride <= 16
     assert "chosen by default" in results["model"]["layer_choice"]
     for pair in results["pairs"]:
         x2 = refs[pair["reference"][:-4]]

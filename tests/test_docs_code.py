@@ -45,7 +45,7 @@ from captum_similarity import (
     to_visualizer_arrays,
 )
 from captum_similarity.data import astronaut_pair
-from captum_similarity.models import ResNetEmbedder
+from captum_similarity.models import ResNetEmbedder, ViTEmbedder
 from captum_similarity.models.dlib_resnet import dlib_model_path
 from conftest import make_reference_model
 
@@ -191,6 +191,14 @@ def _visualization() -> Dict[str, Any]:
     }
 
 
+def _backbones() -> Dict[str, Any]:
+    """"`model` your backbone, `x1`, `x2` batches of images": the reference
+    ViT (tokens with a class token, so the default layer needs a reshape)."""
+    torch.manual_seed(0)
+    return {"model": ViTEmbedder(image_size=32, depth=3).eval(),
+            "x1": _images(2, 0, torch.float32), "x2": _images(2, 1, torch.float32)}
+
+
 def _command_line() -> Dict[str, Any]:
     """In the working directory: a user's model file (a small CNN instead of
     the page's torchvision one), a query, a gallery folder and the worked
@@ -221,6 +229,7 @@ CONTEXTS: Dict[str, Callable[[], Dict[str, Any]]] = {
     "face-verification.md": _face_verification,
     "faithfulness.md": _faithfulness,
     "visualization.md": _visualization,
+    "backbones.md": _backbones,
     "command-line.md": _command_line,
 }
 
@@ -272,6 +281,12 @@ def _check_siamese_wrapper(ns: Dict[str, Any], cwd: Path) -> None:
         torch.testing.assert_close(r.sum((1, 2, 3)), s, atol=1e-8, rtol=1e-4)  # LRP-epsilon
 
 
+def _check_backbones(ns: Dict[str, Any], cwd: Path) -> None:
+    """Maps over the default layer's 4x4 grid of patches, one per image."""
+    assert ns["m1"].shape == ns["m2"].shape == (2, 1, 4, 4)
+    assert ns["view"].layer is ns["model"].blocks[1]  # the penultimate block
+
+
 def _check_command_line(ns: Dict[str, Any], cwd: Path) -> None:
     assert ns["gradcam_query"].shape == (1, 8, 8)  # the 8x8 grid of SimpleCNN on 32x32 images
     assert ns["best"]["rank"] == 1
@@ -293,6 +308,7 @@ CHECKS: Dict[str, Callable[[Dict[str, Any], Path], None]] = {
     "getting-started.md": _check_writes_pair_png,
     "siamese-wrapper.md": _check_siamese_wrapper,
     "visualization.md": _check_visualization,
+    "backbones.md": _check_backbones,
     "command-line.md": _check_command_line,
 }
 

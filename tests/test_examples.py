@@ -61,7 +61,7 @@ def test_every_example_is_tested():
     tested = {"siamese_wrapper.py", "faithfulness.py", "embedding_gradcam.py",
               "face_verification.py", "lrp_orl_faces.py", "pairwise_matching_orl.py",
               "command_line.py", "captum_compositions.py", "reliability.py",
-              "sanity_checks.py", "dataset_run.py", "salient_attributes.py"}
+              "sanity_checks.py", "dataset_run.py", "salient_attributes.py", "backbones.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -166,6 +166,19 @@ def test_salient_attributes(tmp_path):
                   "top-1 against SANE's removal oracle:", "the oracle against the shared object:"):
         assert 0.0 <= number_after(label, out) <= 1.0
     assert out.count("explained by:") == 3
+
+
+@pytest.mark.slow
+def test_backbones(tmp_path):
+    pytest.importorskip("torchvision")
+    pytest.importorskip("timm")
+    out = run_example(
+        "backbones.py", "--size", "64", "--k", "3", "--out", str(tmp_path / "pairx.png"), cwd=tmp_path
+    )
+    assert_images(tmp_path / "pairx.png")
+    assert "default layer features.5 (Sequential), channels_last, cells (4, 4)" in out
+    assert number_after("conservation error", out) < 1.0  # percent
+    assert "3 explained" in out
 
 
 @pytest.mark.slow

@@ -260,7 +260,8 @@ def test_candidate_layers_lists_grids_and_leaves_the_model_as_found(images):
     assert "head" not in layers and "pool" not in layers
     vit = make_reference_model("vit")
     tokens = {layer.name: layer for layer in candidate_layers(vit, images(1))}
-    assert tokens["blocks.0"].needs_reshape
+    assert not tokens["blocks.0"].needs_reshape  # one class token, a 4x4 grid: unambiguous
+    assert tokens["blocks.0"].reshape_transform == vit.token_grid
     grids = {layer.name: layer for layer in candidate_layers(vit, images(1), vit.token_grid)}
     assert grids["blocks.0"].grid == (4, 4) and not grids["blocks.0"].needs_reshape
 

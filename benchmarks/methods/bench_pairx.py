@@ -51,20 +51,31 @@ side by side; its measured cost on this machine (DESIGN.md) is 11.6 s per pair
 with 10 per-match maps against 0.9 s for one forward+backward on
 EfficientNetV2-rw-m at 224x224, about 13x.
 
+With ``--backbones``, the torchvision and timm backbones of
+``captum_similarity.models.backbones.BACKBONES`` are measured instead
+(random weights, calibrated BatchNorm statistics, a 128-d head), each at its
+default layer (``captum_similarity.default_layer``), on a batch of 2 pairs
+of 224x224 images: ``explain(k=10)`` and ``explain(k=0)``, the number of
+dense backward passes the per-match maps take, and one plain autograd
+backward pass from the layer to the pixels (what one dense per-match pass
+costs at least); written to ``benchmarks/results/pairx_backbones.md``.
+
 Usage::
 
     python benchmarks/methods/bench_pairx.py [--repeats 3] [--threads 1]
         [--out benchmarks/results/pairx_speed.md]
+    python benchmarks/methods/bench_pairx.py --backbones [--models timm/resnet50d ...]
+        [--repeats 3] [--threads 1] [--out benchmarks/results/pairx_backbones.md]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -78,12 +89,15 @@ from shared_models import PAIRX_MODELS as MODELS  # noqa: E402
 from timing import (  # noqa: E402
     command_line,
     forward_backward,
-    machine,
     median_ratio,
     median_seconds,
+    results_header,
+    write_results,
 )
 
 from captum_similarity import PairwiseIntermediateMatching, SiameseSimilarity  # noqa: E402
+from captum_similarity.lrp.conservation import ConservationWarning  # noqa: E402
+from captum_similarity.models.backbones import BACKBONES, backbone, held_out_images  # noqa: E402
 from captum_similarity.lrp import LRPEngine  # noqa: E402
 from captum_similarity.lrp.seeds import pack  # noqa: E402
 from captum_similarity.pairwise_matching import mutual_nearest_neighbours  # noqa: E402
@@ -215,20 +229,86 @@ def plain_backward(model: nn.Module, layer: str, x1: Tensor, x2: Tensor) -> Call
     images (no LRP rule), through a graph built once: the least a dense per-match
     map can cost."""
     x = torch.cat([x1, x2]).requires_grad_(True)
-    _, a = with_layer_output(model, layer, x)
+    with torch.enable_grad():
+        _, a = with_layer_output(model, layer, x)
     seed = torch.ones_like(a)
     return lambda: torch.autograd.grad(a, x, seed, retain_graph=True)
+
+
+def measure_backbone(name: str, repeats: int) -> Dict[str, Any]:
+    """PAIR-X on a batch of 2 pairs of one backbone, at its default layer."""
+    model = backbone(name, image_size=SIZE)
+    x1 = held_out_images(SIZE)  # 2 pairs: each image against a shifted copy of itself
+    x2 = torch.roll(x1, shifts=(8, 16), dims=(-2, -1))
+    unit = forward_backward(SiameseSimilarity(model), x1, x2)
+    pairx = PairwiseIntermediateMatching(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConservationWarning)
+        maps = min(m.pixel_relevance1.shape[0] for m in pairx.explain(x1, x2, k=K))
+        layer = pairx.layer
+        name_of = {m: n for n, m in model.named_modules()}
+        out: Dict[str, Any] = {
+            "layer": name_of[layer],
+            "fwd+bwd (ms)": median_seconds(unit, repeats) * 1e3,
+            "maps": maps,
+        }
+        out["explain k=10"] = median_ratio(lambda: pairx.explain(x1, x2, k=K), unit, repeats=repeats)
+        out["explain k=0"] = median_ratio(lambda: pairx.explain(x1, x2, k=0), unit, repeats=repeats)
+        out["dense passes"] = dense_passes(pairx, x1, x2, K)
+    plain = plain_backward(model, out["layer"], x1, x2)
+    out["one plain backward layer -> pixels"] = median_ratio(plain, unit, repeats=repeats)
+    print(f"{name}: {out}", flush=True)
+    return out
+
+
+def dense_passes(pairx: PairwiseIntermediateMatching, x1: Tensor, x2: Tensor, k: int) -> int:
+    """Backward passes from the layer to the pixels the k per-match maps take:
+    k when the receptive field is not local, else as ``packed_passes``."""
+    run = pairx.engine.forward(torch.cat([x1, x2]), record=[pairx.layer])
+    if run.receptive_field(pairx.layer) is None:
+        return k
+    name = next(n for n, m in pairx.engine.model.named_modules() if m is pairx.layer)
+    return packed_passes(pairx, name, x1[:1], x2[:1], k)
+
+
+def backbone_main(args: argparse.Namespace, argv: Optional[Sequence[str]]) -> None:
+    results = {name: measure_backbone(name, args.repeats) for name in args.models}
+    columns = ["explain k=10", "explain k=0", "one plain backward layer -> pixels"]
+    lines = results_header(command_line(__file__, argv)) + [
+        "",
+        "Ratios to one forward+backward pass of a batch of 2 pairs of 224x224 images (the "
+        "bundled held-out images, each against a copy shifted by (8, 16) pixels) through "
+        "SiameseSimilarity (random weights, calibrated BatchNorm statistics, float32); "
+        f"k = {K} per-match maps per image (fewer where a pair has fewer matches: the "
+        "column says how many), at the default layer. Target: explain k=10 <= 3x.",
+        "",
+        "| model | default layer | fwd+bwd | maps per image | dense passes | "
+        + " | ".join(columns)
+        + " |",
+        "|---" * (len(columns) + 5) + "|",
+    ]
+    for name, r in results.items():
+        cells = " | ".join(f"{r[c]:.2f}x" for c in columns)
+        lines.append(
+            f"| {name} | `{r['layer']}` | {r['fwd+bwd (ms)']:.0f} ms | {r['maps']} | "
+            f"{r['dense passes']} | {cells} |"
+        )
+    write_results(args.out or ROOT / "benchmarks" / "results" / "pairx_backbones.md", lines)
 
 
 def main(argv: Sequence[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "pairx_speed.md"
-    )
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--backbones", action="store_true")
+    parser.add_argument("--models", nargs="*", default=list(BACKBONES))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.backbones:
+        backbone_main(args, argv)
+        return
+    args.out = args.out or ROOT / "benchmarks" / "results" / "pairx_speed.md"
     results = {name: measure(name, args.repeats) for name in MODELS}
     command = command_line(__file__, argv)
     columns = [
@@ -246,10 +326,7 @@ def main(argv: Sequence[str] = None) -> None:
         "batch of 16 at once, per pair",
         "batch of 16, internal_batch_size=2, per pair",
     ]
-    lines = [
-        f"Command: `{command}`  ",
-        f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the end (2 cores "
-        "shared with other jobs: read the ratios, each timed back to back with its unit).",
+    lines = results_header(command) + [
         "",
         "Ratios to one forward+backward pass of the pair (one pair, float32, random weights); "
         f"k = {K} per-match maps per image. Reference implementation: about 13x (11.6 s vs "
@@ -267,9 +344,7 @@ def main(argv: Sequence[str] = None) -> None:
             f"{r['dense passes for k=10']} | {cells} | "
             f"{r['batch of 16, internal_batch_size=2, pairs/s']:.2f} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    write_results(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,26 @@ A :class:`Composite` assigns rules by, in this order of precedence:
 Modules whose plain gradient already is the LRP rule need none: ReLU,
 LeakyReLU, Dropout, Identity, Flatten, average and max pooling (with relevance
 as the gradient's ``R / a``, a linear map's own gradient is LRP-0 and max
-pooling's is winner-take-all). A leaf module with no rule and no such type is
-unsupported: running it raises a ``ValueError`` that names it; so does a
-container of :data:`UNSUPPORTED_TYPES` (``nn.MultiheadAttention``, PyTorch's
-transformer layers), whose attention is functional code.
+pooling's is winner-take-all). Neither does any other module without
+parameters of its own kind: a leaf module without a rule is run with the
+functional rules of :mod:`~captum_similarity.lrp.functional` (attention,
+normalisation, activations and products in forward code get their rules
+there) and its graph is checked: layout operations (permute, reshape, roll,
+pad, slicing, ``cat``), eval-mode identities (StochasticDepth, DropPath) and
+linear maps with constant coefficients pass relevance exactly; an operation
+no rule covers (``exp``, ``pow``, another library's autograd function) makes
+the call raise a ``ValueError`` that names the module, the operation and how
+to give the module a rule.
 
 The presets (:data:`COMPOSITES`) share the defaults for non-linear modules:
-:class:`~captum_similarity.lrp.rules.Pass` for element-wise activations and
-squeeze-excitation gates, :class:`~captum_similarity.lrp.rules.Hold` for
-``nn.Softmax`` (attention weights) and
-:class:`~captum_similarity.lrp.rules.NormRule` for ``nn.LayerNorm``.
+:class:`~captum_similarity.lrp.rules.Pass` for element-wise activations,
+squeeze-excitation gates and a BatchNorm that cannot be folded into the
+layer feeding it (DenseNet's pre-activation BatchNorm: the per-channel affine
+map passes relevance element by element, conserving it, where LRP-0 would
+give the shift a share and blow up where ``x * scale`` and the shift nearly
+cancel), and :class:`~captum_similarity.lrp.rules.Hold` for ``nn.Softmax``
+(attention weights). LayerNorm, GroupNorm and attention are covered by the
+functional rules.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ from torch import nn
 
 from .canonizers import is_squeeze_excitation
 from .linear import BATCHNORM_TYPES, LINEAR_TYPES
-from .rules import Epsilon, Gamma, Hold, NormRule, Pass, Rule, RuleLike, ZPlus, as_rule
+from .rules import Epsilon, Gamma, Hold, Pass, Rule, RuleLike, ZPlus, as_rule
 
 __all__ = [
     "Composite",
@@ -73,13 +83,10 @@ ACTIVATION_TYPES: Tuple[Type[nn.Module], ...] = (
     nn.Hardsigmoid, nn.Hardtanh, nn.ReLU6, nn.Mish, nn.Softplus, nn.PReLU,
 )  # fmt: skip
 
-#: Containers whose forward code mixes activations in ways no rule of their
-#: children covers (functional softmax attention, fused fast paths): without a
-#: user rule they are reported as unsupported rather than explained wrongly.
-UNSUPPORTED_TYPES: Tuple[Type[nn.Module], ...] = (
-    nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
-    nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer,
-)  # fmt: skip
+#: Module types reported as unsupported unless a user rule covers them (none
+#: by default: ``nn.MultiheadAttention`` and PyTorch's transformer layers are
+#: explained through the functional attention rule).
+UNSUPPORTED_TYPES: Tuple[Type[nn.Module], ...] = ()
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -217,25 +224,25 @@ def _type_name(key: TypeKey) -> str:
 
 def _with_defaults(linear_rules: Mapping[TypeKey, RuleSpec], **kwargs: object) -> Composite:
     rules: Dict[TypeKey, RuleSpec] = dict(linear_rules)
-    rules.update({ACTIVATION_TYPES: Pass(), nn.Softmax: Hold(), nn.LayerNorm: NormRule()})
+    rules.update({ACTIVATION_TYPES: Pass(), nn.Softmax: Hold()})
     return Composite(rules, **kwargs)  # type: ignore[arg-type]
 
 
 def lrp0(**kwargs: object) -> Composite:
-    """LRP-0 (``Epsilon(0)``) for every Linear, Conv and BatchNorm layer."""
+    """LRP-0 (``Epsilon(0)``) for every Linear and Conv layer (BatchNorm folded in)."""
     return epsilon(0.0, **kwargs)
 
 
 def epsilon(epsilon: float = 1e-6, **kwargs: object) -> Composite:
-    """LRP-epsilon for every Linear, Conv and BatchNorm layer."""
-    return _with_defaults({LINEAR_TYPES + BATCHNORM_TYPES: Epsilon(epsilon)}, **kwargs)
+    """LRP-epsilon for every Linear and Conv layer (BatchNorm folded in)."""
+    return _with_defaults({LINEAR_TYPES: Epsilon(epsilon), BATCHNORM_TYPES: Pass()}, **kwargs)
 
 
 def epsilon_plus(epsilon: float = 1e-6, **kwargs: object) -> Composite:
-    """z+ for convolutions, LRP-epsilon for Linear and unfolded BatchNorm
-    layers (the composite PAIR-X uses)."""
+    """z+ for convolutions, LRP-epsilon for Linear layers (the composite
+    PAIR-X uses)."""
     return _with_defaults(
-        {_CONV_TYPES: ZPlus(), (nn.Linear,) + BATCHNORM_TYPES: Epsilon(epsilon)}, **kwargs
+        {_CONV_TYPES: ZPlus(), nn.Linear: Epsilon(epsilon), BATCHNORM_TYPES: Pass()}, **kwargs
     )
 
 
@@ -268,10 +275,9 @@ def gamma(
     gammas: Sequence[float] = (0.5, 0.25, 0.1, 0.0), epsilon: float = 1e-6, **kwargs: object
 ) -> Composite:
     """Depth-dependent LRP-gamma (:func:`depth_gamma`) for Linear and Conv
-    layers, LRP-epsilon for unfolded BatchNorm; with ``input_rule=ZBox(...)``
-    this is the BiLRP paper's setting."""
+    layers; with ``input_rule=ZBox(...)`` this is the BiLRP paper's setting."""
     return _with_defaults(
-        {LINEAR_TYPES: depth_gamma(gammas, epsilon), BATCHNORM_TYPES: Epsilon(epsilon)}, **kwargs
+        {LINEAR_TYPES: depth_gamma(gammas, epsilon), BATCHNORM_TYPES: Pass()}, **kwargs
     )
 
 

@@ -65,12 +65,14 @@ from .._utils.hooks import LayerRecorder
 from .._utils.layers import LayerSpec, resolve_layer
 from .._utils.state import preserved_state
 from .canonizers import fold_batchnorm
-from .composites import Composite, resolve_composite
+from .composites import UNSUPPORTED_TYPES, Composite, resolve_composite
+from .conservation import CONSERVATION_BOUND, LayerLoss, ModuleRecorder, module_losses
+from .functional import FunctionalRules, unruled_node
 from .functions import Rewired, divide_or_zero
 from .graph import fuse_factors, reachable
 from .linear import BATCHNORM_TYPES, LINEAR_TYPES, linear_op
 from .receptive_field import ReceptiveField, receptive_field
-from .rules import LinearRule, Rule
+from .rules import LinearRule, Pass, Rule
 from .seeds import WindowPlan, pack, plan_windows
 from .windowed_backward import windowable, windowed_backward
 from .windows import Windows, add, channels_last, crop, paste, times_saved
@@ -107,6 +109,12 @@ class _Trace:
         # id of a deferred layer's output alias -> (the alias, the layer), until folded
         self.pending: Dict[int, Tuple[Tensor, nn.Module]] = {}
         self.folded: List[Tuple[Tensor, nn.Module]] = []
+        # the functional rules of this pass (attention, norms, products in forward code)
+        self.functional = FunctionalRules()
+        # id of an in-place module with a rule -> its inputs, while it runs on copies
+        self.originals: Dict[int, List[Tensor]] = {}
+        # id of a module without a rule -> the graph nodes of its inputs, while it runs
+        self.inputs_seen: Dict[int, List[List[Any]]] = {}
 
     def redirect(self, old: Tensor, new: Tensor) -> None:
         """A folded conv reports its BatchNorm's output as its own."""
@@ -114,9 +122,10 @@ class _Trace:
             rec.tensors = [new if t is old else t for t in rec.tensors]
 
 
-def _unsupported(name: str, module: nn.Module) -> ValueError:
+def _unsupported(name: str, module: nn.Module, node: Optional[str] = None) -> ValueError:
+    runs = f": its forward runs {node}, which no rule covers" if node else ""
     return ValueError(
-        f"LRP has no rule for module {name!r} ({type(module).__name__}). Give it one by "
+        f"LRP has no rule for module {name!r} ({type(module).__name__}){runs}. Give it one by "
         f"name, e.g. LRPRelevancePairing(..., rules={{{name!r}: Pass()}}) or "
         f".set_rule({name!r}, rule), with a rule from captum_similarity.lrp.rules "
         "(Pass for element-wise maps and gates, Hold to block relevance, Epsilon/ZPlus/"
@@ -127,6 +136,42 @@ def _unsupported(name: str, module: nn.Module) -> ValueError:
 def _unsupported_hook(name: str):
     def hook(module: nn.Module, inputs: Any, output: Any) -> None:
         raise _unsupported(name, module)
+
+    return hook
+
+
+def _generic_hooks(name: str, trace: "_Trace"):
+    """The hooks of a leaf module without a rule: its plain gradient stands
+    (layout operations, identities, linear maps, and the functional rules'
+    nodes), unless its graph holds an operation no rule covers. The pre-hook
+    notes the graph nodes of the inputs before an in-place operation can
+    replace them."""
+
+    def pre(module: nn.Module, inputs: Tuple[Any, ...]) -> None:
+        nodes = [t.grad_fn for t in inputs if isinstance(t, Tensor) and t.grad_fn is not None]
+        trace.inputs_seen.setdefault(id(module), []).append(nodes)
+
+    def hook(module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> None:
+        seen = trace.inputs_seen.get(id(module))
+        node = unruled_node(output, inputs, seen.pop() if seen else ())
+        if node is not None:
+            raise _unsupported(name, module, node)
+
+    return pre, hook
+
+
+def _suspend_hook(trace: "_Trace"):
+    """Pre-hook of a module with a rule: its forward code keeps plain gradients
+    (the rule replaces its graph) until the rule's hook has run. An in-place
+    module (``inplace=True``) runs on a copy of its input, so that the rule
+    still reads the input's values."""
+
+    def hook(module: nn.Module, inputs: Tuple[Any, ...]) -> Optional[Tuple[Any, ...]]:
+        trace.functional.suspend()
+        if getattr(module, "inplace", False) and inputs and isinstance(inputs[0], Tensor):
+            trace.originals.setdefault(id(module), []).append(inputs[0])
+            return (inputs[0].clone(), *inputs[1:])
+        return None
 
     return hook
 
@@ -147,6 +192,15 @@ def _rule_hook(name: str, rule: Optional[Rule], trace: _Trace):
     whenever it can be, and needs a rule of its own only otherwise."""
 
     def hook(module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> Tensor:
+        originals = trace.originals.get(id(module))
+        if originals:  # an in-place module ran on a copy
+            inputs = (originals.pop(), *inputs[1:])
+        try:
+            return apply(module, inputs, output)
+        finally:
+            trace.functional.resume()
+
+    def apply(module: nn.Module, inputs: Tuple[Any, ...], output: Any) -> Tensor:
         if not isinstance(output, Tensor) or not inputs or not isinstance(inputs[0], Tensor):
             raise TypeError(
                 f"LRP rules apply to modules mapping a tensor to a tensor; module {name!r} "
@@ -163,9 +217,7 @@ def _rule_hook(name: str, rule: Optional[Rule], trace: _Trace):
                 if id(x) in trace.pending:
                     trace.folded.append(trace.pending.pop(id(x)))
                 return out
-        if rule is None:
-            raise _unsupported(name, module)
-        chosen = rule
+        chosen = Pass() if rule is None else rule  # a BatchNorm with nothing to fold into
         if x is trace.input and isinstance(module, LINEAR_TYPES):
             trace.reads_input = True
             if (
@@ -226,6 +278,9 @@ class LRPEngine:
         self.model = model
         self.composite = resolve_composite(composite)
         self.channels_last = channels_last
+        #: Relative conservation error above which the methods warn
+        #: (:mod:`~captum_similarity.lrp.conservation`).
+        self.conservation_bound = CONSERVATION_BOUND
         self._layout_refused = False  # the model failed on a channels-last batch
         # ids of linear layers found not to feed the BatchNorm registered after them
         self._eager: Set[int] = set()
@@ -307,21 +362,77 @@ class LRPEngine:
             if isinstance(m, LINEAR_TYPES) and _foldable(following) and id(m) not in self._eager
         }
 
+    def diagnose(
+        self,
+        inputs: Tensor,
+        seed: Tensor,
+        source: Optional[LayerSpec] = None,
+        target: Optional[LayerSpec] = None,
+    ) -> List[LayerLoss]:
+        r"""Where relevance is absorbed, lost or created on its way from
+        ``source`` to ``target``, module by module.
+
+        Runs the model once more with every module call recorded and
+        propagates ``seed`` once (see
+        :func:`~captum_similarity.lrp.conservation.module_losses`). The
+        methods call it when a call's conservation error exceeds
+        :attr:`conservation_bound`.
+
+        Args:
+            inputs (Tensor): The model inputs of the pass ``(N, ...)``.
+            seed (Tensor): One relevance seed at ``source`` (sum several).
+            source (str or nn.Module, optional): A layer, or None for the output.
+                Default: None
+            target (str or nn.Module, optional): A layer below ``source``, or
+                None for the input.
+                Default: None
+
+        Returns:
+            list of :class:`~captum_similarity.lrp.conservation.LayerLoss`,
+            largest first.
+        """
+        layers = [resolve_layer(self.model, spec) for spec in (source, target) if spec is not None]
+        leaf = inputs.detach().requires_grad_(True)
+        with torch.enable_grad():
+            x = leaf.view_as(leaf)  # not a leaf: the model's own call records its node
+        trace = _Trace(x, self.composite)
+        trace.deferred = self._deferrable()
+        recorder = ModuleRecorder(self.model, lambda m: isinstance(m, LINEAR_TYPES) or _foldable(m))
+        output, recorded = self._run(x, layers, trace, recorder)
+        src = output if source is None else recorded[id(resolve_layer(self.model, source))]
+        if target is None:
+            targets = [leaf, *trace.companions]
+        else:
+            targets = [recorded[id(resolve_layer(self.model, target))]]
+        grad = divide_or_zero(seed.to(src.dtype), src.detach())
+        return module_losses(recorder, [src], targets, [grad])
+
     def _run(
-        self, x: Tensor, layers: List[nn.Module], trace: _Trace
+        self,
+        x: Tensor,
+        layers: List[nn.Module],
+        trace: _Trace,
+        recorder: Optional[ModuleRecorder] = None,
     ) -> Tuple[Any, Dict[int, Tensor]]:
         """One forward pass with the rules' hooks; returns the output and the
         recorded layer outputs by module id."""
         with preserved_state(self.model, eval_mode=True, freeze=True), ExitStack() as stack:
             for name, module, rule in self.composite.plan(self.model):
-                if rule is None and not _foldable(module):
+                if rule is None and isinstance(module, UNSUPPORTED_TYPES):
                     hook = _unsupported_hook(name)
+                elif rule is None and not _foldable(module):
+                    pre, hook = _generic_hooks(name, trace)
+                    stack.callback(module.register_forward_pre_hook(pre).remove)
                 else:
                     hook = _rule_hook(name, rule, trace)
+                    pre = module.register_forward_pre_hook(_suspend_hook(trace))
+                    stack.callback(pre.remove)
                 stack.callback(module.register_forward_hook(hook).remove)
             for layer in layers:
                 trace.recorders.append(stack.enter_context(LayerRecorder(layer)))
-            with torch.enable_grad():
+            if recorder is not None:
+                stack.enter_context(recorder)
+            with torch.enable_grad(), trace.functional:
                 output = self.model(x)
             return output, {id(layer): rec.single() for layer, rec in zip(layers, trace.recorders)}
 

@@ -32,6 +32,8 @@ __all__ = [
     "divide_or_zero",
     "share",
     "nonnegative",
+    "held_layer_norm",
+    "held_group_norm",
 ]
 
 
@@ -86,6 +88,30 @@ def nonnegative(x: Tensor) -> Tensor:
     """The 0/1 mask of ``x >= 0`` in ``x``'s dtype, written directly: on CPU a
     boolean mask and its conversion cost several times more."""
     return torch.ge(x, 0, out=torch.empty_like(x))
+
+
+def held_layer_norm(x: Tensor, dims: Tuple[int, ...], weight: Optional[Tensor], eps: float) -> Tensor:
+    """``(x - mean(x)) * w / std(x)`` over ``dims``, with ``std`` (and ``w``)
+    held constant: a linear map of ``x`` (LayerNorm without its bias, as the
+    normalisation rule of Ali et al., 2022 sees it)."""
+    with torch.no_grad():
+        scale = torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + eps)
+        if weight is not None:
+            scale = scale * weight.reshape(weight.shape + (1,) * (x.dim() - 1 - max(dims)))
+    return (x - x.mean(dims, keepdim=True)) * scale
+
+
+def held_group_norm(x: Tensor, groups: int, weight: Optional[Tensor], eps: float) -> Tensor:
+    """GroupNorm of ``x`` ``(N, C, *)`` without its bias, with each group's
+    standard deviation (and the weight) held constant."""
+    n, c = x.shape[:2]
+    grouped = x.reshape(n, groups, -1)
+    with torch.no_grad():
+        scale = torch.rsqrt(grouped.var(2, unbiased=False, keepdim=True) + eps)
+    centred = ((grouped - grouped.mean(2, keepdim=True)) * scale).reshape(x.shape)
+    if weight is not None:
+        centred = centred * weight.detach().reshape((1, c) + (1,) * (x.dim() - 2))
+    return centred
 
 
 class SignedLinear(torch.autograd.Function):

@@ -44,7 +44,16 @@ from captum.attr._utils.lrp_rules import (
 )
 from torch import Tensor, nn
 
-from .functions import SignedLinear, SignSplit, divide_or_zero, nonnegative, share, with_values
+from .functions import (
+    SignedLinear,
+    SignSplit,
+    divide_or_zero,
+    held_group_norm,
+    held_layer_norm,
+    nonnegative,
+    share,
+    with_values,
+)
 from .linear import BATCHNORM_TYPES, LINEAR_TYPES, LinearOp, linear_op
 
 __all__ = [
@@ -354,26 +363,61 @@ class Hold(Rule):
 
 
 class NormRule(Rule):
-    r"""LayerNorm with the standard deviation held constant.
+    r"""LayerNorm or GroupNorm with the standard deviation held constant.
 
     ``y = (x - mean(x)) * (w / std(x)) + b`` becomes linear in ``x`` once
     ``std`` is constant; relevance then follows that linear map (LRP-0), the
     bias ``b`` absorbing its share, as proposed for transformers by Ali et al.
-    (2022).
+    (2022) and in AttnLRP (Achtibat et al., 2024).
+
+    For an ``nn.LayerNorm`` (or a subclass) the rule normalises over the axes
+    the module normalises: the trailing ``normalized_shape`` axes of its
+    input, or the channel axis 1 of a channels-first feature map (ConvNeXt's
+    ``LayerNorm2d``, which permutes inside its forward); where both fit, the
+    one that reproduces the module's output. For ``nn.GroupNorm``, each
+    group's standard deviation is held.
+
+    (The engine gives the same treatment to ``F.layer_norm``,
+    ``F.group_norm`` and ``F.rms_norm`` calls anywhere in forward code, see
+    :mod:`~captum_similarity.lrp.functional`; this rule is for a module whose
+    forward computes its normalisation by hand.)
     """
 
     def apply(
         self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any
     ) -> Tensor:
-        if not isinstance(module, nn.LayerNorm):
-            raise TypeError(f"NormRule applies to nn.LayerNorm, got {type(module).__name__}")
         x = inputs[0]
-        dims = tuple(range(-len(module.normalized_shape), 0))
-        xd = x.detach()
-        scale = torch.rsqrt(xd.var(dims, unbiased=False, keepdim=True) + module.eps)
-        if module.weight is not None:
-            scale = scale * module.weight.detach()
-        return with_values(output.detach(), (x - x.mean(dims, keepdim=True)) * scale)
+        if isinstance(module, nn.GroupNorm):
+            return with_values(
+                output.detach(), held_group_norm(x, module.num_groups, module.weight, module.eps)
+            )
+        if not isinstance(module, nn.LayerNorm):
+            raise TypeError(
+                f"NormRule applies to nn.LayerNorm and nn.GroupNorm, got {type(module).__name__}"
+            )
+        shape = tuple(module.normalized_shape)
+        candidates = []
+        if tuple(x.shape[x.dim() - len(shape) :]) == shape:
+            candidates.append(tuple(range(x.dim() - len(shape), x.dim())))
+        if len(shape) == 1 and x.dim() > 2 and x.shape[1] == shape[0]:
+            candidates.append((1,))
+        bias = module.bias
+        for dims in candidates:
+            linear = held_layer_norm(x, dims, module.weight, module.eps)
+            if len(candidates) == 1:
+                return with_values(output.detach(), linear)
+            values = linear.detach()
+            if bias is not None:
+                values = values + bias.detach().reshape(
+                    bias.shape + (1,) * (x.dim() - 1 - max(dims))
+                )
+            if torch.allclose(values, output.detach(), rtol=1e-4, atol=1e-5):
+                return with_values(output.detach(), linear)
+        raise ValueError(
+            f"NormRule cannot tell which axes {type(module).__name__} normalises: its input "
+            f"{tuple(x.shape)} has normalized_shape {shape} neither as its trailing axes nor "
+            "(channels first) as axis 1 matching its output; give the module a rule of its own"
+        )
 
 
 RuleLike = Union[Rule, PropagationRule]

@@ -22,7 +22,7 @@ from .dlib_resnet import (
 from .efficientnet import EfficientNetEmbedder, MBConv, SqueezeExcitation
 from .face_preprocess import face_chips, pad_to_square
 from .resnet import BasicBlock, ResNetEmbedder
-from .vit import TokenGrid, ViTEmbedder
+from .vit import ChannelsLast, TokenGrid, ViTEmbedder
 
 __all__ = [
     "SimpleCNN",
@@ -33,6 +33,7 @@ __all__ = [
     "SqueezeExcitation",
     "ViTEmbedder",
     "TokenGrid",
+    "ChannelsLast",
     "dlib_face_resnet",
     "DlibFaceResNet",
     "DlibResidualBlock",

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -362,10 +364,23 @@ def _torchscript(path: Path) -> LoadedModel:
     )
 
 
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silences the logger ``name`` (and its children) below errors."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _export_program(path: Path) -> LoadedModel:
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_logger("torch.export"):
             warnings.simplefilter("ignore", FutureWarning)
+            # (torch 2.14 logs the failed attempt with a traceback; our error says it)
             program = torch.export.load(str(path))
     except Exception as err:
         raise _NotThisKind(f"torch.export.load: {_first_line(err)}") from err

@@ -37,8 +37,48 @@ class TokenGrid:
         patches = tokens[:, self.num_prefix_tokens :]
         return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
 
+    def inverse(self, grid: Tensor, like: Tensor) -> Tensor:
+        """The tokens ``like`` with their patch tokens taken from ``grid``
+        ``(N, C, h, w)`` (the prefix tokens are ``like``'s)."""
+        patches = grid.flatten(2).transpose(1, 2)
+        return torch.cat([like[:, : self.num_prefix_tokens], patches], dim=1)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TokenGrid) and (self.grid_size, self.num_prefix_tokens) == (
+            other.grid_size,
+            other.num_prefix_tokens,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.grid_size, self.num_prefix_tokens))
+
     def __repr__(self) -> str:
         return f"TokenGrid(grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens})"
+
+
+class ChannelsLast:
+    r"""Turns a channels-last feature map ``(N, h, w, C)`` (Swin's stages,
+    ConvNeXt's blocks between their permutes) into ``(N, C, h, w)``. Pass it
+    as ``reshape_transform`` to the library's layer methods for such a layer.
+    """
+
+    def __call__(self, t: Tensor) -> Tensor:
+        if t.dim() != 4:
+            raise ValueError(f"expected a channels-last feature map (N, h, w, C), got {tuple(t.shape)}")
+        return t.permute(0, 3, 1, 2)
+
+    def inverse(self, grid: Tensor, like: Tensor) -> Tensor:
+        """``grid`` ``(N, C, h, w)`` back in the layout ``(N, h, w, C)``."""
+        return grid.permute(0, 2, 3, 1)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ChannelsLast)
+
+    def __hash__(self) -> int:
+        return hash(ChannelsLast)
+
+    def __repr__(self) -> str:
+        return "ChannelsLast()"
 
 
 class Attention(nn.Module):
