@@ -191,12 +191,14 @@ def test_dlib_zero_padded_residuals_run_on_windows():
     x = torch.rand(2, 3, 150, 150, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     run = LRPEngine(model).forward(x, record=["layer2"])
     src = run.activation("layer2")
-    assert run.receptive_field("layer2") is not None and windowable(src, [run.input])
+    assert run.receptive_field("layer2") is not None and windowable(src, run.leaves)
     seeds = _local_seeds(src.detach(), 3)
     units, windows = _windows_of(seeds)
-    (reached,) = windowed_backward(src, [run.input], windows)
-    got = _scatter(units, reached, (3, *x.shape))
-    torch.testing.assert_close(got, _grad_per_seed(src, run.input, seeds), rtol=1e-12, atol=1e-15)
+    reached = windowed_backward(src, run.leaves, windows)
+    # the input normalisation's shift rides on a companion leaf (rules.InputAffine)
+    for leaf, got in zip(run.leaves, reached):
+        got = _scatter(units, got, (3, *x.shape))
+        torch.testing.assert_close(got, _grad_per_seed(src, leaf, seeds), rtol=1e-12, atol=1e-15)
 
 
 def test_crop_and_paste_against_padded_slicing():

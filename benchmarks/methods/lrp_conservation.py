@@ -9,8 +9,8 @@ means, the ViT's class and position tokens), where nothing but the input can
 absorb relevance. A third block uses the trained ORL embedder
 (``orl_embedder``, float32) on 20 pairs of held-out faces (10 of the same
 person, 10 of different people), and a fourth dlib's trained face ResNet
-(when its weights are installed) on 10 ORL pairs, when the ORL folder is
-found.
+(when its weights are installed) on 10 ORL pairs, on edge-padded chips and
+on chips aligned by dlib (black padding), when the ORL folder is found.
 
 Run from the repository root::
 
@@ -86,7 +86,9 @@ def orl_rows(root: Path) -> list:
 
 def dlib_rows(root: Path) -> list:
     """dlib's trained face ResNet on 10 ORL pairs (5 same person, 5 different),
-    chips made by edge-padding to a square and resizing to 150x150."""
+    chips made by edge-padding to a square and resizing to 150x150, and (when
+    dlib is installed) chips aligned as dlib makes them, whose black padding
+    is exactly 0."""
     try:
         model = dlib_face_resnet()
     except Exception as err:  # the weights come from an optional package
@@ -98,12 +100,18 @@ def dlib_rows(root: Path) -> list:
     other = (images[:, 0], images[torch.arange(5).roll(1), 0])
     first = torch.cat([same[0], other[0]])[:, 0].numpy()
     second = torch.cat([same[1], other[1]])[:, 0].numpy()
-    x1 = face_chips(list(first), align="pad_resize")
-    x2 = face_chips(list(second), align="pad_resize")
     rows = []
-    for similarity in ("dot", "cosine"):
-        rows.append(row("dlib face ResNet (trained)", model, x1, x2, similarity))
-        print(rows[-1], flush=True)
+    for align in ("pad_resize", "dlib"):
+        try:
+            x1, x2 = (face_chips(list(images), align=align) for images in (first, second))
+        except ImportError as err:
+            print(f"{align} chips skipped: {err}")
+            continue
+        zeros = torch.cat([x1, x2]).eq(0).all(1).float().mean()
+        name = f"dlib face ResNet (trained), {align} chips ({zeros:.1%} zero pixels)"
+        for similarity in ("dot", "cosine"):
+            rows.append(row(name, model, x1, x2, similarity))
+            print(rows[-1], flush=True)
     return rows
 
 

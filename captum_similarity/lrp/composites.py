@@ -147,19 +147,19 @@ class Composite:
             )
         self.rules[layer] = as_rule(rule)
 
-    def user_rule(self, name: str, module: nn.Module) -> Optional[Rule]:
-        """The rule the user set for ``module`` (by name, pattern, module or a
-        ``rule`` attribute), or None."""
+    def user_rule(self, name: str, module: nn.Module, attribute: bool = True) -> Optional[Rule]:
+        """The rule the user set for ``module`` (by name, pattern, module or,
+        with ``attribute``, a ``rule`` attribute), or None."""
         for key, rule in self.rules.items():
             if key is module or (isinstance(key, str) and key == name):
                 return rule
         for key, rule in self.rules.items():
             if isinstance(key, str) and fnmatchcase(name, key):
                 return rule
-        attribute = getattr(module, "rule", None)
-        if attribute is not None:
+        declared = getattr(module, "rule", None) if attribute else None
+        if declared is not None:
             try:
-                return as_rule(attribute)
+                return as_rule(declared)
             except TypeError as err:
                 raise TypeError(
                     f"module {name or '<root>'!r} has a `rule` attribute: {err}"

@@ -72,7 +72,7 @@ from .functions import Rewired, divide_or_zero
 from .graph import fuse_factors, reachable
 from .linear import BATCHNORM_TYPES, LINEAR_TYPES, linear_op
 from .receptive_field import ReceptiveField, receptive_field
-from .rules import LinearRule, Pass, Rule
+from .rules import InputAffine, LinearRule, Pass, Rule
 from .seeds import WindowPlan, pack, plan_windows
 from .windowed_backward import windowable, windowed_backward
 from .windows import Windows, add, channels_last, crop, paste, times_saved
@@ -115,6 +115,22 @@ class _Trace:
         self.originals: Dict[int, List[Tensor]] = {}
         # id of a module without a rule -> the graph nodes of its inputs, while it runs
         self.inputs_seen: Dict[int, List[List[Any]]] = {}
+
+        # id of a per-channel affine map of the input (an input normalisation) ->
+        # (that tensor, its scale, its shift), see rules.InputAffine
+        self.input_views: Dict[int, Tuple[Tensor, Tensor, Tensor]] = {}
+
+    def input_view(self, x: Tensor) -> Union[None, bool, Tuple[Tensor, Tensor]]:
+        """True if ``x`` is the model input, ``(scale, shift)`` if it is a
+        per-channel affine map of it, else None."""
+        if x is self.input:
+            return True
+        view = self.input_views.get(id(x))
+        return view[1:] if view is not None and view[0] is x else None
+
+    def add_input_view(self, x: Tensor, scale: Tensor, shift: Tensor) -> None:
+        """Records ``x = scale * input + shift``."""
+        self.input_views[id(x)] = (x, scale, shift)
 
     def redirect(self, old: Tensor, new: Tensor) -> None:
         """A folded conv reports its BatchNorm's output as its own."""
@@ -218,7 +234,14 @@ def _rule_hook(name: str, rule: Optional[Rule], trace: _Trace):
                     trace.folded.append(trace.pending.pop(id(x)))
                 return out
         chosen = Pass() if rule is None else rule  # a BatchNorm with nothing to fold into
-        if x is trace.input and isinstance(module, LINEAR_TYPES):
+        if (
+            x is trace.input
+            and _foldable(module)
+            and trace.composite.user_rule(name, module, attribute=False) is None
+        ):
+            # an input normalisation: each pixel keeps its normalised value's relevance
+            chosen = InputAffine()
+        elif trace.input_view(x) is not None and isinstance(module, LINEAR_TYPES):
             trace.reads_input = True
             if (
                 trace.composite.input_rule is not None
@@ -472,6 +495,13 @@ class RelevancePass:
         self._companions = companions
         self._recorded = recorded
 
+    @property
+    def leaves(self) -> List[Tensor]:
+        """The leaves whose relevance is input relevance: the input, then the
+        input rules' companions (bounds of z^B, the shift of an input
+        normalisation), each of the input's shape."""
+        return [self.input, *self._companions]
+
     def activation(self, layer: LayerSpec) -> Tensor:
         """The recorded output of ``layer`` (in the graph; ``.detach()`` to read)."""
         module = resolve_layer(self._model, layer)
@@ -533,7 +563,7 @@ class RelevancePass:
             return torch.stack([self.propagate(s, source, target) for s in seed])
         a = src.detach()
         grad_seed = divide_or_zero(seed, a)
-        targets = [self.input, *self._companions] if target is None else [self.activation(target)]
+        targets = self.leaves if target is None else [self.activation(target)]
         grads = torch.autograd.grad(
             src,
             targets,
@@ -555,7 +585,7 @@ class RelevancePass:
         ``(N, C, *spatial)`` can pass relevance to, or None when the graph below
         it holds an operation of unknown or global spatial reach (attention, a
         reshape, a global pooling, a gate that was not held constant)."""
-        leaves = [self.input, *self._companions]
+        leaves = self.leaves
         return receptive_field(self.activation(source), leaves)
 
     def propagate_each(
@@ -616,7 +646,7 @@ class RelevancePass:
         packing = pack(seeds, field)
         if batching == "windowed":
             plan = plan_windows(packing.support, field, self.input.shape[2:], packing.passes)
-            if plan is not None and windowable(src, [self.input, *self._companions]):
+            if plan is not None and windowable(src, self.leaves):
                 try:
                     maps = self._propagate_windowed(seeds, source, plan)
                 except AttributeError:  # saved state this PyTorch names otherwise: dense passes
@@ -634,7 +664,7 @@ class RelevancePass:
         """``propagate_each`` by backward passes on receptive-field windows, or
         None when nothing reaches the input (the dense path then says why)."""
         src = self.activation(source)
-        leaves = [self.input, *self._companions]
+        leaves = self.leaves
         k, n = seeds.shape[:2]
         grad = divide_or_zero(seeds, src.detach()).flatten(0, 1)  # (K * N, C, *grid)
         out = self.input.new_zeros((k, n) + tuple(self.input.shape[1:]))

@@ -54,7 +54,7 @@ from .functions import (
     share,
     with_values,
 )
-from .linear import BATCHNORM_TYPES, LINEAR_TYPES, LinearOp, linear_op
+from .linear import BATCHNORM_TYPES, LINEAR_TYPES, LinearOp, channel_affine, linear_op
 
 __all__ = [
     "Rule",
@@ -65,6 +65,7 @@ __all__ = [
     "ZPlus",
     "ZBox",
     "Pass",
+    "InputAffine",
     "Hold",
     "NormRule",
     "as_rule",
@@ -79,10 +80,12 @@ class Rule(ABC):
 
     A rule is applied as a forward hook: :meth:`apply` receives the module,
     its positional inputs, its output and the current trace (which exposes
-    ``input``, the model input of this pass, and ``companions``, a list to
-    which input-layer rules append extra leaf tensors whose relevance counts
-    as input relevance), and returns the tensor that replaces the output:
-    same values, gradient given by the rule.
+    ``input``, the model input of this pass; ``companions``, a list to
+    which input-layer rules append extra leaf tensors of the input's shape
+    whose relevance counts as input relevance; and ``input_view(x)``, which
+    tells whether ``x`` is the input or a per-channel affine map of it such as
+    an input normalisation, see :class:`InputAffine`), and returns the tensor
+    that replaces the output: same values, gradient given by the rule.
     """
 
     @abstractmethod
@@ -284,7 +287,9 @@ class ZBox(LinearRule):
 
     Inputs are known to lie in ``[low, high]`` (pixel range); relevance is
     conserved exactly (biases are left out). It can only be given to a layer
-    whose input is the model input; composites apply it there with
+    whose input is the model input, or a per-channel affine map of it (an
+    input normalisation inside the model, see :class:`InputAffine`: the
+    bounds are then mapped through it); composites apply it there with
     ``input_rule``. The bounds' own relevance terms are counted in the input
     relevance.
 
@@ -304,13 +309,19 @@ class ZBox(LinearRule):
         self.high = high
 
     def modified(self, op: LinearOp, x: Tensor, trace: Any) -> Tensor:
-        if x is not trace.input:
+        view = trace.input_view(x)
+        if view is None:
             raise ValueError(
                 "the ZBox rule applies only to a layer that reads the model input directly; "
                 "set it as the composite's input_rule (or input_bounds=) rather than on an "
                 "inner layer"
             )
-        low, high = (self._leaf(b, x) for b in (self.low, self.high))
+        low, high = (torch.as_tensor(b, dtype=x.dtype, device=x.device) for b in (self.low, self.high))
+        if view is not True:  # x = scale * input + shift: the bounds of x
+            scale, shift = view
+            low, high = scale * low + shift, scale * high + shift
+            low, high = torch.minimum(low, high), torch.maximum(low, high)
+        low, high = (self._leaf(b, x) for b in (low, high))
         trace.companions.extend((low, high))
         return (
             op.forward(x, op.weight, None)
@@ -344,9 +355,53 @@ class Pass(Rule):
                 f"{tuple(output.shape)}"
             )
         y = output.detach()
+        if trace.input_view(x) is not None:
+            # on the input, R = x * c cannot carry relevance at x = 0 (black
+            # padding): the difference y - x rides on a companion leaf instead
+            rest = (y - x.detach()).requires_grad_(True)
+            trace.companions.append(rest)
+            return with_values(y, x + rest)
         xd = x.detach()
         ratio = divide_or_zero(y, xd)
         return with_values(y, x, ratio)
+
+
+class InputAffine(Rule):
+    r"""Pass-through for a per-channel affine map of the model input, such as
+    an input normalisation inside the model (``y = scale * x + shift``):
+    each pixel gets its normalised value's relevance, ``R_x = R_y``.
+
+    The relevance ``scale * x * c`` reaches the pixel through the gradient
+    and the ``shift * c`` part through a companion leaf counted as input
+    relevance, so pixels at 0 (the black padding of aligned face chips) keep
+    theirs and nothing is lost to the shift. Its output is a view of the
+    input for the rule of the next layer: :class:`ZBox` maps its bounds
+    through the affine map.
+
+    The engine gives this rule to a BatchNorm or a module declaring
+    ``lrp_channel_affine()`` (see
+    :func:`~captum_similarity.lrp.linear.channel_affine`) that reads the
+    model input directly, unless the composite names a rule for it.
+    """
+
+    def apply(
+        self, module: nn.Module, inputs: Tuple[Any, ...], output: Tensor, trace: Any
+    ) -> Tensor:
+        x = inputs[0]
+        affine = channel_affine(module)
+        if affine is None or trace.input_view(x) is not True:
+            raise ValueError(
+                f"InputAffine applies to a per-channel affine layer (BatchNorm, or a module "
+                f"with lrp_channel_affine()) that reads the model input; "
+                f"{type(module).__name__} is {'not one' if affine is None else 'not on the input'}"
+            )
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        scale, shift = (t.to(x.dtype).reshape(shape) for t in affine)
+        offset = shift.expand_as(x).clone().requires_grad_(True)
+        trace.companions.append(offset)
+        out = with_values(output.detach(), x * scale + offset)
+        trace.add_input_view(out, scale, shift)
+        return out
 
 
 class Hold(Rule):
