@@ -419,7 +419,7 @@ def _pairx_detail(model, x1, x2, layer):
 @register(
     "PairwiseIntermediateMatching (PAIR-X)", needs_layer=True, short="pairx", default=True,
     cost=f"1 forward pass and relevance backward passes for {PAIRX_MATCHES} matches",
-    detail=_pairx_detail, survives_randomization=_DLIB,
+    detail=_pairx_detail,
 )
 def _pairx(model, x1, x2, layer):
     return PairwiseIntermediateMatching(model, layer).attribute((x1, x2), k=PAIRX_MATCHES)
