@@ -21,7 +21,9 @@ A run folder holds ``config.json`` (the configuration and its hash),
 the last launch spent its time) and, when every unit is done, ``table.csv``. Re-running
 the same command skips the finished units; a run with another configuration
 (model, weights, layer, methods, method options, pairs, seed, library
-version; not the number of processes or threads) is refused in that folder.
+version and a digest of the library's source files, so that a code change
+within one version is caught too; not the number of processes or threads)
+is refused in that folder.
 
 :func:`explain_dataset` runs from Python; :func:`read_table` and
 :func:`summarize` turn the table into per-method means with standard errors
@@ -649,6 +651,7 @@ def explain_dataset(
         "n_pairs": len(pairs),
         "options": dict(options or {}),
         "captum_similarity": __version__,
+        "code": code_digest(),
     }
     digest = config_hash(config)
     folder = RunFolder(out)
@@ -731,6 +734,18 @@ def explain_dataset(
         "failed": n_failed,
         "seconds": seconds,
     }
+
+
+def code_digest() -> str:
+    """SHA-256 of the library's Python source files (paths and contents):
+    two installs of the same code agree; an edited method, rule or runner
+    does not, so a run is never finished by other code than it started with."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def _model_digest(model: torch.nn.Module) -> str:

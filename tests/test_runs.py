@@ -188,6 +188,19 @@ def test_another_configuration_is_refused(dataset, tmp_path):
             run(dataset, tmp_path / "run", **change)
 
 
+
+def test_a_code_change_is_another_configuration(dataset, tmp_path, monkeypatch):
+    """Units computed by other code are never mixed in, even within one version."""
+    import captum_similarity.runs as runs
+
+    run(dataset, tmp_path / "run", methods="gradcam")
+    digest = runs.code_digest()
+    assert digest == runs.code_digest() and len(digest) == 64
+    monkeypatch.setattr(runs, "code_digest", lambda: "0" * 64)
+    with pytest.raises(UsageError, match="changed: code"):
+        run(dataset, tmp_path / "run", methods="gradcam")
+
+
 def test_a_method_failing_on_one_pair_fails_that_row_only(dataset, tmp_path):
     def fragile(model, x1, x2, layer):
         # fails on pair 3 (an image of identity p3 first); its batch is retried pair by pair
