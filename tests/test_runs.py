@@ -24,6 +24,7 @@ import pytest
 import torch
 from skimage import io
 
+from captum_similarity._utils.hooks import OutputOnInputs
 from captum_similarity.cli import main
 from captum_similarity.data.files import read_image
 from captum_similarity.data.pair_lists import (
@@ -151,6 +152,47 @@ def test_rows_equal_the_methods_run_one_pair_at_a_time(dataset, tmp_path):
     parts = record["seconds"]
     assert record["units"] == 4 and parts["methods"] > 0 and parts["scores"] > 0
     assert parts["methods"] + parts["images"] + parts["scores"] + parts["setup"] <= parts["total"]
+
+
+def test_scores_taken_from_the_methods_forward_pass_equal_a_pass_of_their_own(dataset, tmp_path):
+    # Captum's Saliency runs the wrapper on exactly (x1, x2): its output is the
+    # chunk's score, no pass of its own; EmbeddingGradCAM embeds the images
+    # itself, so the chunk is scored by one forward pass, shared by the chunk's
+    # next methods
+    saliency = run(dataset, tmp_path / "saliency", "saliency")
+    both = run(dataset, tmp_path / "both", "gradcam")
+    record = json.loads((tmp_path / "saliency" / "processes" / "rank-0.json").read_text())
+    assert record["score_passes"] == 0 and record["scores_from_methods"] == 2
+    assert record["seconds"]["scores"] == 0.0
+    record = json.loads((tmp_path / "both" / "processes" / "rank-0.json").read_text())
+    assert record["score_passes"] == 2 and record["scores_from_methods"] == 0
+    a, b = read_table(saliency["table"]), read_table(both["table"])
+    assert [r["pair"] for r in a] == [r["pair"] for r in b]
+    ok = [(x, y) for x, y in zip(a, b) if x["status"] == "ok"]
+    assert len(ok) == 4
+    for x, y in ok:
+        assert abs(x["score"] - y["score"]) < 1e-6
+
+
+def test_output_on_inputs_keeps_the_first_call_on_exactly_those_inputs():
+    torch.manual_seed(0)
+    sim = SiameseSimilarity(SimpleCNN().eval(), "cosine")
+    x1, x2 = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = sim(x1, x2)
+    with OutputOnInputs(sim, (x1, x2)) as seen:
+        sim(x1 * 0.5, x2)  # perturbed: ignored
+        sim(x1[:1], x2[:1])  # another batch: ignored
+        assert seen.output is None
+        first = sim(x1.clone().requires_grad_(), x2)
+        sim(x1, x2 + 0)
+    assert torch.equal(seen.output, first.detach()) and not seen.output.requires_grad
+    torch.testing.assert_close(seen.output, expected, rtol=0, atol=1e-6)
+    assert not sim._forward_hooks  # removed on exit
+    with pytest.raises(RuntimeError, match="inside"):
+        with OutputOnInputs(sim, (x1, x2)):
+            raise RuntimeError("inside")
+    assert not sim._forward_hooks  # also when the block raises
 
 
 def test_shards_resume_and_damaged_units(dataset, tmp_path):

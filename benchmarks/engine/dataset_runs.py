@@ -3,7 +3,7 @@ against 2 processes x 1 thread (``torchrun``), and the time spent outside
 the methods.
 
 For each method (Grad-CAM, cheap; RISE, 2000 masked forward passes per
-image) the same command runs on ORL pairs with dlib's face model, in a fresh
+image; then several cheap methods in one run, ``--several``) the same command runs on ORL pairs with dlib's face model, in a fresh
 run folder, once as one process with ``--threads 2`` and once under
 ``python -m torch.distributed.run --nproc-per-node 2`` with ``--threads 1``,
 alternating, ``--repeats`` times. Throughput: pairs x methods per second of
@@ -11,13 +11,15 @@ the whole command (interpreter start, model loading, the run and the merge).
 Outside the methods: 1 - (seconds inside the methods, summed over the
 processes) / (seconds of ``explain_dataset``, summed over the processes),
 read from the run folder's ``processes/rank-R.json``, and its parts: reading
-and preparing images, the model's scores of the pairs, the setup (model
+and preparing images, the forward passes run for the pairs' scores alone, the setup (model
 loading, the configuration, listing finished units) and the rest, the run machinery (unit files, barriers,
 progress, merge).
 
 Usage:
     python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces
     python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --gradcam-pairs 8 --rise-pairs 2 --repeats 1  # quick
+    python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --configs several \
+        --out benchmarks/results/dataset_runs_several.md  # the several-method run only
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--model", default="dlib-face", help="a --model specification")
     parser.add_argument("--gradcam-pairs", type=int, default=32, help="pairs for Grad-CAM")
     parser.add_argument("--rise-pairs", type=int, default=2, help="pairs for RISE")
+    parser.add_argument(
+        "--several", default="saliency,gradcam,lrp,pairx",
+        help="the methods of the several-method run (one run, the images of each chunk "
+        "prepared once per process)",
+    )
+    parser.add_argument("--several-pairs", type=int, default=16, help="pairs of that run")
+    parser.add_argument(
+        "--configs", nargs="+", choices=["gradcam", "rise", "several"],
+        default=["gradcam", "rise", "several"], help="which runs to measure",
+    )
     parser.add_argument(
         "--chunks", type=int, nargs=2, default=[4, 1], metavar=("GRADCAM", "RISE"),
         help="pairs per unit of each method (RISE: 1, so that few pairs make units for both "
@@ -91,7 +103,7 @@ def one_run(args, method: str, pairs: int, chunk: int, processes: int, out: Path
     }
     return {
         "wall": wall,
-        "throughput": pairs / wall,
+        "throughput": pairs * len(method.split(",")) / wall,
         "outside": 1 - part["methods"],
         "images": part["images"],
         "scores": part["scores"],
@@ -112,19 +124,23 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        for method, pairs, chunk in (("gradcam", args.gradcam_pairs, args.chunks[0]),
-                                     ("rise", args.rise_pairs, args.chunks[1])):
+        configs = {
+            "gradcam": ("gradcam", args.gradcam_pairs, args.chunks[0]),
+            "rise": ("rise", args.rise_pairs, args.chunks[1]),
+            "several": (args.several, args.several_pairs, args.chunks[0]),
+        }
+        for method, pairs, chunk in (configs[c] for c in args.configs):
             measured: Dict[int, List[Dict[str, float]]] = {1: [], 2: []}
             for k in range(args.repeats):  # alternating, so that a load change hits both
                 for processes in (1, 2):
-                    out = Path(tmp) / f"{method}-{processes}-{k}"
+                    out = Path(tmp) / f"{method.replace(',', '+')}-{processes}-{k}"
                     measured[processes].append(one_run(args, method, pairs, chunk, processes, out))
                     print(method, processes, measured[processes][-1], flush=True)
             for processes in (1, 2):
                 runs = measured[processes]
                 med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
                 rows.append(
-                    f"| {method} | {pairs} | {chunk} | {processes} x {2 // processes} | {med['wall']:.1f} | "
+                    f"| {method.replace(',', ', ')} | {pairs} | {chunk} | {processes} x {2 // processes} | {med['wall']:.1f} | "
                     f"{med['throughput']:.3f} | {100 * med['outside']:.1f} % | "
                     f"{100 * med['images']:.1f} % | {100 * med['scores']:.1f} % | "
                     f"{100 * med['setup_share']:.1f} % | "
@@ -145,7 +161,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             "model loading, the run, the merge). Outside the methods: the share of the processes' "
             "time in `explain_dataset` (summed over the processes) not spent inside the methods, "
             "split into reading and preparing the images (for `dlib-face`: face detection and "
-            "alignment), the model's scores of the pairs (one forward pass per chunk), the setup (loading the model, the configuration, listing finished units) "
+            "alignment; once per chunk and process, shared by the chunk's methods), the model's "
+            "scores of the pairs (a forward pass per chunk run for them alone, where no method "
+            "ran the wrapper on the unperturbed pairs), the setup (loading the model, the configuration, listing finished units) "
             "and the run machinery (writing and checksumming units, barriers, progress, the merge).",
             "",
             *rows,

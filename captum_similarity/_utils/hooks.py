@@ -1,5 +1,6 @@
-"""Forward hooks that record layer tensors (always removed on exit), and a check
-for hooks someone else registered."""
+"""Forward hooks that record layer tensors (always removed on exit), a hook that
+keeps a module's output on given inputs, and a check for hooks someone else
+registered."""
 
 from __future__ import annotations
 
@@ -67,6 +68,53 @@ def recording(layer: nn.Module, attribute_to_layer_input: bool = False) -> Itera
     """Context-manager shorthand for :class:`LayerRecorder`."""
     with LayerRecorder(layer, attribute_to_layer_input) as rec:
         yield rec
+
+
+class OutputOnInputs:
+    """Keeps a module's output from the first forward call made on exactly
+    the given inputs (the same shapes and values), so that a caller can read
+    the result of a pass that someone else runs (e.g. the score of a pair
+    from the forward pass of the method explaining it) instead of running
+    the module again.
+
+    Use it as a context manager; the hook is removed on exit, also when an
+    exception is raised inside the block. Calls on other inputs (perturbed,
+    scaled, another batch size) are ignored.
+
+    Args:
+        module (nn.Module): The module to watch.
+        inputs (tuple of Tensor): The positional inputs to wait for.
+    """
+
+    def __init__(self, module: nn.Module, inputs: Tuple[Tensor, ...]) -> None:
+        self.module = module
+        self.inputs = tuple(inputs)
+        self.output: Optional[Tensor] = None
+        self._handle: Optional[RemovableHandle] = None
+
+    def _matches(self, args: Tuple) -> bool:
+        if len(args) < len(self.inputs):
+            return False
+        for got, want in zip(args, self.inputs):
+            if not isinstance(got, Tensor) or got.shape != want.shape or got.dtype != want.dtype:
+                return False
+            if got.device != want.device or not bool((got.detach() == want).all()):
+                return False
+        return True
+
+    def _hook(self, module: nn.Module, args: Tuple, output: object) -> None:
+        if self.output is None and isinstance(output, Tensor) and self._matches(args):
+            self.output = output.detach()
+
+    def __enter__(self) -> "OutputOnInputs":
+        self.output = None
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
 
 _MODULE_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
