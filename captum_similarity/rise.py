@@ -9,7 +9,7 @@ for similarity as in Plummer et al., SANE, ECCV 2020).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Tuple, Union, overload
+from typing import Any, Callable, List, Optional, Tuple, Union, overload
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +130,11 @@ def _generator(seed: Optional[int]) -> torch.Generator:
     return generator
 
 
+#: Batches of masks drawn before ``stop_tolerance`` can stop a map (the
+#: standard error is estimated from the spread of the batches' maps).
+STOP_MIN_BATCHES = 4
+
+
 class SimilarityRISE(PerturbationAttribution):
     """RISE saliency of a similarity score, as in SANE (Plummer et al., ECCV 2020).
 
@@ -163,6 +168,13 @@ class SimilarityRISE(PerturbationAttribution):
             callable ``forward_func(x1, x2) -> (N,)`` is called once per
             reference (and masked reference) with the reference repeated.
 
+    Attributes:
+        masks_used (list of int): Masks drawn for each explained query in
+            the last :meth:`attribute` call (all ``n_masks`` unless
+            ``stop_tolerance`` stopped it earlier): one entry per query row,
+            or one for a query whose rows are identical; for a pair, ``x1``'s
+            entries, then ``x2``'s.
+
     Examples::
 
         >>> import torch
@@ -185,6 +197,7 @@ class SimilarityRISE(PerturbationAttribution):
                 f"got {type(forward_func).__name__}"
             )
         PerturbationAttribution.__init__(self, forward_func)
+        self.masks_used: List[int] = []
 
     @property
     def multiplies_by_inputs(self) -> bool:
@@ -213,6 +226,7 @@ class SimilarityRISE(PerturbationAttribution):
         perturbations_per_eval: int = 100,
         seed: Optional[int] = None,
         show_progress: bool = False,
+        stop_tolerance: Optional[float] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         r"""Saliency of the query (or of both images) for the similarity.
 
@@ -260,6 +274,19 @@ class SimilarityRISE(PerturbationAttribution):
                 Default: None (a fresh random seed)
             show_progress (bool, optional): Show a progress bar over batches.
                 Default: False
+            stop_tolerance (float, optional): Stop drawing masks for a map
+                once it has converged: after each batch of
+                ``perturbations_per_eval`` masks (from the
+                :data:`STOP_MIN_BATCHES`-th on), the map's standard error,
+                estimated from the spread of the batches' own maps
+                (``sqrt(var_j(S_j) / J)`` over ``J`` batches), is compared with
+                the map's spread about its mean (Frobenius norms, every
+                reference of the query), and the query's masks end when
+                ``error <= stop_tolerance * spread``. The map is then
+                exactly that of the first masks of the ``n_masks`` drawn
+                for the seed; the numbers used are in :attr:`masks_used`.
+                ``n_masks`` stays the maximum.
+                Default: None (all ``n_masks`` masks)
 
         Returns:
             Tensor or tuple of Tensors: saliency maps with the input's
@@ -289,6 +316,12 @@ class SimilarityRISE(PerturbationAttribution):
             raise ValueError(
                 f"perturbations_per_eval must be a positive integer, got {perturbations_per_eval!r}"
             )
+        if stop_tolerance is not None and not (
+            isinstance(stop_tolerance, (int, float)) and 0 <= stop_tolerance < float("inf")
+        ):
+            raise ValueError(
+                f"stop_tolerance must be a non-negative number or None, got {stop_tolerance!r}"
+            )
         generator = _generator(seed)
         plan = MaskPlan(n_masks, cells, mask_probability, generator)
         ref_plan = (
@@ -296,7 +329,10 @@ class SimilarityRISE(PerturbationAttribution):
             if n_reference_masks
             else None
         )
-        run = _RiseRun(self.forward_func, plan, ref_plan, perturbations_per_eval, show_progress)
+        run = _RiseRun(
+            self.forward_func, plan, ref_plan, perturbations_per_eval, show_progress, stop_tolerance
+        )
+        self.masks_used = run.masks_used
         images, references, is_tuple = contract.format_inputs(inputs, additional_forward_args, _METHOD)
         xs = [
             contract.check_images(x, "inputs" if len(images) == 1 else f"inputs[{i}]", _METHOD, image_dim=4)
@@ -320,6 +356,18 @@ class SimilarityRISE(PerturbationAttribution):
         return contract.format_output([saliency], is_tuple)
 
 
+def _converged(current: Tensor, total: Tensor, squares: Tensor, batches: int, tolerance: float) -> bool:
+    """Whether the standard error of the maps ``(R, H, W)``, estimated from
+    the spread of ``batches`` per-batch maps (their sum ``total`` and sum of
+    squares ``squares``), is at most ``tolerance`` times the maps' own spread
+    about their mean (Frobenius norms, every reference)."""
+    mean = total / batches
+    variance = (squares / batches - mean * mean).clamp_min(0) * batches / (batches - 1)
+    error = (variance / batches).sqrt().flatten(1).norm(dim=1)
+    spread = (current - current.mean(dim=(1, 2), keepdim=True)).flatten(1).norm(dim=1)
+    return bool((spread > 0).all()) and bool((error <= tolerance * spread).all())
+
+
 def _row(t: Tensor, i: int) -> Tensor:
     """Row ``i`` of a batch tensor, or its only row."""
     return t if t.shape[0] == 1 else t[i : i + 1]
@@ -335,8 +383,11 @@ class _RiseRun:
         ref_plan: Optional[MaskPlan],
         perturbations_per_eval: int,
         show_progress: bool,
+        stop_tolerance: Optional[float] = None,
     ) -> None:
         self.forward_func = forward_func
+        self.stop_tolerance = stop_tolerance
+        self.masks_used: List[int] = []  # per explained query, in order
         self.siamese = forward_func if isinstance(forward_func, SiameseSimilarity) else None
         self.plan = plan
         self.ref_plan = ref_plan
@@ -434,11 +485,26 @@ class _RiseRun:
         size = tuple(query.shape[-2:])
         numerator = query.new_zeros(targets.shape[0], *size)
         coverage = query.new_zeros(size)
+        tiny = torch.finfo(query.dtype).tiny
+        used, batches, total, squares = 0, 0, 0.0, 0.0
         for index in batch_slices(len(self.plan), self.per_eval):
             masks = self.plan.render(index, size, query.dtype, query.device)
             scores = self._scores(query * masks + fill * (1 - masks), targets, second)
-            numerator += torch.einsum("br,bhw->rhw", scores, masks[:, 0])
-            coverage += masks[:, 0].sum(0)
+            batch = torch.einsum("br,bhw->rhw", scores, masks[:, 0])
+            numerator += batch
+            batch_coverage = masks[:, 0].sum(0)
+            coverage += batch_coverage
+            used += masks.shape[0]
             bar.update(masks.shape[0])
+            if self.stop_tolerance is not None:
+                # the batch's own map: the spread of these estimates gives the map's standard error
+                own = batch / batch_coverage.clamp_min(tiny)
+                batches, total, squares = batches + 1, total + own, squares + own * own
+                if batches >= STOP_MIN_BATCHES and used < len(self.plan):
+                    current = numerator / coverage.clamp_min(tiny)
+                    if _converged(current, total, squares, batches, self.stop_tolerance):
+                        bar.update(len(self.plan) - used)
+                        break
+        self.masks_used.append(used)
         # a pixel no mask keeps (only possible with very few masks) gets saliency 0
-        return numerator / coverage.clamp_min(torch.finfo(query.dtype).tiny)
+        return numerator / coverage.clamp_min(tiny)

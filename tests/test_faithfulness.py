@@ -320,6 +320,44 @@ def test_rise_explains_both_images_of_a_pair():
     assert torch.allclose(a2, swapped, atol=1e-12)
 
 
+def test_rise_early_stop_gives_the_map_of_the_masks_it_used(region_sim):
+    x1, x2 = faces(2), faces(2, seed=1)
+    rise = SimilarityRISE(region_sim)
+    a1, a2 = rise.attribute(
+        (x1, x2), n_masks=4000, seed=3, perturbations_per_eval=50, stop_tolerance=0.3
+    )
+    used = rise.masks_used
+    assert len(used) == 4 and all(u % 50 == 0 and 200 <= u < 4000 for u in used)
+    masks = random_masks(4000, (SIZE, SIZE), seed=3).double()  # the plan's masks, in order
+
+    @torch.no_grad()
+    def formula(query, ref, m, second=False):
+        scores = region_sim(ref, query * m) if second else region_sim(query * m, ref)
+        return (scores[:, None, None, None] * m).sum(0) / m.sum(0)
+
+    def error_ratio(query, ref, n, second=False):
+        """Standard error from the 50-mask batches' maps over the map's spread."""
+        own = torch.stack([formula(query, ref, masks[j : j + 50], second) for j in range(0, n, 50)])
+        error = (own.var(0, unbiased=True) / own.shape[0]).sqrt().norm()
+        whole = formula(query, ref, masks[:n], second)
+        return float(error / (whole - whole.mean()).norm())
+
+    for side, maps, q, r in ((0, a1, x1, x2), (1, a2, x2, x1)):
+        for i in range(2):
+            n, query, ref = used[2 * side + i], q[i : i + 1], r[i : i + 1]
+            # the map of the first `n` masks (x2 explained for s(x1, .))
+            assert torch.allclose(maps[i], formula(query, ref, masks[:n], side == 1), atol=1e-12)
+            # stopped where the standard error fell to the tolerance, and not a batch before
+            assert error_ratio(query, ref, n, side == 1) <= 0.3
+            assert n == 200 or error_ratio(query, ref, n - 50, side == 1) > 0.3
+    # tolerance 0 never stops early; no tolerance uses every mask
+    x = x1[:1]
+    rise.attribute(x, (x2[:1],), n_masks=300, seed=3, stop_tolerance=0.0)
+    assert rise.masks_used == [300]
+    rise.attribute(x, (x2[:1],), n_masks=300, seed=3)
+    assert rise.masks_used == [300]
+
+
 def test_rise_errors(region_sim):
     rise = SimilarityRISE(region_sim)
     x = faces(2)
@@ -336,6 +374,8 @@ def test_rise_errors(region_sim):
         (lambda: rise.attribute(x, (x,), n_masks=0), "n_masks"),
         (lambda: rise.attribute(x, (x,), mask_cells=(2, 0)), "mask_cells"),
         (lambda: rise.attribute(x, (x,), perturbations_per_eval=0), "perturbations_per_eval"),
+        (lambda: rise.attribute(x, (x,), stop_tolerance=-1.0), "stop_tolerance"),
+        (lambda: rise.attribute(x, (x,), stop_tolerance=float("nan")), "stop_tolerance"),
         (lambda: rise.attribute(x, (x,), baselines=torch.zeros(3, 1, SIZE, SIZE)), "broadcast"),
     ]
     for call, message in cases:
