@@ -111,3 +111,35 @@ def test_entry_overhead_smoke_run(tmp_path):
     text = out.read_text()
     assert "Command: `python benchmarks/engine/entry_overhead.py --models cnn" in text
     assert "| cnn | 12 |" in text
+
+
+def test_paired_differences_against_a_hand_computation(tmp_path):
+    path = RUNNER.parent / "paired_differences.py"
+    spec = importlib.util.spec_from_file_location("paired_differences", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # three methods on four same-person pairs: per image AUCs in [0, 1]
+    values = {  # method: per pair (insertion1, insertion2, deletion1, deletion2)
+        "Captum Occlusion": [(0.8, 0.6, 0.2, 0.4), (0.7, 0.7, 0.3, 0.3), (0.9, 0.5, 0.1, 0.1), (0.6, 0.6, 0.4, 0.2)],
+        "EmbeddingGradCAM": [(0.7, 0.5, 0.3, 0.5), (0.7, 0.5, 0.4, 0.2), (0.8, 0.4, 0.2, 0.2), (0.5, 0.5, 0.5, 0.1)],
+        "Random map (baseline)": [(0.5, 0.5, 0.5, 0.5)] * 4,
+    }
+    header = "pair,label,method,method_name,status,mean_insertion1,mean_insertion2,mean_deletion1,mean_deletion2"
+    lines = [header] + [
+        f"{p},same,m{k},{name},ok,{i1},{i2},{d1},{d2}"
+        for k, (name, rows) in enumerate(values.items()) for p, (i1, i2, d1, d2) in enumerate(rows)
+    ]
+    (tmp_path / "table.csv").write_text("\n".join(lines) + "\n")
+    text = module.main(["--table", str(tmp_path / "table.csv"), "--fills", "mean"])
+    # by hand: a pair's value is the mean of its two images, x 100
+    occ = [70.0, 70.0, 70.0, 60.0]
+    cam = [60.0, 60.0, 60.0, 50.0]
+    diffs = [c - o for c, o in zip(cam, occ)]  # -10, -10, -10, -10: standard error 0
+    assert "Best: insertion Captum Occlusion" in text
+    row = next(line for line in text.splitlines() if line.startswith("| EmbeddingGradCAM |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "57.5 ± 2.5"  # mean of 60, 60, 60, 50; sd 5 / sqrt(4)
+    assert cells[2] == f"{sum(diffs) / 4:+.1f} ± 0.0" and cells[3] == cells[2]  # vs best = best black box
+    assert cells[4] == "+7.5 ± 2.5"  # against the random map's constant 50
+    # deletion: cam per pair 40, 30, 20, 30; occlusion 30, 30, 10, 30: differences 10, 0, 10, 0
+    assert cells[5] == "30.0 ± 4.1" and cells[6] == "+5.0 ± 2.9"
