@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._utils.hooks import OutputOnInputs
+from ._utils.hooks import OutputOnInputs, RowOutputsOnInputs
 from ._utils.progress import Progress
 from ._utils.state import preserved_state
 from ._version import __version__
@@ -352,6 +352,11 @@ class _Job:
         self.score_seconds = 0.0
         self.score_passes = 0  # chunks scored by a pass of their own
         self.scores_from_methods = 0  # chunks scored from a method's forward pass
+        self.scores_from_embeddings = 0  # chunks scored from the embeddings a method computed
+        self.score_checks = 0  # passes run to check a method's embeddings (its first chunk)
+        # methods whose embeddings of the unperturbed images were checked against a pass
+        # of the model (True: they gave its scores; False: they did not, never used again)
+        self._embeddings_checked: Dict[str, bool] = {}
         self._scores: Tuple[Optional[int], Optional[List[float]]] = (None, None)
 
     def inputs(self, unit: Unit):
@@ -368,24 +373,54 @@ class _Job:
         self._scores = (unit.chunk, None)
         return self._cached[1]
 
-    def scores(self, unit: Unit, x1: Tensor, x2: Tensor, seen: Optional[Tensor]) -> List[float]:
-        """The model's scores of the chunk's pairs: ``seen`` (the output of a
-        forward pass on exactly ``(x1, x2)`` that the method ran), else those
-        an earlier method of the chunk gave, else one forward pass of the
-        chunk (for methods that never run the wrapper on the unperturbed
-        pair, e.g. those that call the embedder directly)."""
+    def scores(
+        self, unit: Unit, x1: Tensor, x2: Tensor, seen: Optional[Tensor],
+        embedded: Optional[Tensor] = None,
+    ) -> List[float]:
+        """The model's scores of the chunk's pairs, from the first of:
+
+        - the scores an earlier method of the chunk gave;
+        - ``seen``, the output of a forward pass of the wrapper on exactly
+          ``(x1, x2)`` that the method ran (Captum's methods);
+        - ``embedded``, the embeddings ``(2N, D)`` of ``x1`` then ``x2`` that
+          the method computed itself (the library's methods embed the images
+          without calling the wrapper), put through the model's similarity;
+          a method's first chunk in this process is checked against a
+          forward pass, and a method whose embeddings did not give the
+          model's scores is never used for them again;
+        - one forward pass of the chunk.
+        """
         if self._scores[0] == unit.chunk and self._scores[1] is not None:
             return self._scores[1]
+        values: Optional[List[float]] = None
+        plain: Optional[Tensor] = None
         if seen is not None and seen.shape == (len(x1),):
             values = seen.float().cpu().tolist()
             self.scores_from_methods += 1
-        else:
-            tick = time.perf_counter()
+        elif embedded is not None and self._embeddings_checked.get(unit.method, True):
             with torch.no_grad():
-                values = self.sim(x1, x2).float().cpu().tolist()
-            self.score_seconds += time.perf_counter() - tick
+                derived = self.sim.head(embedded[: len(x1)], embedded[len(x1) :])
+            if unit.method not in self._embeddings_checked:
+                plain = self._plain_scores(x1, x2)
+                self.score_checks += 1
+                self._embeddings_checked[unit.method] = derived.shape == plain.shape and bool(
+                    torch.allclose(derived.float(), plain.float(), rtol=1e-4, atol=1e-5)
+                )
+            if self._embeddings_checked[unit.method]:
+                values = derived.float().cpu().tolist()
+                self.scores_from_embeddings += 1
+        if values is None:
+            plain = self._plain_scores(x1, x2) if plain is None else plain
+            values = plain.float().cpu().tolist()
             self.score_passes += 1
         self._scores = (unit.chunk, values)
+        return values
+
+    def _plain_scores(self, x1: Tensor, x2: Tensor) -> Tensor:
+        tick = time.perf_counter()
+        with torch.no_grad():
+            values = self.sim(x1, x2)
+        self.score_seconds += time.perf_counter() - tick
         return values
 
     def _read(self, unit: Unit):
@@ -485,10 +520,13 @@ class _Job:
         maps: Dict[str, List[np.ndarray]] = {"pair": [], "map1": [], "map2": []}
         if ok:
             tick = time.perf_counter()
-            with OutputOnInputs(self.sim, (x1, x2)) as seen:
+            both = torch.cat([x1, x2])
+            with OutputOnInputs(self.sim, (x1, x2)) as seen, RowOutputsOnInputs(
+                self.sim.embedder, both
+            ) as embedded:
                 result, method_errors = self.explain(unit.method, x1, x2)
             per_pair = (time.perf_counter() - tick) / len(ok)
-            scores = self.scores(unit, x1, x2, seen.output)
+            scores = self.scores(unit, x1, x2, seen.output, embedded.outputs())
             done: List[int] = []
             for i, p in enumerate(ok):
                 rows[p].update(score=scores[i], seconds=per_pair)
@@ -743,6 +781,7 @@ def explain_dataset(
         "rank": launch.rank, "world": launch.world, "host": socket.gethostname(), "device": str(dev),
         "threads": torch.get_num_threads(), "units": len(mine), "seconds": seconds,
         "score_passes": job.score_passes, "scores_from_methods": job.scores_from_methods,
+        "scores_from_embeddings": job.scores_from_embeddings, "score_checks": job.score_checks,
     }
     folder.processes.mkdir(exist_ok=True)
     _write_atomic(folder.processes / f"rank-{launch.rank}.json", json.dumps(record).encode())

@@ -24,7 +24,7 @@ import pytest
 import torch
 from skimage import io
 
-from captum_similarity._utils.hooks import OutputOnInputs
+from captum_similarity._utils.hooks import OutputOnInputs, RowOutputsOnInputs
 from captum_similarity.cli import main
 from captum_similarity.data.files import read_image
 from captum_similarity.data.pair_lists import (
@@ -156,22 +156,79 @@ def test_rows_equal_the_methods_run_one_pair_at_a_time(dataset, tmp_path):
 
 def test_scores_taken_from_the_methods_forward_pass_equal_a_pass_of_their_own(dataset, tmp_path):
     # Captum's Saliency runs the wrapper on exactly (x1, x2): its output is the
-    # chunk's score, no pass of its own; EmbeddingGradCAM embeds the images
-    # itself, so the chunk is scored by one forward pass, shared by the chunk's
-    # next methods
+    # chunk's score, no pass of its own. EmbeddingGradCAM embeds the images
+    # itself: the chunk's score is the model's similarity of those embeddings,
+    # checked against one forward pass on the method's first chunk only
     saliency = run(dataset, tmp_path / "saliency", "saliency")
-    both = run(dataset, tmp_path / "both", "gradcam")
+    gradcam = run(dataset, tmp_path / "gradcam", "gradcam")
     record = json.loads((tmp_path / "saliency" / "processes" / "rank-0.json").read_text())
     assert record["score_passes"] == 0 and record["scores_from_methods"] == 2
-    assert record["seconds"]["scores"] == 0.0
-    record = json.loads((tmp_path / "both" / "processes" / "rank-0.json").read_text())
-    assert record["score_passes"] == 2 and record["scores_from_methods"] == 0
-    a, b = read_table(saliency["table"]), read_table(both["table"])
+    assert record["scores_from_embeddings"] == 0 and record["seconds"]["scores"] == 0.0
+    record = json.loads((tmp_path / "gradcam" / "processes" / "rank-0.json").read_text())
+    assert record["score_passes"] == 0 and record["scores_from_methods"] == 0
+    assert record["scores_from_embeddings"] == 2 and record["score_checks"] == 1
+    a, b = read_table(saliency["table"]), read_table(gradcam["table"])
     assert [r["pair"] for r in a] == [r["pair"] for r in b]
     ok = [(x, y) for x, y in zip(a, b) if x["status"] == "ok"]
     assert len(ok) == 4
     for x, y in ok:
         assert abs(x["score"] - y["score"]) < 1e-6
+
+
+def test_embeddings_that_are_not_the_models_are_caught_and_not_used_for_scores(dataset, tmp_path):
+    """An explainer that embeds the unperturbed images with its weights changed
+    (as a randomisation check would) gives embeddings that are not the
+    model's: the check on its first chunk catches it, and every chunk is
+    scored by a pass of the model instead."""
+
+    def altered(model, x1, x2, layer):
+        weight = next(model.embedder.parameters())
+        with torch.no_grad():
+            weight.mul_(1.5)
+        try:
+            with torch.no_grad():
+                model.embedder(torch.cat([x1, x2]))
+        finally:
+            with torch.no_grad():
+                weight.div_(1.5)
+        return torch.ones_like(x1[:, :1]), torch.ones_like(x2[:, :1])
+
+    spec = PairExplainer("altered embedder", altered)
+    result = explain_dataset(
+        read_pairs_csv(dataset / "pairs.csv"), SPEC, {spec.name: spec}, tmp_path / "run",
+        weights=dataset / "weights.pt", size=(16, 16), progress=False,
+    )
+    record = json.loads((tmp_path / "run" / "processes" / "rank-0.json").read_text())
+    assert record["score_passes"] == 2 and record["scores_from_embeddings"] == 0
+    assert record["score_checks"] == 1  # the failed check's pass scored the first chunk
+    reference = read_table(run(dataset, tmp_path / "saliency", "saliency")["table"])
+    for x, y in zip(read_table(result["table"]), reference):
+        if x["status"] == "ok":
+            assert abs(x["score"] - y["score"]) < 1e-6
+
+
+def test_row_outputs_are_found_wherever_the_rows_occur():
+    torch.manual_seed(0)
+    model = SimpleCNN().eval()
+    x1, x2 = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    rows = torch.cat([x1, x2])
+    with torch.no_grad():
+        expected = model(rows)
+    with RowOutputsOnInputs(model, rows) as watch, torch.no_grad():
+        model(x1 * 0.5)  # perturbed rows: ignored
+        model(torch.rand(3, 3, 8, 8))  # another shape: ignored
+        model(torch.stack([x1, x2], dim=1).flatten(0, 1)[:3])  # interleaved, one row short
+        assert watch.outputs() is None
+        model(torch.cat([torch.rand(1, 3, 16, 16), x2[1:]]))  # the last row, among others
+    torch.testing.assert_close(watch.outputs(), expected, rtol=0, atol=1e-6)
+    assert not model._forward_hooks  # removed on exit
+    with pytest.raises(RuntimeError, match="inside"):
+        with RowOutputsOnInputs(model, rows):
+            raise RuntimeError("inside")
+    assert not model._forward_hooks
+    with RowOutputsOnInputs(lambda x: x, rows) as watch:  # not a module: nothing watched
+        pass
+    assert watch.outputs() is None
 
 
 def test_output_on_inputs_keeps_the_first_call_on_exactly_those_inputs():

@@ -1,12 +1,13 @@
-"""Forward hooks that record layer tensors (always removed on exit), a hook that
-keeps a module's output on given inputs, and a check for hooks someone else
-registered."""
+"""Forward hooks that record layer tensors (always removed on exit), hooks that
+keep a module's output on given inputs (whole batches, or rows wherever they
+occur in a batch), and a check for hooks someone else registered."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import Iterator, List, Optional, Tuple
 
+import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as module_globals
 from torch.utils.hooks import RemovableHandle
@@ -109,6 +110,72 @@ class OutputOnInputs:
     def __enter__(self) -> "OutputOnInputs":
         self.output = None
         self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+class RowOutputsOnInputs:
+    """Keeps a module's output rows for given input rows, wherever they occur
+    in the batches it is called on (alone, concatenated, interleaved with
+    other rows), so that a caller can read e.g. the embeddings of images that
+    a method embedded on its own instead of embedding them again.
+
+    The module must map a batch ``(B, ...)`` to outputs ``(B, ...)`` row by
+    row. A row counts as found when an input row equals it exactly (same
+    shape, dtype, device and values); the first call that contains it gives
+    its output. Use it as a context manager; the hook is removed on exit,
+    also when an exception is raised inside the block. A module whose hooks
+    cannot be registered (a TorchScript module) is not watched.
+
+    Args:
+        module (nn.Module): The module to watch.
+        rows (Tensor): The input rows to wait for, ``(M, ...)``.
+    """
+
+    def __init__(self, module: object, rows: Tensor) -> None:
+        self.module = module
+        self.rows = rows.detach()
+        self._outputs: List[Optional[Tensor]] = [None] * len(rows)
+        self._keys = self.rows.flatten(1).double().sum(1) if len(rows) else rows.new_zeros(0)
+        self._handle: Optional[RemovableHandle] = None
+
+    def _hook(self, module: nn.Module, args: Tuple, output: object) -> None:
+        if not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
+            return
+        batch = args[0].detach()
+        want = self.rows
+        if batch.shape[1:] != want.shape[1:] or batch.dtype != want.dtype or batch.device != want.device:
+            return
+        if output.dim() == 0 or output.shape[0] != batch.shape[0]:
+            return
+        missing = [i for i, o in enumerate(self._outputs) if o is None]
+        if not missing:
+            return
+        keys = batch.flatten(1).double().sum(1)  # a cheap first test before comparing rows
+        for i in missing:
+            close = torch.isclose(keys, self._keys[i], rtol=1e-6, atol=1e-6)
+            for b in close.nonzero().flatten().tolist():
+                if bool((batch[b] == want[i]).all()):
+                    self._outputs[i] = output[b].detach()
+                    break
+
+    def outputs(self) -> Optional[Tensor]:
+        """The output rows ``(M, ...)``, in the order of ``rows``; None unless
+        every row was found."""
+        if not self._outputs or any(o is None for o in self._outputs):
+            return None
+        return torch.stack(self._outputs)
+
+    def __enter__(self) -> "RowOutputsOnInputs":
+        self._outputs = [None] * len(self.rows)
+        try:
+            self._handle = self.module.register_forward_hook(self._hook)  # type: ignore[attr-defined]
+        except (AttributeError, RuntimeError, TypeError):
+            self._handle = None  # not a module that takes hooks: nothing is watched
         return self
 
     def __exit__(self, *exc: object) -> None:
