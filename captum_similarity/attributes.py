@@ -670,7 +670,7 @@ class SalientAttributes(Attribution):
         saliency_method (str, Attribution or Callable, optional): What
             computes the saliency maps when ``explain``/``attribute`` get
             none: ``"EmbeddingGradCAM"`` (at ``layer``, weighting
-            ``"similarity"``), ``"SimilarityRISE"`` (2000 masks, seed 0), an
+            ``"similarity"``), ``"SimilarityRISE"`` (SANE's 2000 masks of 8 x 8 cells, seed 0), an
             attribution object whose ``attribute((x1, x2))`` returns
             ``(a1, a2)``, or a callable ``f(x1, x2) -> (a1, a2)``.
             Default: None (``"EmbeddingGradCAM"``, the most faithful of the
@@ -743,7 +743,10 @@ class SalientAttributes(Attribution):
                 self.model, self.layer, reshape_transform=self.reshape_transform
             ).attribute((x1, x2), attribute_to_layer_input=self.attribute_to_layer_input)
         elif method == "SimilarityRISE":
-            maps = SimilarityRISE(self.model).attribute((x1, x2), seed=0)
+            # SANE's own setting (its paper's maps), not the registry's
+            maps = SimilarityRISE(self.model).attribute(
+                (x1, x2), n_masks=2000, mask_cells=8, seed=0
+            )
         elif hasattr(method, "attribute"):
             maps = method.attribute((x1, x2))
         else:

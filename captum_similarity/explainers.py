@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from captum.attr import LRP, IntegratedGradients, LayerGradCam, NoiseTunnel, Occlusion, Saliency
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from .branches import split_branches
 from .embedding_gradcam import EmbeddingGradCAM
@@ -38,7 +39,11 @@ __all__ = [
     "short_names",
     "resolve_methods",
     "RISE_MASKS",
+    "RISE_CELLS",
     "PAIRX_MATCHES",
+    "LRP_PATCHES",
+    "DISTANCE_SIMILARITIES",
+    "white_box_model",
     "EXCLUDED",
 ]
 
@@ -60,8 +65,20 @@ EXCLUDED = {
 #: Where maps of a registered explainer survived model randomisation (measured).
 _DLIB = ("dlib face ResNet",)
 
-#: Masks of the registered SimilarityRISE: SANE's 2000. Lower it for quick checks.
-RISE_MASKS = 2000
+#: Masks of the registered SimilarityRISE (SANE used 2000; on dlib's face
+#: ResNet 500 measured as faithful at a quarter of the cost,
+#: benchmarks/results/tune_defaults.md). Lower it for quick checks.
+RISE_MASKS = 500
+
+#: Mask grid cells per side of the registered SimilarityRISE.
+RISE_CELLS = 6
+
+#: Similarities that are distances. For a model scored by one of them the
+#: registered LRPRelevancePairing (both forms), BiLRP and "EmbeddingGradCAM
+#: (ReLU)" explain the cosine of the model's embeddings (:func:`white_box_model`): a distance's
+#: per-dimension terms are all negative, so its relevance ranks what separates
+#: the two images, which is not what "why do these match?" asks.
+DISTANCE_SIMILARITIES = ("euclidean", "squared_euclidean")
 
 #: Per-match pixel maps of the registered PAIR-X (its maps are their sum).
 PAIRX_MATCHES = 10
@@ -205,6 +222,34 @@ def resolve_methods(selection: Union[str, Iterable[str]]) -> List[str]:
             f"no method selected; choose from {', '.join(shorts)} or {' or '.join(SELECTIONS)}"
         )
     return chosen
+
+
+def white_box_model(model: SiameseSimilarity) -> SiameseSimilarity:
+    r"""The similarity model the registered LRP, BiLRP and Grad-CAM explain.
+
+    ``model`` itself, unless its similarity is a distance
+    (:data:`DISTANCE_SIMILARITIES`): then the cosine of the same embedder's
+    embeddings, ``SiameseSimilarity(model.embedder, "cosine")``. Its score
+    rises where the distance falls for embeddings of similar norms (dlib's
+    descriptors), and its relevance explains what the two images share; on
+    dlib's face ResNet it raised LRP's insertion AUC by 43 points on training
+    pairs (benchmarks/results/tune_defaults.md).
+
+    Args:
+        model (SiameseSimilarity): The similarity model.
+
+    Returns:
+        SiameseSimilarity: ``model`` or a cosine wrapper of its embedder.
+
+    Example::
+
+        >>> sim = SiameseSimilarity(embedder, "euclidean")
+        >>> white_box_model(sim).similarity.name
+        'cosine'
+    """
+    if model.similarity.name in DISTANCE_SIMILARITIES:
+        return SiameseSimilarity(model.embedder, "cosine", model.input_ndim)
+    return model
 
 
 def explain_pair(
@@ -358,16 +403,50 @@ def _lrp(model, x1, x2, layer):
     cost="1 forward and 1 relevance backward pass", survives_randomization=_DLIB,
 )
 def _lrp_pairing(model, x1, x2, layer):
-    return LRPRelevancePairing(model).attribute((x1, x2))
+    # a distance model's cosine (white_box_model): the distance's relevance is inverted
+    return LRPRelevancePairing(white_box_model(model)).attribute((x1, x2))
+
+
+#: Patches across the shorter image side of the registered "LRPRelevancePairing
+#: (patches)": 6-pixel patches on dlib's 150-pixel chips.
+LRP_PATCHES = 25
+
+
+@register(
+    "LRPRelevancePairing (patches)", short="lrp-patches",
+    cost="1 forward and 1 relevance backward pass", survives_randomization=_DLIB,
+)
+def _lrp_pairing_patches(model, x1, x2, layer):
+    # the registered LRP's maps summed over square patches, one value per patch (as
+    # BiLRP's marginals): a coarser map, measured more faithful by deletion on dlib
+    side = max(1, min(x1.shape[-2:]) // LRP_PATCHES)
+    maps = _lrp_pairing(model, x1, x2, layer)
+    return tuple(
+        F.avg_pool2d(a.sum(1, keepdim=True), side, stride=side, ceil_mode=True, divisor_override=1)
+        for a in maps
+    )
+
+
+@register(
+    "LRPRelevancePairing (epsilon, magnitude)", short="lrp-abs",
+    cost="1 forward and 1 relevance backward pass",
+)
+def _lrp_pairing_magnitude(model, x1, x2, layer):
+    # LRP-epsilon's signs alternate from pixel to pixel, its magnitudes rank what matters;
+    # unlike epsilon_plus (z+ convolutions), its maps change when the model's weights do
+    a1, a2 = LRPRelevancePairing(white_box_model(model), composite="epsilon").attribute((x1, x2))
+    return a1.abs(), a2.abs()
 
 
 @register(
     "SimilarityRISE", black_box=True, short="rise",
-    cost=f"{RISE_MASKS} masked forward passes per image (SANE's setting): minutes on a CPU",
+    cost=f"{RISE_MASKS} masked forward passes per image: tens of seconds on a CPU",
     survives_randomization=_DLIB,
 )
 def _rise(model, x1, x2, layer):
-    maps = SimilarityRISE(model).attribute((x1, x2), n_masks=RISE_MASKS, seed=0)
+    maps = SimilarityRISE(model).attribute(
+        (x1, x2), n_masks=RISE_MASKS, mask_cells=RISE_CELLS, seed=0
+    )
     # drop each map's offset (about the mean masked score) so that figures show contrast;
     # the ranking of pixels, all the benchmark uses, is unchanged
     return tuple(m - m.amin(dim=(1, 2, 3), keepdim=True) for m in maps)
@@ -402,7 +481,8 @@ PAIR_WEIGHTED = ("cosine", "dot")
 def _embedding_gradcam_relu(model, x1, x2, layer):
     # what the command line's figures show (docs/embedding-gradcam.md, near-identical
     # pairs): no negative part to misread, and for cosine and dot the pair weighting,
-    # whose weights do not vanish as s -> 1
+    # whose weights do not vanish as s -> 1; a distance model's cosine (white_box_model)
+    model = white_box_model(model)
     weighting = "pair" if model.similarity.name in PAIR_WEIGHTED else "similarity"
     return EmbeddingGradCAM(model, layer).attribute(
         (x1, x2), weighting=weighting, relu_attributions=True
@@ -419,7 +499,7 @@ def _pairx_detail(model, x1, x2, layer):
 @register(
     "PairwiseIntermediateMatching (PAIR-X)", needs_layer=True, short="pairx", default=True,
     cost=f"1 forward pass and relevance backward passes for {PAIRX_MATCHES} matches",
-    detail=_pairx_detail,
+    detail=_pairx_detail, survives_randomization=_DLIB,
 )
 def _pairx(model, x1, x2, layer):
     return PairwiseIntermediateMatching(model, layer).attribute((x1, x2), k=PAIRX_MATCHES)
@@ -431,7 +511,10 @@ BILRP_PATCHES = 12
 
 def _bilrp_detail(model, x1, x2, layer):
     side = max(1, min(x1.shape[-2:]) // BILRP_PATCHES)
-    relevance = LRPRelevancePairing(model).attribute_pairwise((x1, x2), patch_size=side)
+    # a distance is not a dot product: a distance model's cosine (white_box_model)
+    relevance = LRPRelevancePairing(white_box_model(model)).attribute_pairwise(
+        (x1, x2), patch_size=side
+    )
     maps = []
     # row sums are image 1's patch relevance, column sums image 2's: a coarse map on each
     for x, marginal in ((x1, relevance.sum(2)), (x2, relevance.sum(1))):
@@ -442,8 +525,8 @@ def _bilrp_detail(model, x1, x2, layer):
 
 @register(
     "BiLRP (LRPRelevancePairing.attribute_pairwise)", short="bilrp",
-    cost="1 relevance backward pass per embedding dimension and image (dot or cosine only)",
-    detail=_bilrp_detail,
+    cost="1 relevance backward pass per embedding dimension and image",
+    detail=_bilrp_detail, survives_randomization=_DLIB,
 )
 def _bilrp(model, x1, x2, layer):
     a1, a2, _ = _bilrp_detail(model, x1, x2, layer)

@@ -98,8 +98,9 @@ def input_size(size: Optional[Sequence[int]], loaded: LoadedModel) -> Tuple[int,
 
 def choose_layer(loaded: LoadedModel, layer: Optional[str], example: Tensor) -> Dict[str, Any]:
     """``{"layer", "layer_choice", "layer_grid"}``: ``--layer`` checked, or the
-    default layer (:func:`~captum_similarity.candidates.default_layer`), or
-    None with the reason."""
+    model's measured default (:attr:`LoadedModel.layer`), or the default layer
+    (:func:`~captum_similarity.candidates.default_layer`), or None with the
+    reason."""
     if not loaded.layers:
         if layer:
             raise UsageError(
@@ -121,6 +122,12 @@ def choose_layer(loaded: LoadedModel, layer: Optional[str], example: Tensor) -> 
             ) from None
         grid = _grid_of(model, layer, example)
         return {"layer": layer, "layer_choice": "given with --layer", "layer_grid": grid}
+    if loaded.layer is not None:
+        return {
+            "layer": loaded.layer,
+            "layer_choice": f"the measured default of {loaded.kind} (--layer to change it)",
+            "layer_grid": _grid_of(model, loaded.layer, example),
+        }
     try:
         chosen = default_layer(model, example)
     except ValueError:

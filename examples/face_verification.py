@@ -4,7 +4,9 @@ Loads dlib's pretrained network (the ``faces`` extra), wraps it in
 ``SiameseSimilarity`` with the negative Euclidean distance dlib verifies
 with, and explains three pairs with Captum's Saliency, IntegratedGradients,
 LayerGradCam (at a residual stage, both images in one pass, on the distance
-and on the dot product) and LRP, and prints the total of every map:
+and on the dot product) and LRP, and prints the total of every map; then the
+registry's LRP maps of the astronaut pair (``lrp``, ``lrp-patches``,
+``lrp-abs``), which explain the cosine of the descriptors:
 
 - the astronaut of scikit-image against a mirrored, rotated, darker copy of
   herself (always available);
@@ -33,7 +35,10 @@ from torch import Tensor
 
 from captum_similarity import SiameseSimilarity, split_branches, visualize_pair
 from captum_similarity.data import astronaut_pair, load_orl_faces, notable_pairs
+from captum_similarity.explainers import explain_pair as registered_maps
+from captum_similarity.explainers import resolve_methods, white_box_model
 from captum_similarity.models import dlib_face_resnet, face_chips
+from captum_similarity.models.loading import DLIB_FACE_LAYER
 
 Pair = Tuple[Tensor, Tensor]
 
@@ -93,6 +98,21 @@ def save_pair_figure(
     return distance
 
 
+def registered_methods(sim: SiameseSimilarity, x1: Tensor, x2: Tensor) -> None:
+    """The registry's LRP maps of a distance model explain the cosine of its
+    descriptors (``white_box_model``): each image's relevance sums to that
+    cosine, not to the distance, and the patch map is the pixel map's sums."""
+    explained = white_box_model(sim)
+    with torch.no_grad():
+        cosine = float(explained(x1, x2))
+    layer = sim.embedder.get_submodule(DLIB_FACE_LAYER)
+    maps = registered_maps(sim, x1, x2, layer, methods=resolve_methods("lrp,lrp-patches,lrp-abs"))
+    print(f"explained for the registered LRP: {explained.similarity.name}, {cosine:.4f}")
+    for name, (a1, a2) in maps.items():
+        print(f"{name}: map sizes {tuple(a1.shape[-2:])}, sums {float(a1.sum()):.4f} and "
+              f"{float(a2.sum()):.4f}")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Explain dlib's face ResNet on real face pairs.")
     parser.add_argument("--orl", type=Path, default=None, help="the orl_faces folder (optional)")
@@ -111,6 +131,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     d = save_pair_figure(sim, x[:1], x[1:], ("astronaut", "altered copy"),
                          args.out / "face_astronaut_pair.png")
     print(f"astronaut pair: distance {d:.3f}")
+    registered_methods(sim, x[:1], x[1:])
     if args.orl is not None:
         faces = load_orl_faces(args.orl)
         images = list(faces.images[:, 0].numpy())

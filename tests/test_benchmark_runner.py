@@ -143,3 +143,14 @@ def test_paired_differences_against_a_hand_computation(tmp_path):
     assert cells[4] == "+7.5 ± 2.5"  # against the random map's constant 50
     # deletion: cam per pair 40, 30, 20, 30; occlusion 30, 30, 10, 30: differences 10, 0, 10, 0
     assert cells[5] == "30.0 ± 4.1" and cells[6] == "+5.0 ± 2.9"
+    # a second run of the same method with another setting, labelled: rows of its own
+    other = [line.replace(",0.7,0.5,0.3,0.5", ",0.9,0.9,0.1,0.1")
+             for line in lines if line == header or ",EmbeddingGradCAM," in line]
+    (tmp_path / "other.csv").write_text("\n".join(other) + "\n")
+    text = module.main(["--table", str(tmp_path / "table.csv"), f"{tmp_path / 'other.csv'}@layer4",
+                        "--fills", "mean"])
+    again = next(line for line in text.splitlines() if line.startswith("| EmbeddingGradCAM |"))
+    assert again.split("|")[2] == row.split("|")[2]  # its own rows kept
+    labelled = next(line for line in text.splitlines() if line.startswith("| EmbeddingGradCAM @layer4 |"))
+    # its first pair now 90 instead of 60: insertion 60, 60, 60, 50 -> 90, 60, 60, 50
+    assert [c.strip() for c in labelled.strip("|").split("|")][1] == "65.0 ± 8.7"

@@ -52,7 +52,7 @@ def test_demo_writes_figures(tmp_cache, tmp_path, capsys):
 
 
 def test_registry_runs_every_explainer_with_matching_shapes(images, monkeypatch):
-    monkeypatch.setattr("captum_similarity.explainers.RISE_MASKS", 50)  # SANE's 2000 take ~20 s here
+    monkeypatch.setattr("captum_similarity.explainers.RISE_MASKS", 50)  # the registered 500 take seconds here
     model = make_reference_model("cnn")
     sim = SiameseSimilarity(model)
     x1, x2 = images(2), images(2, seed=1)

@@ -269,3 +269,20 @@ def test_orl_verification_with_pad_resize(face_model, orl_root):
         emb = torch.cat([face_model(x[i : i + 100]) for i in range(0, len(x), 100)])
     auroc = verification_auroc(emb, faces.labels, "euclidean")
     assert auroc >= 0.90
+
+
+def test_the_face_model_spec_explains_its_measured_layer_by_default(face_model):
+    """``--model dlib-face`` without ``--layer`` explains ``layer4`` (the 4x4
+    stage measured on training identities), not the generic stride-16 choice;
+    ``--layer`` still overrides it."""
+    from captum_similarity.job import choose_layer
+    from captum_similarity.models.loading import DLIB_FACE_LAYER, load_model
+
+    loaded = load_model("dlib-face")
+    assert loaded.layer == DLIB_FACE_LAYER == "layer4"
+    example = torch.rand(1, 3, 150, 150)
+    chosen = choose_layer(loaded, None, example)
+    assert chosen["layer"] == "layer4" and chosen["layer_grid"] == [4, 4]
+    assert "measured default" in chosen["layer_choice"]
+    given = choose_layer(loaded, "layer3", example)
+    assert given["layer"] == "layer3" and given["layer_grid"] == [8, 8]

@@ -133,6 +133,15 @@ def test_face_verification(tmp_path):
     args = ["--out", str(tmp_path / "faces")] + (["--orl", str(orl)] if orl else [])
     out = run_example("face_verification.py", *args, cwd=tmp_path)
     assert number_after("astronaut pair: distance", out) < 0.6  # dlib: the same person
+    # the registered LRP explains the cosine: both images' relevance sums to it
+    cosine = number_after("explained for the registered LRP: cosine,", out)
+    line = next(t for t in out.splitlines() if t.startswith("LRPRelevancePairing (epsilon_plus)"))
+    sums = [float(v) for v in line.split("sums ")[1].split(" and ")]
+    assert all(abs(v - cosine) < 1e-3 * abs(cosine) for v in sums)
+    patches = next(t for t in out.splitlines() if t.startswith("LRPRelevancePairing (patches)"))
+    assert "map sizes (25, 25)" in patches
+    patch_sums = [float(v) for v in patches.split("sums ")[1].split(" and ")]
+    assert all(abs(a - b) < 1e-3 for a, b in zip(patch_sums, sums))
     names = ["face_astronaut_pair.png"]
     if orl:
         names += ["face_correct_match.png", "face_wrong_match.png"]

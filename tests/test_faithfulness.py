@@ -285,7 +285,7 @@ def test_rise_one_query_against_many_references_equals_each_reference(region_sim
 def test_rise_variable_reference_averages_masked_references(region_sim):
     query, ref = faces(1), faces(1, seed=1)
     out = SimilarityRISE(region_sim).attribute(
-        query, (ref,), n_masks=40, n_reference_masks=3, seed=5, baselines=0.5
+        query, (ref,), n_masks=40, mask_cells=8, n_reference_masks=3, seed=5, baselines=0.5
     )
     generator = torch.Generator().manual_seed(
         5

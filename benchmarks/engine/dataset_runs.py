@@ -2,7 +2,7 @@
 against 2 processes x 1 thread (``torchrun``), and the time spent outside
 the methods.
 
-For each method (Grad-CAM, cheap; RISE, 2000 masked forward passes per
+For each method (Grad-CAM, cheap; RISE, the registry's 500 masked forward passes per
 image; then several cheap methods in one run, ``--several``) the same command runs on ORL pairs with dlib's face model, in a fresh
 run folder, once as one process with ``--threads 2`` and once under
 ``python -m torch.distributed.run --nproc-per-node 2`` with ``--threads 1``,

@@ -10,7 +10,7 @@ black-box method (Captum Occlusion, SimilarityRISE) and to the random map:
 
 Usage:
     python benchmarks/methods/paired_differences.py --table RUN_DIR/table.csv [MORE/table.csv] \\
-        --out benchmarks/results/faithfulness-dlib-paired.md
+        [OTHER/table.csv@layer4] --out benchmarks/results/faithfulness-dlib-paired.md
 """
 
 from __future__ import annotations
@@ -109,16 +109,22 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--table", type=Path, nargs="+", required=True,
+        "--table", nargs="+", required=True,
         help="a run's table.csv; more tables of runs on the same pairs add their methods "
-        "(a method in a later table replaces its rows of an earlier one)",
+        "(a method in a later table replaces its rows of an earlier one); TABLE@LABEL adds "
+        "' @LABEL' to that table's method names, so that a run of the same methods with "
+        "another setting (e.g. --layer layer4) gets rows of its own",
     )
     parser.add_argument("--fills", nargs="+", default=["mean", "blur"])
     parser.add_argument("--out", type=Path, default=None, help="Markdown output (default: print)")
     args = parser.parse_args(argv)
     rows: List[dict] = []
-    for path in args.table:
-        more = read_table(path)
+    for item in args.table:
+        path, _, label = item.partition("@")
+        more = read_table(Path(path))
+        if label:
+            for r in more:
+                r["method_name"] = f"{r['method_name']} @{label}"
         replaced = {r["method_name"] for r in more}
         rows = [r for r in rows if r["method_name"] not in replaced] + more
     methods = list(dict.fromkeys(r["method_name"] for r in rows))

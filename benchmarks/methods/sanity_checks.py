@@ -38,13 +38,15 @@ import captum_similarity.explainers as registry  # noqa: E402
 from captum_similarity import SiameseSimilarity  # noqa: E402
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
 from captum_similarity.metrics import SURVIVAL_THRESHOLD, model_randomization_check  # noqa: E402
+from captum_similarity.models.loading import DLIB_FACE_LAYER  # noqa: E402
 from captum_similarity.training.demo_models import orl_embedder  # noqa: E402
 from run_benchmarks import dlib_setup, select_pairs  # noqa: E402
 from timing import command_line, machine  # noqa: E402
 
 #: Layers randomised in cascade, top first, and the layer of layer methods.
 MODELS = {
-    "dlib": (["head", "layer5", "layer4", "layer3", "layer2", "layer1", "stem"], "layer3"),
+    # dlib's layer methods explain the layer the command line explains by default
+    "dlib": (["head", "layer5", "layer4", "layer3", "layer2", "layer1", "stem"], DLIB_FACE_LAYER),
     "orl": (["head", "layer3", "layer2", "layer1", "stem"], "layer3"),
 }
 

@@ -18,7 +18,9 @@ the registered setting, so that "A beats B" is a measured statement:
 - LRPRelevancePairing: the composite, and the similarity explained (the
   negative Euclidean distance, whose per-dimension terms are all negative,
   so that its map ranks what separates the images; the same map negated;
-  or the cosine of the descriptors);
+  or the cosine of the descriptors); then the composites on the cosine, and
+  their maps ranked by magnitude (``lrp-abs``) and summed over square
+  patches (``lrp-pooled``);
 - PAIR-X: the number of matches its map sums, and the layer;
 - SimilarityRISE: the number of masks and the mask grid (on fewer pairs: it
   costs thousands of forward passes per pair), and stopping early once the
@@ -72,10 +74,12 @@ def gradcam(layer: str, relu: bool = True, cosine: bool = False) -> Callable:
     return fn
 
 
-def lrp(composite: str, similarity: str = "model", negate: bool = False) -> Callable:
+def lrp(composite: str, similarity: str = "model", negate: bool = False, absolute: bool = False) -> Callable:
     def fn(model, x1, x2, _layer):
         sim = _cosine(model) if similarity == "cosine" else model
         a1, a2 = LRPRelevancePairing(sim, composite=composite).attribute((x1, x2))
+        if absolute:  # rank by magnitude, sign dropped (as Saliency does with gradients)
+            return a1.abs(), a2.abs()
         return (-a1, -a2) if negate else (a1, a2)
     return fn
 
@@ -94,6 +98,19 @@ def pairx(layer: str, k: int) -> Callable:
 MASKS_USED: Dict[str, List[int]] = {}
 
 
+def pooled(fn: Callable, side: int) -> Callable:
+    """``fn``'s maps summed over ``side x side`` patches (channels summed): one
+    value per patch, as BiLRP's marginals are."""
+    def wrapped(model, x1, x2, layer):
+        return tuple(
+            torch.nn.functional.avg_pool2d(
+                a.sum(1, keepdim=True), side, stride=side, ceil_mode=True, divisor_override=1
+            )
+            for a in fn(model, x1, x2, layer)
+        )
+    return wrapped
+
+
 def rise(n_masks: int, cells: int, stop: Optional[float] = None, name: str = "") -> Callable:
     def fn(model, x1, x2, _layer):
         explainer = SimilarityRISE(model)
@@ -105,13 +122,18 @@ def rise(n_masks: int, cells: int, stop: Optional[float] = None, name: str = "")
     return fn
 
 
-#: The registered settings (what the tables compare against), by family.
+#: The reference setting of each family (what its table compares against): the
+#: setting registered when the family was measured (for rise-stop, the one the
+#: rise family chose).
 REGISTERED = {
     "gradcam": "gradcam-relu-layer3",  # the runner's --layer layer3, ReLU, the similarity's gradient
     "lrp": "lrp-epsilon_plus",
     "pairx": "pairx-layer3-k10",
     "rise": "rise-2000-c8",
-    "rise-stop": "rise-2000-c8",
+    "rise-stop": "rise-500-c6",
+    "lrp-cosine": "lrp-epsilon_plus-cosine",
+    "lrp-abs": "lrp-epsilon_plus-cosine",
+    "lrp-pooled": "lrp-epsilon_plus-cosine",
 }
 
 
@@ -134,12 +156,25 @@ def candidates(rise_too: bool) -> Dict[str, Dict[str, Callable]]:
         "lrp-gamma-cosine": lrp("gamma", "cosine"),
     })
     out["pairx"]["pairx-layer4-k10"] = pairx("layer4", 10)
+    # the composites on the cosine of the descriptors (the lrp family's choice)
+    out["lrp-cosine"] = {f"lrp-{c}-cosine": lrp(c, "cosine") for c in ("epsilon_plus", "epsilon", "lrp0")}
+    # the same maps ranked by magnitude: the sign-free relevance
+    out["lrp-abs"] = {"lrp-epsilon_plus-cosine": lrp("epsilon_plus", "cosine")}
+    out["lrp-abs"].update({f"lrp-{c}-cosine-abs": lrp(c, "cosine", absolute=True)
+                           for c in ("epsilon", "gamma", "epsilon_plus")})
+    # the maps summed over square patches (BiLRP's marginals are patch sums)
+    out["lrp-pooled"] = {"lrp-epsilon_plus-cosine": lrp("epsilon_plus", "cosine")}
+    out["lrp-pooled"].update({f"lrp-epsilon_plus-cosine-p{k}": pooled(lrp("epsilon_plus", "cosine"), k)
+                              for k in (6, 12, 25)})
+    out["lrp-pooled"]["lrp-epsilon-cosine-abs-p12"] = pooled(lrp("epsilon", "cosine", absolute=True), 12)
     if rise_too:
         out["rise"] = {f"rise-{n}-c{c}": rise(n, c) for n, c in
                        ((250, 8), (500, 8), (1000, 8), (2000, 8), (500, 6), (500, 12))}
-        # early stops, compared with the rise family's rows of the same pairs
-        out["rise-stop"] = {f"rise-2000-c8-stop{t:g}": rise(2000, 8, t, f"rise-2000-c8-stop{t:g}")
-                            for t in (0.4, 0.3, 0.2)}
+        # early stops with up to 2000 masks, against 500 masks without a stop
+        out["rise-stop"] = {"rise-500-c6": rise(500, 6)}
+        out["rise-stop"].update({
+            f"rise-2000-c6-stop{t:g}": rise(2000, 6, t, f"rise-2000-c6-stop{t:g}") for t in (0.3, 0.2)
+        })
     return out
 
 
@@ -152,7 +187,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--n-steps", type=int, default=26, help="insertion/deletion steps")
     parser.add_argument(
         "--families", nargs="+", default=None,
-        help="which families of settings (default: all): gradcam lrp pairx rise rise-stop",
+        help="which families of settings (default: all): gradcam lrp pairx lrp-cosine lrp-abs "
+        "lrp-pooled rise rise-stop",
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1, help="seed of the pair draw")
@@ -174,7 +210,7 @@ def table(rows, names: List[str], reference: str, fills: Sequence[str], label: s
     """Markdown rows: per setting and fill, insertion and deletion (x 100) and
     the paired difference to ``reference``."""
     mine = [r for r in rows if r["label"] == label]
-    lines = ["| setting | fill | insertion ↑ | vs registered | deletion ↓ | vs registered | s per pair |",
+    lines = ["| setting | fill | insertion ↑ | vs reference | deletion ↓ | vs reference | s per pair |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for name in names:
         for fill in fills:
@@ -236,10 +272,6 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         )
         rows = read_table(result["table"])
         names = list(settings)
-        reference = args.run_dir / "rise" / "table.csv"
-        if family == "rise-stop" and reference.is_file():  # the same pairs, all 2000 masks
-            rows += [r for r in read_table(reference) if r["method_name"] == REGISTERED[family]]
-            names.insert(0, REGISTERED[family])
         for r in rows:  # the settings' names (the table's method column: the short names)
             r["method"] = r["method_name"]
         sections += [f"## {family} ({n_same} same-person pairs)", ""]
@@ -263,8 +295,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         f"drawn with seed {args.seed}; {args.n_steps} insertion/deletion steps; fills: `mean` "
         f"(the network's input mean, {mean:.3f}) and `blur` (Gaussian, sigma 5 px). Per setting: "
         "mean ± standard error over pairs of each pair's AUC (the mean of its two images, x 100), "
-        "and the paired difference to the registered setting (the first row of the family's "
-        f"registered name: {', '.join(REGISTERED.values())}). Seconds per pair: the method "
+        "and the paired difference to the family's reference setting (the one registered when "
+        "it was measured; for rise-stop the rise family's choice): "
+        f"{', '.join(f'{k}: {v}' for k, v in REGISTERED.items())}. Seconds per pair: the method "
         "alone, 1 thread, on a shared machine.",
         "",
         *sections,

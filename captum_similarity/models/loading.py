@@ -31,7 +31,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LoadedModel", "load_model", "load_weights", "MODEL_SPEC_FORMS", "DLIB_FACE"]
+__all__ = [
+    "LoadedModel", "load_model", "load_weights", "MODEL_SPEC_FORMS", "DLIB_FACE", "DLIB_FACE_LAYER",
+]
 
 #: The bundled face model's specification.
 DLIB_FACE = "dlib-face"
@@ -66,6 +68,10 @@ class LoadedModel:
         weights (str, optional): The weights file read.
         notes (list of str): What was done while loading (e.g. "weights read
             from the checkpoint's state_dict").
+        layer (str, optional): The layer the layer methods explain when none
+            is given, where one was measured for this model (dlib's:
+            ``"layer4"``); None to let
+            :func:`~captum_similarity.candidates.default_layer` choose.
     """
 
     embedder: nn.Module
@@ -78,6 +84,13 @@ class LoadedModel:
     layers: bool = True
     weights: Optional[str] = None
     notes: List[str] = field(default_factory=list)
+    layer: Optional[str] = None
+
+
+#: The layer of dlib's face ResNet the layer methods explain by default: its
+#: 4x4 stage, where PAIR-X and Grad-CAM were the most faithful on training
+#: identities (docs/faithfulness.md, "Which method should I use?").
+DLIB_FACE_LAYER = "layer4"
 
 
 def load_model(
@@ -165,6 +178,7 @@ def _dlib_face() -> LoadedModel:
         input_size=(FACE_SIZE, FACE_SIZE),
         similarity="euclidean",
         threshold=float(model.distance_threshold),
+        layer=DLIB_FACE_LAYER,
     )
 
 
