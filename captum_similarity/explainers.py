@@ -21,8 +21,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from captum.attr import LRP, IntegratedGradients, LayerGradCam, NoiseTunnel, Occlusion, Saliency
 from torch import Tensor, nn
-from torch.nn import functional as F
 
+from ._utils.patches import patch_sums
 from .branches import split_branches
 from .embedding_gradcam import EmbeddingGradCAM
 from .pairwise_matching import PairwiseIntermediateMatching
@@ -420,11 +420,11 @@ def _lrp_pairing_patches(model, x1, x2, layer):
     # the registered LRP's maps summed over square patches, one value per patch (as
     # BiLRP's marginals): a coarser map, measured more faithful by deletion on dlib
     side = max(1, min(x1.shape[-2:]) // LRP_PATCHES)
-    maps = _lrp_pairing(model, x1, x2, layer)
-    return tuple(
-        F.avg_pool2d(a.sum(1, keepdim=True), side, stride=side, ceil_mode=True, divisor_override=1)
-        for a in maps
-    )
+    out = []
+    for a in _lrp_pairing(model, x1, x2, layer):
+        grid = [-(-d // side) for d in a.shape[-2:]]
+        out.append(patch_sums(a.sum(1, keepdim=True), (side, side)).reshape(len(a), 1, *grid))
+    return tuple(out)
 
 
 @register(
