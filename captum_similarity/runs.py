@@ -719,6 +719,7 @@ def explain_dataset(
     folder.check_config(config, digest)
     _init_distributed(launch, dev)
     try:
+        _check_agreement(launch, config, digest)
         folder.write_config(config, digest)  # every process: the same bytes, written atomically
         _barrier(launch)
         units = make_units(len(pairs), shorts, chunk)
@@ -870,6 +871,32 @@ def _init_distributed(launch: Launch, dev: torch.device) -> None:
             world_size=world,
             timeout=BARRIER_TIMEOUT,  # a process may finish its share hours before the last
         )
+
+
+def _check_agreement(launch: Launch, config: Mapping[str, Any], digest: str) -> None:
+    """Every process must have the same configuration (the same model weights
+    above all); otherwise their units could not be merged into one table.
+
+    Raises:
+        UsageError: the processes' configurations differ, naming the entries.
+    """
+    if not launch.distributed:
+        return
+    import torch.distributed as dist
+
+    gathered: List[Any] = [None] * launch.world
+    dist.all_gather_object(gathered, (digest, dict(config)))
+    if len({d for d, _ in gathered}) == 1:
+        return
+    keys = sorted({k for _, c in gathered for k in c if c.get(k) != gathered[0][1].get(k)})
+    hint = (
+        " (a model callable that draws random weights gives each process other weights: "
+        "pass --weights FILE, or seed the callable)" if "weights" in keys else ""
+    )
+    raise UsageError(
+        f"the {launch.world} processes disagree on the run's {', '.join(keys)}{hint}; "
+        "their units cannot be merged into one table"
+    )
 
 
 def _barrier(launch: Launch) -> None:

@@ -462,6 +462,22 @@ def test_torchrun_gives_the_single_process_rows_also_after_a_worker_dies(dataset
 
 
 @pytest.mark.slow
+def test_processes_with_other_weights_are_refused_not_merged(dataset, tmp_path):
+    """Without --weights each process builds the callable's model with its own
+    random initial weights: the processes disagree on the configuration and
+    the run stops with the reason, instead of rank 0 recomputing the others'
+    units at the merge."""
+    args = [a for a in cli_args(dataset)]
+    at = args.index("--weights")
+    del args[at : at + 2]
+    two = launch(args, tmp_path / "two", {}, nproc=2, port=free_port())
+    assert two.returncode != 0
+    assert "processes disagree on the run's weights" in two.stderr
+    assert "pass --weights FILE" in two.stderr
+    assert not (tmp_path / "two" / "table.csv").exists()
+
+
+@pytest.mark.slow
 def test_a_plain_rerun_completes_a_killed_run(dataset, tmp_path):
     killed = launch(cli_args(dataset), tmp_path / "run", {EXIT_AFTER_ENV: "0:3"})
     assert killed.returncode == 17

@@ -20,6 +20,8 @@ Usage:
     python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --gradcam-pairs 8 --rise-pairs 2 --repeats 1  # quick
     python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --configs several \
         --out benchmarks/results/dataset_runs_several.md  # the several-method run only
+    python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces \
+        --model torchvision.models:resnet18 --weights resnet18.pt --configs gradcam rise  # no alignment
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orl", type=Path, default=ROOT.parent / "shared" / "data" / "orl_faces")
     parser.add_argument("--model", default="dlib-face", help="a --model specification")
+    parser.add_argument(
+        "--weights", type=Path, default=None,
+        help="the model's weights (a state dict): every process must load the same model",
+    )
     parser.add_argument("--gradcam-pairs", type=int, default=32, help="pairs for Grad-CAM")
     parser.add_argument("--rise-pairs", type=int, default=2, help="pairs for RISE")
     parser.add_argument(
@@ -84,6 +90,8 @@ def one_run(args, method: str, pairs: int, chunk: int, processes: int, out: Path
         f"same:{same},different:{pairs - same}", "--model", args.model, "--methods", method,
         "--threads", str(2 // processes), "--chunk", str(chunk), "--out", str(out),
     ]
+    if args.weights is not None:
+        command += ["--weights", str(args.weights)]
     if processes > 1:
         command = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes),
                    "--master-addr", "127.0.0.1", "--master-port", str(free_port())] + command
