@@ -74,10 +74,11 @@ RISE_MASKS = 500
 RISE_CELLS = 6
 
 #: Similarities that are distances. For a model scored by one of them the
-#: registered LRPRelevancePairing (both forms), BiLRP and "EmbeddingGradCAM
-#: (ReLU)" explain the cosine of the model's embeddings (:func:`white_box_model`): a distance's
-#: per-dimension terms are all negative, so its relevance ranks what separates
-#: the two images, which is not what "why do these match?" asks.
+#: registered LRPRelevancePairing (all three forms), BiLRP and
+#: "EmbeddingGradCAM (ReLU)" explain the cosine of the model's embeddings
+#: (:func:`white_box_model`): a distance's per-dimension terms are all
+#: negative, so its relevance ranks what separates the two images, which is
+#: not what "why do these match?" asks.
 DISTANCE_SIMILARITIES = ("euclidean", "squared_euclidean")
 
 #: Per-match pixel maps of the registered PAIR-X (its maps are their sum).

@@ -53,6 +53,7 @@ from captum_similarity import (  # noqa: E402
     SiameseSimilarity,
     SimilarityRISE,
 )
+from captum_similarity._utils.patches import patch_sums  # noqa: E402
 from captum_similarity.data import identity_split, load_orl_faces  # noqa: E402
 from captum_similarity.data.pair_lists import ImagePair, select_pairs  # noqa: E402
 from captum_similarity.explainers import PairExplainer  # noqa: E402
@@ -102,12 +103,11 @@ def pooled(fn: Callable, side: int) -> Callable:
     """``fn``'s maps summed over ``side x side`` patches (channels summed): one
     value per patch, as BiLRP's marginals are."""
     def wrapped(model, x1, x2, layer):
-        return tuple(
-            torch.nn.functional.avg_pool2d(
-                a.sum(1, keepdim=True), side, stride=side, ceil_mode=True, divisor_override=1
-            )
-            for a in fn(model, x1, x2, layer)
-        )
+        out = []
+        for a in fn(model, x1, x2, layer):
+            grid = [-(-d // side) for d in a.shape[-2:]]
+            out.append(patch_sums(a.sum(1, keepdim=True), (side, side)).reshape(len(a), 1, *grid))
+        return tuple(out)
     return wrapped
 
 

@@ -129,7 +129,10 @@ class RowOutputsOnInputs:
     shape, dtype, device and values); the first call that contains it gives
     its output. Use it as a context manager; the hook is removed on exit,
     also when an exception is raised inside the block. A module whose hooks
-    cannot be registered (a TorchScript module) is not watched.
+    cannot be registered (a TorchScript module) is not watched. While it
+    watches, the module counts as hooked (:func:`has_hooks`), so a
+    :class:`~captum_similarity.SiameseSimilarity` embeds a broadcast
+    one-row side once per row instead of once (same values).
 
     Args:
         module (nn.Module): The module to watch.
@@ -148,7 +151,8 @@ class RowOutputsOnInputs:
             return
         batch = args[0].detach()
         want = self.rows
-        if batch.shape[1:] != want.shape[1:] or batch.dtype != want.dtype or batch.device != want.device:
+        same_kind = batch.dtype == want.dtype and batch.device == want.device
+        if batch.shape[1:] != want.shape[1:] or not same_kind:
             return
         if output.dim() == 0 or output.shape[0] != batch.shape[0]:
             return
@@ -173,7 +177,8 @@ class RowOutputsOnInputs:
     def __enter__(self) -> "RowOutputsOnInputs":
         self._outputs = [None] * len(self.rows)
         try:
-            self._handle = self.module.register_forward_hook(self._hook)  # type: ignore[attr-defined]
+            register = self.module.register_forward_hook  # type: ignore[attr-defined]
+            self._handle = register(self._hook)
         except (AttributeError, RuntimeError, TypeError):
             self._handle = None  # not a module that takes hooks: nothing is watched
         return self
