@@ -43,6 +43,8 @@ import socket
 import sys
 import time
 import warnings
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -141,6 +143,13 @@ FAITHFULNESS_COLUMNS = (
 )
 FORMAT = "captum-similarity unit 1"
 
+#: Seconds between two counts of the run's unit files for rank 0's bar.
+PROGRESS_SECONDS = 2.0
+
+#: Prepared images kept per process (by file), in bytes: an image in several
+#: pairs is read and prepared (for ``dlib-face``: detected and aligned) once.
+IMAGE_CACHE_BYTES = 256 * 2**20
+
 
 # -- launch and work units ---------------------------------------------------------
 
@@ -209,8 +218,8 @@ def assign_units(units: Sequence[Unit], launch: Launch) -> List[Unit]:
     """This process's share: every ``world``-th unit of ``units`` (method-major,
     so that each method is spread evenly), ordered by chunk (consecutive units
     then share their images)."""
-    mine = [u for i, u in enumerate(units) if i % launch.world == launch.rank]
-    return sorted(mine, key=lambda u: (u.chunk, units.index(u)))
+    mine = [(u.chunk, i, u) for i, u in enumerate(units) if i % launch.world == launch.rank]
+    return [u for _, _, u in sorted(mine, key=lambda t: t[:2])]
 
 
 def config_hash(config: Mapping[str, Any]) -> str:
@@ -338,12 +347,25 @@ class RunFolder:
 
 
 class _Job:
-    """A loaded model, its preparation and layer, and how one unit is computed."""
+    """A loaded model, its preparation and layer, and how one unit is computed.
+
+    The images of a process's next chunk are read and prepared by one
+    background thread while the current unit's methods run (the thread
+    touches no model); prepared images are kept by file up to
+    :data:`IMAGE_CACHE_BYTES`. :meth:`close` ends the thread.
+    """
 
     def __init__(self, loaded, sim, pre, layer_module, pairs, specs, fills, steps, sigma, seed, dev,
                  images=None):
         self.loaded, self.sim, self.pre, self.layer_module = loaded, sim, pre, layer_module
         self.images = images
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captum-similarity-images")
+        self._reading: Dict[int, Future] = {}  # chunk -> its images, being read
+        self._prepared: "OrderedDict[str, Tensor]" = OrderedDict()  # file -> prepared image
+        self._prepared_bytes = 0
+        self.image_work_seconds = 0.0  # reading and preparing, in the background thread
+        self.images_prepared = 0  # images prepared (not taken from the kept ones)
+        self.images_reused = 0
         self.pairs, self.specs, self.fills, self.steps = pairs, specs, fills, steps
         self.sigma, self.seed, self.dev = sigma, seed, dev
         self._cached: Tuple[Optional[int], Any] = (None, None)
@@ -359,19 +381,41 @@ class _Job:
         self._embeddings_checked: Dict[str, bool] = {}
         self._scores: Tuple[Optional[int], Optional[List[float]]] = (None, None)
 
-    def inputs(self, unit: Unit):
+    def inputs(self, unit: Unit, upcoming: Optional[Unit] = None):
         """The chunk's prepared images (the last chunk's are kept), the
-        indices of the pairs read and the errors of the others."""
-        if self._cached[0] == unit.chunk:
-            return self._cached[1]
+        indices of the pairs read and the errors of the others; then starts
+        reading ``upcoming``'s chunk in the background."""
+        if self._cached[0] != unit.chunk:
+            tick = time.perf_counter()  # the wait: what the background thread did not hide
+            try:
+                ok, errors, x1, x2 = self._start_reading(unit).result()
+                self._reading.pop(unit.chunk, None)
+                if x1 is not None:
+                    x1, x2 = x1.to(self.dev), x2.to(self.dev)
+            finally:
+                self.image_seconds += time.perf_counter() - tick
+            self._cached = (unit.chunk, (ok, errors, x1, x2))
+            self._scores = (unit.chunk, None)
+        if upcoming is not None and upcoming.chunk != unit.chunk:
+            self._start_reading(upcoming)
+        return self._cached[1]
+
+    def _start_reading(self, unit: Unit) -> Future:
+        if unit.chunk not in self._reading:
+            self._reading[unit.chunk] = self._reader.submit(self._read_timed, unit)
+        return self._reading[unit.chunk]
+
+    def close(self) -> None:
+        """Ends the background thread (after the chunk it is reading)."""
+        self._reader.shutdown(wait=True, cancel_futures=True)
+        self._reading.clear()
+
+    def _read_timed(self, unit: Unit):
         tick = time.perf_counter()
         try:
-            ok, errors, x1, x2 = self._read(unit)
+            return self._read(unit)
         finally:
-            self.image_seconds += time.perf_counter() - tick
-        self._cached = (unit.chunk, (ok, errors, x1, x2))
-        self._scores = (unit.chunk, None)
-        return self._cached[1]
+            self.image_work_seconds += time.perf_counter() - tick
 
     def scores(
         self, unit: Unit, x1: Tensor, x2: Tensor, seen: Optional[Tensor],
@@ -427,31 +471,56 @@ class _Job:
         if self.images is not None:  # the caller's tensors
             ok, errors = list(range(unit.start, unit.stop)), {}
             try:
-                x1, x2 = (x.to(self.dev) for x in self.images(self.pairs[unit.start : unit.stop]))
+                x1, x2 = self.images(self.pairs[unit.start : unit.stop])
             except Exception as err:
                 errors = {p: f"images failed: {error_text(err)}" for p in ok}
                 ok, x1, x2 = [], None, None
             return ok, errors, x1, x2
-        ok, errors, images = [], {}, []
+        ok, errors, files = [], {}, {}  # files: path -> its array, read but not prepared yet
         for p in range(unit.start, unit.stop):
             pair = self.pairs[p]
             try:
-                first = read_source(pair.path1)[1]
-                second = read_source(pair.path2)[1]
+                for path in (pair.path1, pair.path2):
+                    if path not in self._prepared and path not in files:
+                        files[path] = read_source(path)[1]
             except UsageError as err:
                 errors[p] = f"unreadable image: {err}"
                 continue
             ok.append(p)
-            images.extend([first, second])
         x1 = x2 = None
         if ok:
             try:
-                prepared = self.pre(images)[0].to(self.dev)
-                x1, x2 = prepared[0::2], prepared[1::2]
+                if files:
+                    prepared = self.pre(list(files.values()), display=False)[0]
+                    self.images_prepared += len(files)
+                    fresh = dict(zip(files, prepared))
+                else:
+                    fresh = {}
+                take = dict(fresh)
+                for p in ok:
+                    for path in (self.pairs[p].path1, self.pairs[p].path2):
+                        if path not in take:
+                            take[path] = self._prepared[path]
+                            self._prepared.move_to_end(path)
+                            self.images_reused += 1
+                x1 = torch.stack([take[self.pairs[p].path1] for p in ok])
+                x2 = torch.stack([take[self.pairs[p].path2] for p in ok])
+                for path, image in fresh.items():
+                    self._keep(path, image.clone())
             except Exception as err:
                 errors.update({p: f"preparation failed: {error_text(err)}" for p in ok})
-                ok = []
+                ok, x1, x2 = [], None, None
         return ok, errors, x1, x2
+
+    def _keep(self, path: str, image: Tensor) -> None:
+        size = image.numel() * image.element_size()
+        if size > IMAGE_CACHE_BYTES:
+            return
+        self._prepared[path] = image
+        self._prepared_bytes += size
+        while self._prepared_bytes > IMAGE_CACHE_BYTES:
+            _, old = self._prepared.popitem(last=False)
+            self._prepared_bytes -= old.numel() * old.element_size()
 
     def explain(self, name: str, x1: Tensor, x2: Tensor):
         """Maps of one method on pairs; a failing batch is retried pair by pair."""
@@ -505,9 +574,12 @@ class _Job:
         self.method_seconds += time.perf_counter() - tick
         return out
 
-    def unit(self, unit: Unit, launch: Launch) -> Tuple[List[Dict[str, Any]], Dict[str, np.ndarray]]:
-        """The rows and maps of one unit."""
-        ok, errors, x1, x2 = self.inputs(unit)
+    def unit(
+        self, unit: Unit, launch: Launch, upcoming: Optional[Unit] = None
+    ) -> Tuple[List[Dict[str, Any]], Dict[str, np.ndarray]]:
+        """The rows and maps of one unit (``upcoming``: the unit after it,
+        whose images are read meanwhile)."""
+        ok, errors, x1, x2 = self.inputs(unit, upcoming)
         base = {"rank": launch.rank, "host": socket.gethostname(), "unit": unit.id}
         rows: Dict[int, Dict[str, Any]] = {}
         for p in range(unit.start, unit.stop):
@@ -656,11 +728,13 @@ def explain_dataset(
         ``"hash"``, ``"layer"`` (``"layer"``: the explained layer's name,
         ``"layer_choice"``: how it was chosen),
         ``"seconds"`` (``"total"``, ``"methods"``: inside the methods and
-        the faithfulness scoring, ``"images"``: reading and preparing
-        images, ``"scores"``: forward passes run only for the pairs' scores
+        the faithfulness scoring, ``"images"``: waiting for the chunks'
+        images (they are read and prepared by a background thread during
+        the previous unit), ``"images_background"``: that thread's time,
+        ``"scores"``: forward passes run only for the pairs' scores
         (a chunk's score is taken from the method's own forward pass on the
         unperturbed pairs when it runs one), ``"setup"``: loading the model, the configuration, listing
-        finished units, ``"merge"``), ``"failed"``
+        finished units, of which ``"model"``: loading the model, ``"merge"``), ``"failed"``
         (failed rows in the table, rank 0).
 
     Raises:
@@ -682,6 +756,7 @@ def explain_dataset(
     bars = sys.stderr.isatty() if progress is None else progress
     say = Progress(bars and launch.rank == 0)
     loaded = model if isinstance(model, LoadedModel) else load_job_model(model, weights, dev)
+    model_seconds = time.perf_counter() - start
     similarity = check_similarity(similarity, loaded)
     if images is None:
         pre = preparation(loaded, size, normalize)
@@ -718,14 +793,14 @@ def explain_dataset(
     folder = RunFolder(out)
     folder.check_config(config, digest)
     _init_distributed(launch, dev)
+    job: Optional[_Job] = None
     try:
         _check_agreement(launch, config, digest)
         folder.write_config(config, digest)  # every process: the same bytes, written atomically
         _barrier(launch)
         units = make_units(len(pairs), shorts, chunk)
-        finished = set(folder.finished(units, digest))
+        finished = _finished_units(folder, units, digest, launch)  # before any process writes
         pending = [u for u in units if u.id not in finished]
-        _barrier(launch)  # every process listed the finished units before any writes
         mine = assign_units(pending, launch)
         say.line(
             f"{tag}model: {loaded.description}; {len(units)} units ({len(pairs)} pairs x "
@@ -743,15 +818,23 @@ def explain_dataset(
             if bars and launch.rank == 0:
                 say.start("units (all processes)", len(units), unit="unit")
                 say.advance(len(finished))
+            counted = 0.0  # when rank 0 last counted the run's unit files
             for k, unit in enumerate(mine):
                 tick = time.perf_counter()
-                rows, arrays = job.unit(unit, launch)
+                upcoming = mine[k + 1] if k + 1 < len(mine) else None
+                rows, arrays = job.unit(unit, launch, upcoming)
                 crash = exit_after is not None and k == exit_after
                 folder.write_unit(unit, digest, rows, arrays, crash=crash)
                 failed = sum(r["status"] != "ok" for r in rows)
                 if bars:
-                    if launch.rank == 0:  # the whole run's units: the files written so far
-                        say.advance(max(0, len(list(folder.units.glob("*.json"))) - say.count))
+                    # the whole run's units: the files written so far, counted every
+                    # PROGRESS_SECONDS (listing the folder costs as it grows)
+                    if launch.rank == 0 and (
+                        tick - counted > PROGRESS_SECONDS or upcoming is None
+                    ):
+                        counted = tick
+                        written = sum(1 for _ in folder.units.glob("*.json"))
+                        say.advance(max(0, written - say.count))
                 else:
                     print(
                         f"{tag}{unit.id}: {len(rows)} pairs in {time.perf_counter() - tick:.2f} s"
@@ -769,6 +852,8 @@ def explain_dataset(
             merge = time.perf_counter() - tick
             _barrier(launch)
     finally:
+        if job is not None:
+            job.close()
         _finish_distributed(launch)
     seconds = {
         "total": time.perf_counter() - start,
@@ -776,13 +861,16 @@ def explain_dataset(
         "images": job.image_seconds,
         "scores": job.score_seconds,
         "setup": setup,
+        "model": model_seconds,
         "merge": merge,
+        "images_background": job.image_work_seconds,
     }
     record = {
         "rank": launch.rank, "world": launch.world, "host": socket.gethostname(), "device": str(dev),
         "threads": torch.get_num_threads(), "units": len(mine), "seconds": seconds,
         "score_passes": job.score_passes, "scores_from_methods": job.scores_from_methods,
         "scores_from_embeddings": job.scores_from_embeddings, "score_checks": job.score_checks,
+        "images_prepared": job.images_prepared, "images_reused": job.images_reused,
     }
     folder.processes.mkdir(exist_ok=True)
     _write_atomic(folder.processes / f"rank-{launch.rank}.json", json.dumps(record).encode())
@@ -897,6 +985,19 @@ def _check_agreement(launch: Launch, config: Mapping[str, Any], digest: str) -> 
         f"the {launch.world} processes disagree on the run's {', '.join(keys)}{hint}; "
         "their units cannot be merged into one table"
     )
+
+
+def _finished_units(folder: RunFolder, units: Sequence[Unit], digest: str, launch: Launch) -> set:
+    """Ids of the finished units: each process verifies every ``world``-th
+    unit file (reading and hashing its maps), then they share what they found."""
+    found = folder.finished(units[launch.rank :: launch.world], digest)
+    if not launch.distributed:
+        return set(found)
+    import torch.distributed as dist
+
+    gathered: List[Any] = [None] * launch.world
+    dist.all_gather_object(gathered, found)
+    return {u for part in gathered for u in part}
 
 
 def _barrier(launch: Launch) -> None:

@@ -280,6 +280,56 @@ def test_shards_resume_and_damaged_units(dataset, tmp_path):
     assert run(dataset, out)["computed"] == []
 
 
+def test_images_read_in_the_background_and_prepared_once_per_file(dataset, tmp_path, monkeypatch):
+    """Pairs that share images: each file is prepared once per process, the
+    reading happens in the background thread (which is gone after the run),
+    and the rows equal those of a run that keeps no prepared image."""
+    import threading
+
+    import captum_similarity.runs as runs
+
+    names = ["p1/1", "p1/2", "p2/1", "p3/1"]
+    with open(dataset / "shared.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image1", "image2"])
+        for a, b in [(0, 1), (0, 2), (1, 2), (2, 3), (3, 0)]:
+            writer.writerow([f"faces/{names[a]}.png", f"faces/{names[b]}.png"])
+    pairs = read_pairs_csv(dataset / "shared.csv")
+    readers = []
+    read_source = runs.read_source
+
+    def recorded(path):
+        readers.append(threading.current_thread().name)
+        return read_source(path)
+
+    monkeypatch.setattr(runs, "read_source", recorded)
+
+    def go(out):
+        result = explain_dataset(
+            pairs, SPEC, {n: explainers()[n] for n in resolve_methods(METHODS)}, out,
+            weights=dataset / "weights.pt", size=(16, 16), chunk=2, progress=False,
+        )
+        record = json.loads((out / "processes" / "rank-0.json").read_text())
+        return rows_of(result["table"]), record
+
+    kept, record = go(tmp_path / "kept")
+    # chunks of 2 pairs: files {0, 1, 2}, then {1, 2, 3}, then {3, 0}; each read and prepared
+    # once, the later chunks take 2 + 2 of them from those kept
+    assert record["images_prepared"] == len(readers) == 4
+    assert record["images_reused"] == 4
+    assert set(readers) and all(n.startswith("captum-similarity-images") for n in readers)
+    assert not [t for t in threading.enumerate() if t.name.startswith("captum-similarity-images")]
+    assert record["seconds"]["images_background"] > 0
+
+    monkeypatch.setattr(runs, "IMAGE_CACHE_BYTES", 0)
+    readers.clear()
+    plain, record = go(tmp_path / "plain")
+    assert record["images_prepared"] == len(readers) == 3 + 3 + 2  # once per chunk only
+    assert record["images_reused"] == 0
+    assert [r["status"] for r in kept] == ["ok"] * 10
+    assert_same_rows(plain, kept, tol=0.0)
+
+
 def test_another_configuration_is_refused(dataset, tmp_path):
     run(dataset, tmp_path / "run", methods="gradcam")
     for change in ({"methods": "lrp"}, {"seed": 1}, {"size": (12, 12)}):
@@ -365,6 +415,8 @@ def test_units_are_spread_evenly_and_each_assigned_once():
         for method in ("rise", "gradcam"):
             counts = [sum(u.short == method for u in share) for share in shares]
             assert max(counts) - min(counts) <= 1, (world, method, counts)
+        for share in shares:  # by chunk (consecutive units share their images), then method
+            assert share == sorted(share, key=lambda u: (u.chunk, units.index(u)))
     assert launch_from_env({}) == Launch()
     assert launch_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == Launch(3, 4, 1, True)
 

@@ -107,16 +107,19 @@ def one_run(args, method: str, pairs: int, chunk: int, processes: int, out: Path
     total = sum(r["seconds"]["total"] for r in records)
     part = {
         k: sum(r["seconds"][k] for r in records) / total
-        for k in ("methods", "images", "scores", "setup")
+        for k in ("methods", "images", "scores", "setup", "model", "images_background")
     }
     return {
         "wall": wall,
         "throughput": pairs * len(method.split(",")) / wall,
         "outside": 1 - part["methods"],
+        "outside_after_setup": 1 - part["methods"] / (1 - part["setup"]),
         "images": part["images"],
         "scores": part["scores"],
         "setup_share": part["setup"],
+        "model_share": part["model"],
         "machinery": 1 - part["methods"] - part["images"] - part["scores"] - part["setup"],
+        "background": part["images_background"],
         "setup": max(r["seconds"]["setup"] for r in records),
         "merge": max(r["seconds"]["merge"] for r in records),
     }
@@ -128,8 +131,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     load = os.getloadavg()
     rows: List[str] = [
         "| method | pairs | pairs per unit | processes x threads | wall (s) | pairs x methods / s "
-        "| outside the methods | of which: images | scores | setup | run machinery | merge (s) |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| outside the methods | of which: waiting for images | scores | setup (loading the model) "
+        "| run machinery | outside, after the setup | images in the background | merge (s) |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         configs = {
@@ -151,8 +155,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                     f"| {method.replace(',', ', ')} | {pairs} | {chunk} | {processes} x {2 // processes} | {med['wall']:.1f} | "
                     f"{med['throughput']:.3f} | {100 * med['outside']:.1f} % | "
                     f"{100 * med['images']:.1f} % | {100 * med['scores']:.1f} % | "
-                    f"{100 * med['setup_share']:.1f} % | "
-                    f"{100 * med['machinery']:.1f} % | {med['merge']:.2f} |"
+                    f"{100 * med['setup_share']:.1f} % ({100 * med['model_share']:.1f} %) | "
+                    f"{100 * med['machinery']:.1f} % | {100 * med['outside_after_setup']:.1f} % | "
+                    f"{100 * med['background']:.1f} % | {med['merge']:.2f} |"
                 )
     load_after = os.getloadavg()
     text = "\n".join(
@@ -160,19 +165,30 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             "# explain-dataset: one process or two",
             "",
             f"Command: `{command_line(__file__, argv)}`. Machine: {machine()}. Load average "
-            f"(1 min) {load[0]:.1f} before, {load_after[0]:.1f} after (other jobs shared the "
-            "2 cores: throughputs are indicative, ratios between rows timed back to back).",
+            f"(1 min) {load[0]:.1f} before, {load_after[0]:.1f} after"
+            + (
+                " (other jobs shared the cores: throughputs are indicative, ratios between rows "
+                "timed back to back)."
+                if max(load[0], load_after[0]) > 1.5 * (os.cpu_count() or 1) / 2 + 1
+                else "."
+            ),
             "",
             f"Model `{args.model}` on ORL pairs (half same person, half different people), "
             "medians of "
             f"{args.repeats} alternating runs per row. Wall: the whole command (interpreter start, "
             "model loading, the run, the merge). Outside the methods: the share of the processes' "
             "time in `explain_dataset` (summed over the processes) not spent inside the methods, "
-            "split into reading and preparing the images (for `dlib-face`: face detection and "
-            "alignment; once per chunk and process, shared by the chunk's methods), the model's "
-            "scores of the pairs (a forward pass per chunk run for them alone, where no method "
-            "ran the wrapper on the unperturbed pairs), the setup (loading the model, the configuration, listing finished units) "
-            "and the run machinery (writing and checksumming units, barriers, progress, the merge).",
+            "split into waiting for the images (a background thread reads and prepares the next "
+            "chunk's images during the current unit, each file once per process; for `dlib-face` "
+            "preparing is face detection and alignment), the model's scores of the pairs (forward "
+            "passes run for them alone: where no method ran the wrapper on the unperturbed pairs, and "
+            "once per method and process to check the embeddings a method computed), the setup "
+            "(loading the model, in brackets: importing its code, building it, loading its weights; "
+            "the configuration and its digests, listing finished units: a fixed cost per process) "
+            "and the run machinery (writing and checksumming units, barriers, progress, the merge). "
+            "Outside, after the setup: the same share of the time after the setup, which a longer "
+            "run approaches. Images in the background: the background thread's time, as a share of "
+            "the same total (it shares the cores with the methods).",
             "",
             *rows,
             "",

@@ -9,6 +9,7 @@ model sees them (before normalisation, for display) and a note per image
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,6 +24,7 @@ __all__ = [
     "parse_normalization",
     "display_image",
     "DISPLAY_SIDE",
+    "resize_images",
 ]
 
 MeanStd = Tuple[Tuple[float, ...], Tuple[float, ...]]
@@ -35,6 +37,10 @@ NORMALIZATIONS = {
 
 #: Longest side of images kept for display.
 DISPLAY_SIDE = 512
+
+#: Images whose longer side is at most this many pixels are resized with
+#: two matrices per shape (:func:`resize_images`); larger ones one by one.
+MATRIX_RESIZE_SIDE = 2048
 
 
 def parse_normalization(text: str) -> Optional[MeanStd]:
@@ -73,6 +79,42 @@ def display_image(image: np.ndarray, side: int = DISPLAY_SIDE) -> np.ndarray:
         shape = (max(1, round(arr.shape[0] * scale)), max(1, round(arr.shape[1] * scale)))
         arr = resize(arr, shape, order=1, anti_aliasing=True)
     return np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=16)
+def _axis_matrix(n_in: int, n_out: int) -> Tensor:
+    """``(n_out, n_in)``: scikit-image's anti-aliased linear resize along one
+    axis, as a matrix (its columns: the resized unit vectors)."""
+    from skimage.transform import resize
+
+    if n_in == n_out:
+        return torch.eye(n_in, dtype=torch.float32)
+    # resizing only the first axis of the identity: the other keeps its size,
+    # so it is neither smoothed nor interpolated
+    matrix = resize(np.eye(n_in), (n_out, n_in), order=1, anti_aliasing=True)
+    return torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32))
+
+
+def resize_images(images: Tensor, size: Sequence[int]) -> Tensor:
+    r"""Resizes a batch as ``skimage.transform.resize(image, size, order=1,
+    anti_aliasing=True)`` does each image, to float rounding.
+
+    That resize (a Gaussian smoothing when shrinking, then linear
+    interpolation, both with mirrored edges) is linear and separable: it is
+    applied as ``rows @ image @ columns.T``, the two matrices made by
+    scikit-image from the identity once per shape and kept (a matrix
+    product instead of a filter and an interpolation per image).
+
+    Args:
+        images (Tensor): ``(N, C, H, W)`` float32, all of one size.
+        size (sequence of int): ``(H', W')``.
+
+    Returns:
+        Tensor: ``(N, C, H', W')`` float32.
+    """
+    rows = _axis_matrix(int(images.shape[-2]), int(size[0]))
+    columns = _axis_matrix(int(images.shape[-1]), int(size[1]))
+    return torch.matmul(torch.matmul(rows, images.float()), columns.T)
 
 
 class ImagePreparation:
@@ -120,13 +162,21 @@ class ImagePreparation:
                 f"RGB in [0, 1], {norm}"
             )
 
-    def __call__(self, images: List[np.ndarray]) -> Tuple[Tensor, List[np.ndarray], List[str]]:
+    def __call__(
+        self, images: List[np.ndarray], display: bool = True
+    ) -> Tuple[Tensor, List[np.ndarray], List[str]]:
         r"""Prepares a list of ``(H, W, 3)`` arrays (uint8, or float in [0, 1]).
+
+        Args:
+            images (list of ndarray): The images.
+            display (bool, optional): Also return the images as the model
+                sees them (False: an empty list, for runs that only explain).
+                Default: True
 
         Returns:
             tuple: the model's input ``(N, 3, H, W)`` float32, the images as
-            the model sees them (uint8 ``(H, W, 3)``, before normalisation)
-            and one note per image.
+            the model sees them (uint8 ``(H, W, 3)``, before normalisation;
+            empty when ``display`` is False) and one note per image.
         """
         if self.faces:
             seen, detected = face_chips(
@@ -144,26 +194,38 @@ class ImagePreparation:
                 for d in detected.tolist()
             ]
         else:
-            from skimage.transform import resize
-
-            rows, notes = [], []
-            for image in images:
-                arr = (
+            seen = torch.empty(len(images), 3, *self.size)
+            notes = []
+            for k, image in enumerate(images):
+                if image.ndim != 3 or image.shape[2] != 3:
+                    raise ValueError(
+                        f"image {k} must be (H, W, 3) RGB, got shape {tuple(image.shape)} "
+                        "(captum_similarity.data.files.load_image reads files as RGB)"
+                    )
+                arr = torch.from_numpy(
                     image.astype(np.float32) / 255.0
                     if image.dtype == np.uint8
                     else image.astype(np.float32)
-                )
-                if tuple(arr.shape[:2]) != self.size:
-                    arr = resize(arr, self.size, order=1, anti_aliasing=True).astype(np.float32)
-                    notes.append(f"resized from {image.shape[0]}x{image.shape[1]}")
-                else:
+                ).permute(2, 0, 1)
+                if tuple(arr.shape[1:]) == self.size:
+                    seen[k] = arr
                     notes.append("used at its size")
-                rows.append(torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))))
-            seen = torch.stack(rows)
+                    continue
+                notes.append(f"resized from {image.shape[0]}x{image.shape[1]}")
+                if max(arr.shape[1:]) <= MATRIX_RESIZE_SIDE:
+                    seen[k] = resize_images(arr[None], self.size)[0]
+                else:  # building matrices would cost more than resizing this image
+                    from skimage.transform import resize
+
+                    seen[k] = torch.from_numpy(
+                        resize(arr.permute(1, 2, 0).numpy(), self.size, order=1, anti_aliasing=True)
+                        .astype(np.float32)
+                        .transpose(2, 0, 1)
+                    )
         inputs = seen
         if self.mean_std is not None:
             mean = torch.tensor(self.mean_std[0]).view(1, 3, 1, 1)
             std = torch.tensor(self.mean_std[1]).view(1, 3, 1, 1)
             inputs = (seen - mean) / std
-        display = [display_image(s.permute(1, 2, 0).numpy()) for s in seen]
-        return inputs.float(), display, notes
+        shown = [display_image(s.permute(1, 2, 0).numpy()) for s in seen] if display else []
+        return inputs.float(), shown, notes
