@@ -68,7 +68,6 @@ from .job import (
     preparation,
     read_source,
     resolve_device,
-    versions,
 )
 from .metrics.insertion_deletion import insertion_deletion
 from .metrics.statistics import Estimate, mean_and_standard_error, paired_difference
