@@ -7,6 +7,11 @@ it is done, atomically (a temporary file, then ``os.replace``), with the
 SHA-256 of its maps and of its own content, so that a unit file is either
 complete and verified or ignored and recomputed.
 
+Each process reads and prepares the images of its next chunk in a
+background thread while the current unit's methods run, and keeps prepared
+images by file (up to :data:`IMAGE_CACHE_BYTES`), so that an image in
+several pairs is prepared once.
+
 Run alone, a run is one plain process. Under ``torchrun`` (``WORLD_SIZE``,
 ``RANK`` and ``LOCAL_RANK`` set), every process takes every ``WORLD_SIZE``-th
 of the unfinished units, in method-major order, so that each method's units
@@ -718,6 +723,9 @@ def explain_dataset(
             model's inputs ``(n, C, H, W)`` of a list of pairs, instead of
             reading the files and preparing them (``size`` and ``normalize``
             are then unused; put what defines the images in ``options``).
+            It is called from the run's background thread (one call at a
+            time, for the chunk after the one being explained) and must
+            return CPU or ``device`` tensors.
             Default: None
 
     Returns:
@@ -733,7 +741,9 @@ def explain_dataset(
         ``"scores"``: forward passes run only for the pairs' scores
         (a chunk's score is taken from the method's own forward pass on the
         unperturbed pairs when it runs one), ``"setup"``: loading the model, the configuration, listing
-        finished units, of which ``"model"``: loading the model, ``"merge"``), ``"failed"``
+        finished units, of which ``"model"``: loading the model, ``"merge"``,
+        ``"waiting"``: at the barriers after the last unit and after the merge,
+        for the other processes), ``"failed"``
         (failed rows in the table, rank 0).
 
     Raises:
@@ -842,14 +852,18 @@ def explain_dataset(
                         file=sys.stderr, flush=True,
                     )
             say.done([])
-            _barrier(launch)
+            tick = time.perf_counter()
+            _barrier(launch)  # the processes done first wait here for the last unit
+            waited = time.perf_counter() - tick
             tick = time.perf_counter()
             table, n_failed = None, None
             if launch.rank == 0:
                 table, n_failed, again = _merge(folder, units, digest, fills or {}, job, launch, say)
                 mine = mine + [u for u in units if u.id in again]
             merge = time.perf_counter() - tick
-            _barrier(launch)
+            tick = time.perf_counter()
+            _barrier(launch)  # the others wait for the merge
+            waited += time.perf_counter() - tick
     finally:
         if job is not None:
             job.close()
@@ -862,6 +876,7 @@ def explain_dataset(
         "setup": setup,
         "model": model_seconds,
         "merge": merge,
+        "waiting": waited,
         "images_background": job.image_work_seconds,
     }
     record = {

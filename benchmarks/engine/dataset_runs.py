@@ -59,7 +59,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         help="the methods of the several-method run (one run, the images of each chunk "
         "prepared once per process)",
     )
-    parser.add_argument("--several-pairs", type=int, default=16, help="pairs of that run")
+    parser.add_argument("--several-pairs", type=int, default=64, help="pairs of that run")
     parser.add_argument(
         "--configs", nargs="+", choices=["gradcam", "rise", "several"],
         default=["gradcam", "rise", "several"], help="which runs to measure",
@@ -107,7 +107,7 @@ def one_run(args, method: str, pairs: int, chunk: int, processes: int, out: Path
     total = sum(r["seconds"]["total"] for r in records)
     part = {
         k: sum(r["seconds"][k] for r in records) / total
-        for k in ("methods", "images", "scores", "setup", "model", "images_background")
+        for k in ("methods", "images", "scores", "setup", "model", "images_background", "waiting")
     }
     return {
         "wall": wall,
@@ -118,7 +118,9 @@ def one_run(args, method: str, pairs: int, chunk: int, processes: int, out: Path
         "scores": part["scores"],
         "setup_share": part["setup"],
         "model_share": part["model"],
-        "machinery": 1 - part["methods"] - part["images"] - part["scores"] - part["setup"],
+        "machinery": 1 - part["methods"] - part["images"] - part["scores"] - part["setup"]
+        - part["waiting"],
+        "waiting": part["waiting"],
         "background": part["images_background"],
         "setup": max(r["seconds"]["setup"] for r in records),
         "merge": max(r["seconds"]["merge"] for r in records),
@@ -132,8 +134,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     rows: List[str] = [
         "| method | pairs | pairs per unit | processes x threads | wall (s) | pairs x methods / s "
         "| outside the methods | of which: waiting for images | scores | setup (loading the model) "
-        "| run machinery | outside, after the setup | images in the background | merge (s) |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| run machinery | waiting for the other processes | outside, after the setup "
+        "| images in the background | merge (s) |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
     with tempfile.TemporaryDirectory() as tmp:
         configs = {
@@ -156,7 +160,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                     f"{med['throughput']:.3f} | {100 * med['outside']:.1f} % | "
                     f"{100 * med['images']:.1f} % | {100 * med['scores']:.1f} % | "
                     f"{100 * med['setup_share']:.1f} % ({100 * med['model_share']:.1f} %) | "
-                    f"{100 * med['machinery']:.1f} % | {100 * med['outside_after_setup']:.1f} % | "
+                    f"{100 * med['machinery']:.1f} % | {100 * med['waiting']:.1f} % | "
+                    f"{100 * med['outside_after_setup']:.1f} % | "
                     f"{100 * med['background']:.1f} % | {med['merge']:.2f} |"
                 )
     load_after = os.getloadavg()
@@ -184,8 +189,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             "passes run for them alone: where no method ran the wrapper on the unperturbed pairs, and "
             "once per method and process to check the embeddings a method computed), the setup "
             "(loading the model, in brackets: importing its code, building it, loading its weights; "
-            "the configuration and its digests, listing finished units: a fixed cost per process) "
-            "and the run machinery (writing and checksumming units, barriers, progress, the merge). "
+            "the configuration and its digests, listing finished units: a fixed cost per process), "
+            "the run machinery (writing and checksumming units, progress, the merge, and what a "
+            "process does once, as importing a method's modules on first use) and the waiting "
+            "of the processes done first for the last unit and for the merge (at the barriers). "
             "Outside, after the setup: the same share of the time after the setup, which a longer "
             "run approaches. Images in the background: the background thread's time, as a share of "
             "the same total (it shares the cores with the methods).",
