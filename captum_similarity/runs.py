@@ -8,7 +8,8 @@ SHA-256 of its maps and of its own content, so that a unit file is either
 complete and verified or ignored and recomputed.
 
 Each process reads and prepares the images of its next chunk in a
-background thread while the current unit's methods run, and keeps prepared
+background thread while the current unit's methods run, writes finished
+units from another, and keeps prepared
 images by file (up to :data:`IMAGE_CACHE_BYTES`), so that an image in
 several pairs is prepared once.
 
@@ -48,7 +49,7 @@ import socket
 import sys
 import time
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,9 @@ FAITHFULNESS_COLUMNS = (
     "deletion2_raw",
 )
 FORMAT = "captum-similarity unit 1"
+
+#: Finished units waiting for the writing thread before the run waits for it.
+WRITES_IN_FLIGHT = 2
 
 #: Seconds between two counts of the run's unit files for rank 0's bar.
 PROGRESS_SECONDS = 2.0
@@ -345,6 +349,41 @@ class RunFolder:
     def finished(self, units: Sequence[Unit], digest: str) -> List[str]:
         """Ids of the units whose files verify."""
         return [u.id for u in units if self.read_unit(u.id, digest) is not None]
+
+
+class _UnitWriter:
+    """Writes finished units from one background thread, in order, while the
+    next unit is computed; at most :data:`WRITES_IN_FLIGHT` wait, and a
+    failed write raises in the caller at the next :meth:`put` or at
+    :meth:`flush`."""
+
+    def __init__(self, folder: RunFolder, digest: str) -> None:
+        self.folder, self.digest = folder, digest
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captum-similarity-writer")
+        self._pending: "deque[Future]" = deque()
+        self.seconds = 0.0  # the thread's time
+
+    def put(self, unit: Unit, rows: List[Dict[str, Any]], maps: Dict[str, np.ndarray],
+            crash: bool = False) -> None:
+        self._pending.append(self._pool.submit(self._write, unit, rows, maps, crash))
+        while self._pending and (len(self._pending) > WRITES_IN_FLIGHT or self._pending[0].done()):
+            self._pending.popleft().result()
+
+    def flush(self) -> None:
+        """Waits until every unit put is written (raising a write's error)."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Finishes the writes already put and ends the thread."""
+        self._pool.shutdown(wait=True)
+
+    def _write(self, unit, rows, maps, crash) -> None:
+        tick = time.perf_counter()
+        try:
+            self.folder.write_unit(unit, self.digest, rows, maps, crash=crash)
+        finally:
+            self.seconds += time.perf_counter() - tick
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -609,15 +648,15 @@ class _Job:
                 if method_errors[i] is not None:
                     rows[p]["error"] = method_errors[i]
                     continue
-                a1, a2 = (m if m.dim() == 4 else m[None] for m in (result[0][i], result[1][i]))
-                if not (torch.isfinite(a1).all() and torch.isfinite(a2).all()):
+                m1, m2 = (as_numpy(m[0] if m.dim() == 4 else m) for m in (result[0][i], result[1][i]))
+                if not (np.isfinite(m1).all() and np.isfinite(m2).all()):
                     rows[p]["error"] = "the maps contain NaN or infinite values"
                     continue
-                rows[p].update({**_stats(a1, "map1"), **_stats(a2, "map2")})
+                rows[p].update({**_stats(m1, "map1"), **_stats(m2, "map2")})
                 rows[p].update(status="ok", error="", map_file=f"maps/{unit.id}.npz", map_row=len(done))
                 maps["pair"].append(np.array(p))
-                maps["map1"].append(as_numpy(a1[0]))
-                maps["map2"].append(as_numpy(a2[0]))
+                maps["map1"].append(m1)
+                maps["map2"].append(m2)
                 done.append(i)
             if done and self.fills:
                 sel = torch.tensor(done)
@@ -634,14 +673,15 @@ class _Job:
         return [rows[p] for p in range(unit.start, unit.stop)], arrays
 
 
-def _stats(a: Tensor, prefix: str) -> Dict[str, float]:
-    v = a.detach().double()
+def _stats(m: np.ndarray, prefix: str) -> Dict[str, float]:
+    """The table's statistics of a stored map (float32), summed in float64."""
+    v = m.astype(np.float64)
     return {
         f"{prefix}_sum": float(v.sum()),
-        f"{prefix}_abs_sum": float(v.abs().sum()),
+        f"{prefix}_abs_sum": float(np.abs(v).sum()),
         f"{prefix}_min": float(v.min()),
         f"{prefix}_max": float(v.max()),
-        f"{prefix}_positive": float((v > 0).double().mean()),
+        f"{prefix}_positive": float((v > 0).mean()),
     }
 
 
@@ -743,7 +783,8 @@ def explain_dataset(
         unperturbed pairs when it runs one), ``"setup"``: loading the model, the configuration, listing
         finished units, of which ``"model"``: loading the model, ``"merge"``,
         ``"waiting"``: at the barriers after the last unit and after the merge,
-        for the other processes), ``"failed"``
+        for the other processes, ``"writing_background"``: the thread that
+        writes the units), ``"failed"``
         (failed rows in the table, rank 0).
 
     Raises:
@@ -803,6 +844,7 @@ def explain_dataset(
     folder.check_config(config, digest)
     _init_distributed(launch, dev)
     job: Optional[_Job] = None
+    writer = _UnitWriter(folder, digest)
     try:
         _check_agreement(launch, config, digest)
         folder.write_config(config, digest)  # every process: the same bytes, written atomically
@@ -833,7 +875,7 @@ def explain_dataset(
                 upcoming = mine[k + 1] if k + 1 < len(mine) else None
                 rows, arrays = job.unit(unit, launch, upcoming)
                 crash = exit_after is not None and k == exit_after
-                folder.write_unit(unit, digest, rows, arrays, crash=crash)
+                writer.put(unit, rows, arrays, crash=crash)
                 failed = sum(r["status"] != "ok" for r in rows)
                 if bars:
                     # the whole run's units: the files written so far, counted every
@@ -851,6 +893,7 @@ def explain_dataset(
                         + f" ({k + 1} of {len(mine)})",
                         file=sys.stderr, flush=True,
                     )
+            writer.flush()
             say.done([])
             tick = time.perf_counter()
             _barrier(launch)  # the processes done first wait here for the last unit
@@ -865,6 +908,7 @@ def explain_dataset(
             _barrier(launch)  # the others wait for the merge
             waited += time.perf_counter() - tick
     finally:
+        writer.close()
         if job is not None:
             job.close()
         _finish_distributed(launch)
@@ -878,6 +922,7 @@ def explain_dataset(
         "merge": merge,
         "waiting": waited,
         "images_background": job.image_work_seconds,
+        "writing_background": writer.seconds,
     }
     record = {
         "rank": launch.rank, "world": launch.world, "host": socket.gethostname(), "device": str(dev),

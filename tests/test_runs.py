@@ -318,8 +318,9 @@ def test_images_read_in_the_background_and_prepared_once_per_file(dataset, tmp_p
     assert record["images_prepared"] == len(readers) == 4
     assert record["images_reused"] == 4
     assert set(readers) and all(n.startswith("captum-similarity-images") for n in readers)
-    assert not [t for t in threading.enumerate() if t.name.startswith("captum-similarity-images")]
-    assert record["seconds"]["images_background"] > 0
+    # the reading and the writing threads are gone
+    assert not [t for t in threading.enumerate() if t.name.startswith("captum-similarity-")]
+    assert record["seconds"]["images_background"] > 0 and record["seconds"]["writing_background"] > 0
 
     monkeypatch.setattr(runs, "IMAGE_CACHE_BYTES", 0)
     readers.clear()
@@ -328,6 +329,27 @@ def test_images_read_in_the_background_and_prepared_once_per_file(dataset, tmp_p
     assert record["images_reused"] == 0
     assert [r["status"] for r in kept] == ["ok"] * 10
     assert_same_rows(plain, kept, tol=0.0)
+
+
+def test_a_failed_unit_write_stops_the_run_and_a_rerun_finishes_it(dataset, tmp_path, monkeypatch):
+    """Units are written by a background thread: its error is raised in the
+    run, not lost; the units written before it count on the next run."""
+    calls = []
+    write_unit = RunFolder.write_unit
+
+    def failing(self, unit, *args, **kwargs):
+        calls.append(unit.id)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return write_unit(self, unit, *args, **kwargs)
+
+    monkeypatch.setattr(RunFolder, "write_unit", failing)
+    with pytest.raises(OSError, match="No space left"):
+        run(dataset, tmp_path / "run")
+    monkeypatch.setattr(RunFolder, "write_unit", write_unit)
+    again = run(dataset, tmp_path / "run")
+    assert calls[0] in again["skipped"] and calls[1] in again["computed"]
+    assert_same_rows(rows_of(run(dataset, tmp_path / "fresh")["table"]), rows_of(again["table"]))
 
 
 def test_another_configuration_is_refused(dataset, tmp_path):

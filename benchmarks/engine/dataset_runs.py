@@ -2,26 +2,27 @@
 against 2 processes x 1 thread (``torchrun``), and the time spent outside
 the methods.
 
-For each method (Grad-CAM, cheap; RISE, the registry's 500 masked forward passes per
-image; then several cheap methods in one run, ``--several``) the same command runs on ORL pairs with dlib's face model, in a fresh
-run folder, once as one process with ``--threads 2`` and once under
+For each method (Grad-CAM, cheap; RISE, the registry's 500 masked forward
+passes per image; then several cheap methods in one run, ``--several``) the
+same command runs on ORL pairs (dlib's face model unless ``--model``), in a
+fresh run folder, once as one process with ``--threads 2`` and once under
 ``python -m torch.distributed.run --nproc-per-node 2`` with ``--threads 1``,
 alternating, ``--repeats`` times. Throughput: pairs x methods per second of
 the whole command (interpreter start, model loading, the run and the merge).
 Outside the methods: 1 - (seconds inside the methods, summed over the
 processes) / (seconds of ``explain_dataset``, summed over the processes),
-read from the run folder's ``processes/rank-R.json``, and its parts: reading
-and preparing images, the forward passes run for the pairs' scores alone, the setup (model
-loading, the configuration, listing finished units) and the rest, the run machinery (unit files, barriers,
-progress, merge).
+read from the run folder's ``processes/rank-R.json``, and its parts (see the
+text written with the table).
 
 Usage:
-    python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces
-    python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --gradcam-pairs 8 --rise-pairs 2 --repeats 1  # quick
-    python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --configs several \
-        --out benchmarks/results/dataset_runs_several.md  # the several-method run only
+    python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --gradcam-pairs 128 --rise-pairs 4 --repeats 1
+    python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --gradcam-pairs 8 --rise-pairs 2 \
+        --several-pairs 8 --repeats 1 --out /tmp/quick.md  # quick
+    # no face alignment: torchvision's ResNet-18 with fixed random weights (every process loads them)
+    python -c "import torch, torchvision; torch.manual_seed(0); torch.save(torchvision.models.resnet18().state_dict(), 'resnet18.pt')"
     python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces \
-        --model torchvision.models:resnet18 --weights resnet18.pt --configs gradcam rise  # no alignment
+        --model torchvision.models:resnet18 --weights resnet18.pt --configs gradcam rise \
+        --gradcam-pairs 256 --rise-pairs 4 --repeats 1 --out benchmarks/results/dataset_runs_plain.md
 """
 
 from __future__ import annotations
@@ -107,7 +108,10 @@ def one_run(args, method: str, pairs: int, chunk: int, processes: int, out: Path
     total = sum(r["seconds"]["total"] for r in records)
     part = {
         k: sum(r["seconds"][k] for r in records) / total
-        for k in ("methods", "images", "scores", "setup", "model", "images_background", "waiting")
+        for k in (
+            "methods", "images", "scores", "setup", "model", "images_background",
+            "writing_background", "waiting",
+        )
     }
     return {
         "wall": wall,
@@ -122,6 +126,7 @@ def one_run(args, method: str, pairs: int, chunk: int, processes: int, out: Path
         - part["waiting"],
         "waiting": part["waiting"],
         "background": part["images_background"],
+        "writing": part["writing_background"],
         "setup": max(r["seconds"]["setup"] for r in records),
         "merge": max(r["seconds"]["merge"] for r in records),
     }
@@ -135,7 +140,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         "| method | pairs | pairs per unit | processes x threads | wall (s) | pairs x methods / s "
         "| outside the methods | of which: waiting for images | scores | setup (loading the model) "
         "| run machinery | waiting for the other processes | outside, after the setup "
-        "| images in the background | merge (s) |",
+        "| background threads: images, writing | merge (s) |",
         "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
         "| ---: |",
     ]
@@ -162,7 +167,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                     f"{100 * med['setup_share']:.1f} % ({100 * med['model_share']:.1f} %) | "
                     f"{100 * med['machinery']:.1f} % | {100 * med['waiting']:.1f} % | "
                     f"{100 * med['outside_after_setup']:.1f} % | "
-                    f"{100 * med['background']:.1f} % | {med['merge']:.2f} |"
+                    f"{100 * med['background']:.1f} %, {100 * med['writing']:.1f} % | "
+                    f"{med['merge']:.2f} |"
                 )
     load_after = os.getloadavg()
     text = "\n".join(
@@ -190,12 +196,13 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             "once per method and process to check the embeddings a method computed), the setup "
             "(loading the model, in brackets: importing its code, building it, loading its weights; "
             "the configuration and its digests, listing finished units: a fixed cost per process), "
-            "the run machinery (writing and checksumming units, progress, the merge, and what a "
+            "the run machinery (handing the units to the writing thread, progress, the merge, and what a "
             "process does once, as importing a method's modules on first use) and the waiting "
             "of the processes done first for the last unit and for the merge (at the barriers). "
             "Outside, after the setup: the same share of the time after the setup, which a longer "
-            "run approaches. Images in the background: the background thread's time, as a share of "
-            "the same total (it shares the cores with the methods).",
+            "run approaches. Background threads: the time of the thread that prepares the images and "
+            "of the one that writes and checksums the units, as shares of the same total (they "
+            "share the cores with the methods).",
             "",
             *rows,
             "",
