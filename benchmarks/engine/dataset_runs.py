@@ -7,7 +7,9 @@ passes per image; then several cheap methods in one run, ``--several``) the
 same command runs on ORL pairs (dlib's face model unless ``--model``), in a
 fresh run folder, once as one process with ``--threads 2`` and once under
 ``python -m torch.distributed.run --nproc-per-node 2`` with ``--threads 1``,
-alternating, ``--repeats`` times. Throughput: pairs x methods per second of
+alternating, ``--repeats`` times (``--one-thread``: also as one process
+with ``--threads 1``, which leaves a core to the run's background threads).
+Throughput: pairs x methods per second of
 the whole command (interpreter start, model loading, the run and the merge).
 Outside the methods: 1 - (seconds inside the methods, summed over the
 processes) / (seconds of ``explain_dataset``, summed over the processes),
@@ -23,6 +25,9 @@ Usage:
     python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces \
         --model torchvision.models:resnet18 --weights resnet18.pt --configs gradcam rise \
         --gradcam-pairs 256 --rise-pairs 4 --repeats 1 --out benchmarks/results/dataset_runs_plain.md
+    # a core left free for the face alignment
+    python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --configs gradcam \
+        --gradcam-pairs 128 --repeats 1 --one-thread --out benchmarks/results/dataset_runs_free_core.md
 """
 
 from __future__ import annotations
@@ -72,6 +77,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration")
     parser.add_argument(
+        "--one-thread", action="store_true",
+        help="also 1 process x 1 thread: a core left to the background threads",
+    )
+    parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "dataset_runs.md"
     )
     return parser.parse_args(argv)
@@ -83,26 +92,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def one_run(args, method: str, pairs: int, chunk: int, processes: int, out: Path) -> Dict[str, float]:
+def one_run(
+    args, method: str, pairs: int, chunk: int, processes: int, threads: int, out: Path
+) -> Dict[str, float]:
     """Runs the command once; its wall time and the processes' records."""
     same = pairs // 2
     command = [
         "-m", "captum_similarity", "explain-dataset", str(args.orl), "--pairs",
         f"same:{same},different:{pairs - same}", "--model", args.model, "--methods", method,
-        "--threads", str(2 // processes), "--chunk", str(chunk), "--out", str(out),
+        "--threads", str(threads), "--chunk", str(chunk), "--out", str(out),
     ]
     if args.weights is not None:
         command += ["--weights", str(args.weights)]
     if processes > 1:
         command = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes),
                    "--master-addr", "127.0.0.1", "--master-port", str(free_port())] + command
-    env = dict(os.environ, OMP_NUM_THREADS=str(2 // processes))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     tick = time.perf_counter()
     done = subprocess.run([sys.executable] + command, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - tick
     if done.returncode != 0:
-        raise SystemExit(f"{method} with {processes} process(es) failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(
+            f"{method} with {processes} x {threads} failed:\n{done.stderr[-3000:]}"
+        )
     records = [json.loads(p.read_text()) for p in sorted((out / "processes").glob("rank-*.json"))]
     assert len(records) == processes, records
     total = sum(r["seconds"]["total"] for r in records)
@@ -151,17 +164,20 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             "several": (args.several, args.several_pairs, args.chunks[0]),
         }
         for method, pairs, chunk in (configs[c] for c in args.configs):
-            measured: Dict[int, List[Dict[str, float]]] = {1: [], 2: []}
-            for k in range(args.repeats):  # alternating, so that a load change hits both
-                for processes in (1, 2):
-                    out = Path(tmp) / f"{method.replace(',', '+')}-{processes}-{k}"
-                    measured[processes].append(one_run(args, method, pairs, chunk, processes, out))
-                    print(method, processes, measured[processes][-1], flush=True)
-            for processes in (1, 2):
-                runs = measured[processes]
+            layouts = [(1, 2), (2, 1)] + ([(1, 1)] if args.one_thread else [])
+            measured: Dict[tuple, List[Dict[str, float]]] = {layout: [] for layout in layouts}
+            for k in range(args.repeats):  # alternating, so that a load change hits all
+                for processes, threads in layouts:
+                    out = Path(tmp) / f"{method.replace(',', '+')}-{processes}x{threads}-{k}"
+                    result = one_run(args, method, pairs, chunk, processes, threads, out)
+                    measured[processes, threads].append(result)
+                    print(method, processes, threads, result, flush=True)
+            for processes, threads in layouts:
+                runs = measured[processes, threads]
                 med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
                 rows.append(
-                    f"| {method.replace(',', ', ')} | {pairs} | {chunk} | {processes} x {2 // processes} | {med['wall']:.1f} | "
+                    f"| {method.replace(',', ', ')} | {pairs} | {chunk} | {processes} x {threads} | "
+                    f"{med['wall']:.1f} | "
                     f"{med['throughput']:.3f} | {100 * med['outside']:.1f} % | "
                     f"{100 * med['images']:.1f} % | {100 * med['scores']:.1f} % | "
                     f"{100 * med['setup_share']:.1f} % ({100 * med['model_share']:.1f} %) | "
