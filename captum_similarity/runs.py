@@ -402,7 +402,13 @@ class _Job:
                  images=None):
         self.loaded, self.sim, self.pre, self.layer_module = loaded, sim, pre, layer_module
         self.images = images
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captum-similarity-images")
+        self._reader = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="captum-similarity-images",
+            # a caller's images callable that makes CUDA tensors makes them on this
+            # process's device (cuda:LOCAL_RANK), not on the thread's default cuda:0
+            initializer=torch.cuda.set_device if dev.type == "cuda" else None,
+            initargs=(dev,) if dev.type == "cuda" else (),
+        )
         self._reading: Dict[int, Future] = {}  # chunk -> its images, being read
         self._prepared: "OrderedDict[str, Tensor]" = OrderedDict()  # file -> prepared image
         self._prepared_bytes = 0
