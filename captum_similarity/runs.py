@@ -18,8 +18,9 @@ Run alone, a run is one plain process. Under ``torchrun`` (``WORLD_SIZE``,
 of the unfinished units, in method-major order, so that each method's units
 (an expensive method's too) are spread evenly over the processes; a process
 on CUDA uses ``cuda:LOCAL_RANK``. ``torch.distributed`` (gloo on CPU, nccl on
-CUDA) is used for barriers only: the units are files, and rank 0 merges them
-into ``table.csv`` at the end.
+CUDA) is used only for barriers and to share two small things at the start
+(each process's configuration, and the finished units each verified): the
+units are files, and rank 0 merges them into ``table.csv`` at the end.
 
 A run folder holds ``config.json`` (the configuration and its hash),
 ``units/`` (one verified JSON file per finished unit), ``maps/`` (one
