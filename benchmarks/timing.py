@@ -81,8 +81,13 @@ def _shown(path: Union[str, Path]) -> str:
 
 def machine() -> str:
     """One line describing where the numbers were measured."""
+    gpu = (
+        f", {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} GPU)"
+        if torch.cuda.is_available()
+        else ""
+    )
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores{gpu}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"Python {platform.python_version()}, {datetime.date.today().isoformat()}"
     )

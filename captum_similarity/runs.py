@@ -806,9 +806,7 @@ def explain_dataset(
         raise UsageError("no pairs to explain")
     if not methods:
         raise UsageError("no method selected")
-    dev = resolve_device(device)
-    if launch.distributed and dev.type == "cuda":
-        dev = torch.device("cuda", launch.local_rank)
+    dev = _process_device(resolve_device(device), launch)
     tag = f"[rank {launch.rank}/{launch.world}] " if launch.distributed else ""
     bars = sys.stderr.isatty() if progress is None else progress
     say = Progress(bars and launch.rank == 0)
@@ -1003,6 +1001,21 @@ def _merge(folder, units, digest, fills, job, launch, say) -> Tuple[Path, int, L
     for stale in (*folder.units.glob(".*.tmp"), *folder.maps.glob(".*.tmp")):
         stale.unlink(missing_ok=True)  # left by processes killed while writing
     return folder.table, sum(r["status"] != "ok" for r in rows), again
+
+
+def _process_device(dev: torch.device, launch: Launch) -> torch.device:
+    """Under a launcher with CUDA, ``cuda:LOCAL_RANK``, checked against the
+    GPUs this machine has."""
+    if not (launch.distributed and dev.type == "cuda"):
+        return dev
+    count = torch.cuda.device_count()
+    if launch.local_rank >= count:
+        raise UsageError(
+            f"process {launch.rank} has LOCAL_RANK {launch.local_rank} but this machine has "
+            f"{count} CUDA device(s): each process uses its own GPU (cuda:LOCAL_RANK), so give "
+            f"torchrun --nproc-per-node {count} or fewer, or run on the CPU (--device cpu)"
+        )
+    return torch.device("cuda", launch.local_rank)
 
 
 def _init_distributed(launch: Launch, dev: torch.device) -> None:

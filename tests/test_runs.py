@@ -443,6 +443,18 @@ def test_units_are_spread_evenly_and_each_assigned_once():
     assert launch_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == Launch(3, 4, 1, True)
 
 
+def test_each_process_takes_its_own_gpu_and_too_many_processes_are_refused(monkeypatch):
+    import captum_similarity.runs as runs
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cuda = torch.device("cuda")
+    assert runs._process_device(cuda, Launch(3, 4, 1, True)) == torch.device("cuda", 1)
+    assert runs._process_device(cuda, Launch()) == cuda  # alone: the device as given
+    assert runs._process_device(torch.device("cpu"), Launch(3, 4, 1, True)).type == "cpu"
+    with pytest.raises(UsageError, match=r"LOCAL_RANK 2 but this machine has 2 CUDA device\(s\).*--nproc-per-node 2"):
+        runs._process_device(cuda, Launch(2, 4, 2, True))
+
+
 def test_pair_lists(dataset, tmp_path):
     pairs = read_pairs_csv(dataset / "pairs.csv")
     assert pairs[0] == ImagePair("faces/p1/1.png", "faces/p1/2.png",

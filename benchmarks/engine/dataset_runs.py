@@ -7,8 +7,10 @@ passes per image; then several cheap methods in one run, ``--several``) the
 same command runs on ORL pairs (dlib's face model unless ``--model``), in a
 fresh run folder, once as one process with ``--threads 2`` and once under
 ``python -m torch.distributed.run --nproc-per-node 2`` with ``--threads 1``,
-alternating, ``--repeats`` times (``--one-thread``: also as one process
-with ``--threads 1``, which leaves a core to the run's background threads).
+alternating, ``--repeats`` times (``--layouts``: other numbers of processes
+and threads, e.g. ``1x1``, which leaves a core to the run's background
+threads; ``--device cuda``: on GPUs; ``--compare``: check that every
+layout's table has the first one's rows).
 Throughput: pairs x methods per second of
 the whole command (interpreter start, model loading, the run and the merge).
 Outside the methods: 1 - (seconds inside the methods, summed over the
@@ -27,7 +29,11 @@ Usage:
         --gradcam-pairs 256 --rise-pairs 4 --repeats 1 --out benchmarks/results/dataset_runs_plain.md
     # a core left free for the face alignment
     python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --configs gradcam \
-        --gradcam-pairs 128 --repeats 1 --one-thread --out benchmarks/results/dataset_runs_free_core.md
+        --gradcam-pairs 128 --repeats 1 --layouts 1x2 2x1 1x1 --out benchmarks/results/dataset_runs_free_core.md
+    # one GPU: a plain process against the same under torchrun (nccl), tables compared
+    python benchmarks/engine/dataset_runs.py --orl ORL --model torchvision.models:resnet18 --weights resnet18.pt \
+        --device cuda --layouts 1x8 L1x8 --compare --configs gradcam rise several --gradcam-pairs 256 \
+        --rise-pairs 16 --repeats 1 --out benchmarks/results/dataset_runs_cuda.md
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
@@ -77,8 +83,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration")
     parser.add_argument(
-        "--one-thread", action="store_true",
-        help="also 1 process x 1 thread: a core left to the background threads",
+        "--layouts", nargs="+", default=["1x2", "2x1"],
+        help="processes x threads of each run: PxT (more than one process: under torchrun), "
+        "LPxT (under torchrun also with one process, e.g. L1x16 for the nccl path on one GPU)",
+    )
+    parser.add_argument("--device", default="cpu", help="explain-dataset's --device")
+    parser.add_argument(
+        "--compare", action="store_true",
+        help="check that every layout's table has the rows of the first layout's (scores and "
+        "map statistics to a relative 1e-4; exits with 1 otherwise)",
     )
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "dataset_runs.md"
@@ -92,19 +105,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def parse_layout(text: str) -> Tuple[int, int, bool]:
+    """``(processes, threads, under torchrun)`` of ``PxT`` or ``LPxT``."""
+    launched = text.startswith("L")
+    processes, threads = (int(v) for v in text.lstrip("L").split("x"))
+    return processes, threads, launched or processes > 1
+
+
+def compare_tables(first: Path, other: Path, rtol: float = 1e-4) -> float:
+    """The largest relative difference between two tables' scores and map
+    statistics; raises when their rows (pair x method) or statuses differ."""
+    import csv
+
+    def rows(path: Path) -> List[Dict[str, str]]:
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    a, b = rows(first), rows(other)
+    keys = [(r["pair"], r["method"], r["status"]) for r in a]
+    if keys != [(r["pair"], r["method"], r["status"]) for r in b]:
+        raise SystemExit(f"{other} has other rows than {first}")
+    columns = [c for c in a[0] if c == "score" or c.startswith(("map1_", "map2_")) and c != "map_row"]
+    worst = 0.0
+    for x, y in zip(a, b):
+        for c in columns:
+            if x[c] == "" and y[c] == "":
+                continue
+            u, v = float(x[c]), float(y[c])
+            worst = max(worst, abs(u - v) / max(abs(u), abs(v), 1e-12))
+    return worst
+
+
 def one_run(
-    args, method: str, pairs: int, chunk: int, processes: int, threads: int, out: Path
+    args, method: str, pairs: int, chunk: int, processes: int, threads: int, out: Path,
+    launched: bool = False,
 ) -> Dict[str, float]:
     """Runs the command once; its wall time and the processes' records."""
     same = pairs // 2
     command = [
         "-m", "captum_similarity", "explain-dataset", str(args.orl), "--pairs",
         f"same:{same},different:{pairs - same}", "--model", args.model, "--methods", method,
-        "--threads", str(threads), "--chunk", str(chunk), "--out", str(out),
+        "--threads", str(threads), "--chunk", str(chunk), "--device", args.device,
+        "--out", str(out),
     ]
     if args.weights is not None:
         command += ["--weights", str(args.weights)]
-    if processes > 1:
+    if launched:
         command = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes),
                    "--master-addr", "127.0.0.1", "--master-port", str(free_port())] + command
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -157,6 +203,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
         "| ---: |",
     ]
+    compared: List[str] = []
+    failed_compare = False
     with tempfile.TemporaryDirectory() as tmp:
         configs = {
             "gradcam": ("gradcam", args.gradcam_pairs, args.chunks[0]),
@@ -164,19 +212,34 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             "several": (args.several, args.several_pairs, args.chunks[0]),
         }
         for method, pairs, chunk in (configs[c] for c in args.configs):
-            layouts = [(1, 2), (2, 1)] + ([(1, 1)] if args.one_thread else [])
+            layouts = [parse_layout(text) for text in args.layouts]
             measured: Dict[tuple, List[Dict[str, float]]] = {layout: [] for layout in layouts}
             for k in range(args.repeats):  # alternating, so that a load change hits all
-                for processes, threads in layouts:
-                    out = Path(tmp) / f"{method.replace(',', '+')}-{processes}x{threads}-{k}"
-                    result = one_run(args, method, pairs, chunk, processes, threads, out)
-                    measured[processes, threads].append(result)
-                    print(method, processes, threads, result, flush=True)
-            for processes, threads in layouts:
-                runs = measured[processes, threads]
+                for processes, threads, launched in layouts:
+                    name = f"{method.replace(',', '+')}-{'L' * launched}{processes}x{threads}-{k}"
+                    result = one_run(
+                        args, method, pairs, chunk, processes, threads, Path(tmp) / name, launched
+                    )
+                    measured[processes, threads, launched].append(result)
+                    print(method, processes, threads, launched, result, flush=True)
+            if args.compare:
+                first = layouts[0]
+                for other in layouts[1:]:
+                    names = [
+                        f"{method.replace(',', '+')}-{'L' * layout[2]}{layout[0]}x{layout[1]}-0"
+                        for layout in (first, other)
+                    ]
+                    worst = compare_tables(*(Path(tmp) / n / "table.csv" for n in names))
+                    compared.append(f"{method}: {names[1]} against {names[0]}: largest relative "
+                                    f"difference {worst:.1e}")
+                    if worst > 1e-4:
+                        failed_compare = True
+            for processes, threads, launched in layouts:
+                runs = measured[processes, threads, launched]
                 med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
                 rows.append(
-                    f"| {method.replace(',', ', ')} | {pairs} | {chunk} | {processes} x {threads} | "
+                    f"| {method.replace(',', ', ')} | {pairs} | {chunk} | {processes} x {threads}"
+                    f"{' (torchrun)' if launched and processes == 1 else ''} | "
                     f"{med['wall']:.1f} | "
                     f"{med['throughput']:.3f} | {100 * med['outside']:.1f} % | "
                     f"{100 * med['images']:.1f} % | {100 * med['scores']:.1f} % | "
@@ -222,12 +285,16 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             "",
             *rows,
             "",
+            *(["Tables compared (scores and map statistics, relative):", ""]
+              + [f"- {line}" for line in compared] + [""] if compared else []),
         ]
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
     print(f"wrote {args.out}")
+    if failed_compare:
+        raise SystemExit("the layouts' tables differ by more than 1e-4 (see above)")
     return text
 
 
