@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 
 from ._utils import inputs as contract
 from ._utils.batching import batch_slices
-from ._utils.checks import check_float_tensor
 from ._utils.entry import attribution_entry
 from ._utils.hooks import recording
+from ._utils.inputs import check_float_tensor
 from ._utils.layers import LayerSpec, feature_grid, resolve_layer
 from ._utils.state import explaining, preserved_state
 from .embedding_gradcam import EmbeddingGradCAM

@@ -14,7 +14,7 @@ from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ._utils.checks import check_float_tensor
+from ._utils.inputs import check_float_tensor
 from ._utils.layers import grid_layout, list_layers, resolve_layer, unwrap_embedder
 from ._utils.state import preserved_state
 from .models.vit import ChannelsLast, TokenGrid

@@ -10,10 +10,10 @@ from captum.attr import GradientAttribution, LayerAttribution
 from torch import Tensor
 
 from ._utils.batching import batch_slices
-from ._utils.checks import check_float_tensor
 from ._utils.entry import attribution_entry
 from ._utils.hooks import recording
 from ._utils import inputs as contract
+from ._utils.inputs import check_float_tensor
 from ._utils.layers import LayerSpec, feature_grid, resolve_layer
 from .candidates import default_layer_module
 from .siamese import Embedder, SiameseSimilarity, as_siamese

@@ -9,9 +9,9 @@ from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
 from ._utils.batching import batch_slices
-from ._utils.checks import rows_identical
 from ._utils.entry import attribution_entry
 from ._utils import inputs as contract
+from ._utils.inputs import rows_identical
 from ._utils.layers import LayerSpec
 from ._utils.patches import PatchSize, patch_centers, patch_pair, patch_sums
 from .lrp.composites import Composite

@@ -18,9 +18,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._utils.batching import batch_slices
-from ._utils.checks import broadcast_baselines, rows_identical
 from ._utils.entry import attribution_entry
 from ._utils import inputs as contract
+from ._utils.inputs import broadcast_baselines, rows_identical
 from .siamese import SiameseSimilarity
 
 __all__ = ["SimilarityRISE", "random_masks"]

@@ -13,9 +13,14 @@ from captum.metrics import sensitivity_max
 from torch import Tensor, nn
 
 from ._utils.batching import batch_slices
-from ._utils.checks import check_float_tensor, rows_identical
 from ._utils.hooks import has_hooks
-from ._utils.inputs import broadcast_pair, check_dtype, embedder_call
+from ._utils.inputs import (
+    broadcast_pair,
+    check_dtype,
+    check_float_tensor,
+    embedder_call,
+    rows_identical,
+)
 from .head import SimilarityHead
 from .similarity import Similarity, SimilarityLike, resolve_similarity
 

@@ -26,7 +26,7 @@ from captum_similarity.models import (
     dlib_face_resnet,
     face_chips,
 )
-from captum_similarity.models import dlib_resnet
+from captum_similarity.models import dlib_files, dlib_resnet
 from captum_similarity.models.dlib_format import read_dlib_network
 from conftest import assert_unchanged, snapshot
 
@@ -136,14 +136,14 @@ def test_rejects_wrong_inputs(face_model):
 
 
 def test_missing_weights_package_names_the_extra(monkeypatch):
-    monkeypatch.setattr(dlib_resnet.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(dlib_files.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r"captum-similarity\[faces\]"):
         dlib_face_resnet()
 
 
 def test_package_without_the_file(monkeypatch, tmp_path):
     spec = SimpleNamespace(submodule_search_locations=[str(tmp_path)])
-    monkeypatch.setattr(dlib_resnet.importlib.util, "find_spec", lambda name: spec)
+    monkeypatch.setattr(dlib_files.importlib.util, "find_spec", lambda name: spec)
     with pytest.raises(FileNotFoundError, match="has no models/dlib_face_recognition"):
         dlib_face_resnet()
 

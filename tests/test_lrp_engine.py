@@ -18,7 +18,7 @@ from captum_similarity.lrp import (
     ZBox,
     depth_gamma,
 )
-from captum_similarity.lrp.linear import LINEAR_TYPES
+from captum_similarity.lrp.rules import LINEAR_TYPES
 from captum_similarity.models import SimpleCNN
 
 DT = torch.float64
@@ -362,7 +362,7 @@ def test_merged_rule_factors_keep_every_recorded_layer_right(layer, images, monk
 
 
 def test_rule_factors_of_an_activation_and_the_layer_below_are_kept_as_one(images):
-    from captum_similarity.lrp.functions import Rewired
+    from captum_similarity.lrp.rules import Rewired
     from captum_similarity.lrp.graph import function_class, topological
 
     model = make_reference_model("efficientnet")

@@ -12,7 +12,7 @@ from conftest import assert_unchanged, snapshot
 from torch import nn
 
 from captum_similarity.lrp import Composite, Epsilon, LRPEngine, NormRule, Pass
-from captum_similarity.lrp.linear import LINEAR_TYPES
+from captum_similarity.lrp.rules import LINEAR_TYPES
 
 DT = torch.float64
 LRP0 = dict(layer_rules={LINEAR_TYPES: Epsilon(0.0)})

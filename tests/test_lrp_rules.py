@@ -20,7 +20,7 @@ from captum_similarity.lrp import (
     ZPlus,
     as_rule,
 )
-from captum_similarity.lrp.linear import BATCHNORM_TYPES, LINEAR_TYPES
+from captum_similarity.lrp.rules import BATCHNORM_TYPES, LINEAR_TYPES
 from captum_similarity.models import SqueezeExcitation
 from captum_similarity.models.vit import Attention
 
@@ -296,7 +296,7 @@ def test_declared_channel_affine_layers_fold_like_batchnorm():
 
 
 def test_element_wise_choices_are_exact():
-    from captum_similarity.lrp.functions import SignSplit, divide_or_zero
+    from captum_similarity.lrp.rules import SignSplit, divide_or_zero
 
     g = torch.Generator().manual_seed(0)
     d = torch.randn(3, 4, 5, dtype=torch.float64, generator=g)
@@ -322,7 +322,7 @@ _REFLECT = (lambda: nn.Conv2d(4, 3, 3, padding=1, padding_mode="reflect"), (3, 4
 
 @pytest.mark.parametrize("layer_kind", ["conv2d", "conv2d_grouped", "conv2d_reflect", "linear"])
 def test_signed_inputs_are_split_in_one_node_keeping_only_their_sign(layer_kind):
-    from captum_similarity.lrp.functions import SignedLinear, SignSplit
+    from captum_similarity.lrp.rules import SignedLinear, SignSplit
     from captum_similarity.lrp.graph import function_class, topological
 
     torch.manual_seed(0)

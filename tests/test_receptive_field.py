@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from captum_similarity import PairwiseIntermediateMatching
-from captum_similarity.lrp.receptive_field import receptive_field
+from captum_similarity.lrp.ops import receptive_field
 from captum_similarity.lrp.seeds import disjoint_colouring
 from captum_similarity.lrp import LRPEngine
 from captum_similarity.lrp import engine as engine_module

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captum_similarity.lrp.receptive_field import receptive_field
-from captum_similarity.lrp.windowed_backward import windowable, windowed_backward
+from captum_similarity.lrp.ops import receptive_field
+from captum_similarity.lrp.ops import windowable, windowed_backward
 from captum_similarity.lrp.windows import Windows, crop, paste
 from captum_similarity.lrp import LRPEngine, ZBox
 from captum_similarity.lrp import engine as engine_module

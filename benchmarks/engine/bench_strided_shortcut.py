@@ -43,8 +43,7 @@ from shared_models import PAIRX_MODELS  # noqa: E402
 from timing import command_line, machine, rounds  # noqa: E402
 
 from captum_similarity.lrp import LRPEngine  # noqa: E402
-from captum_similarity.lrp.linear import ConvAdjoint, LinearOp  # noqa: E402
-from captum_similarity.lrp.rules import ZPlus  # noqa: E402
+from captum_similarity.lrp.rules import ConvAdjoint, LinearOp, ZPlus
 
 MODEL = "ResNet-style (5 stages, stride-1 stem)"
 

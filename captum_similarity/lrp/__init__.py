@@ -4,7 +4,9 @@ What a user picks:
 
 - :mod:`~captum_similarity.lrp.rules`: how relevance crosses one layer
   (Epsilon, Gamma, AlphaBeta, ZPlus, ZBox, Pass, Hold, NormRule; Captum's rule
-  classes are accepted and translated).
+  classes are accepted and translated), and what the rules are made of (the
+  autograd functions, linear layers as the rules see them: ``LinearOp``,
+  ``ConvAdjoint``).
 - :mod:`~captum_similarity.lrp.composites`: which rule each layer gets
   (by type, depth, name; presets ``lrp0``, ``epsilon``, ``epsilon_plus``,
   ``gamma``).
@@ -16,26 +18,21 @@ What a user picks:
 
 The machinery below them:
 
-- :mod:`~captum_similarity.lrp.linear`: linear layers as the rules see them
-  (``LinearOp``, ``ConvAdjoint``);
-- :mod:`~captum_similarity.lrp.functions`: the autograd functions and
-  arithmetic the rules are made of;
 - :mod:`~captum_similarity.lrp.graph`: reading and rewriting the autograd
   graph of a pass;
 - :mod:`~captum_similarity.lrp.ops`: what the graph walks know of each
-  operation (reach, backward on windows), one table;
-- :mod:`~captum_similarity.lrp.receptive_field`,
-  :mod:`~captum_similarity.lrp.windows`,
-  :mod:`~captum_similarity.lrp.windowed_backward` and
+  operation (reach, backward on windows), one table, and the two walks:
+  receptive fields and the windowed backward pass;
+- :mod:`~captum_similarity.lrp.windows` and
   :mod:`~captum_similarity.lrp.seeds`: local seeds (PAIR-X's per-match maps)
   computed on their receptive fields only.
 
 :class:`SimilarityHeadRule` and :class:`DefaultRule`, for Captum's own
 ``LRP`` on a :class:`~captum_similarity.SiameseSimilarity`, live in
-:mod:`captum_similarity.captum_lrp` and are re-exported here.
+:mod:`captum_similarity.head` and are re-exported here.
 """
 
-from ..captum_lrp import DefaultRule, SimilarityHeadRule
+from ..head import DefaultRule, SimilarityHeadRule
 from .composites import COMPOSITES, Composite, depth_gamma, resolve_composite
 from .engine import SEED_BATCHING, LRPEngine, RelevancePass
 from . import rules

@@ -8,15 +8,15 @@ is nothing to undo, also when an exception is raised):
 
 - **BatchNorm folding.** A BatchNorm (or another per-channel affine layer
   declaring itself with ``lrp_channel_affine()``, see
-  :func:`~captum_similarity.lrp.linear.channel_affine`)
+  :func:`~captum_similarity.lrp.rules.channel_affine`)
   that directly consumes the output of a conv or linear layer is merged with
   it: :func:`fold_batchnorm` builds the fused
-  :class:`~captum_similarity.lrp.linear.LinearOp` (``W * scale``,
+  :class:`~captum_similarity.lrp.rules.LinearOp` (``W * scale``,
   ``(b - mean) * scale + beta``) and the conv's rule is applied to the fused layer, from the conv's input to the
   BatchNorm's output. Values in the forward pass are those of the model; only
   the relevance path changes. A BatchNorm that follows anything else is treated
   as the per-channel affine layer it is in eval mode
-  (:func:`~captum_similarity.lrp.linear.linear_op`).
+  (:func:`~captum_similarity.lrp.rules.linear_op`).
 - **Residual additions** (``out + shortcut`` written in forward code need no
   module). The engine propagates ``c = R / a`` (relevance per unit of
   activation) as the gradient, so autograd's own backward of ``a + b`` hands
@@ -27,8 +27,9 @@ is nothing to undo, also when an exception is raised):
 - **Gates** (squeeze-excitation: ``x * sigmoid(...)``): the module is given a
   pass-through rule (:class:`~captum_similarity.lrp.rules.Pass`), which holds
   the gate constant, so the relevance of ``x * g`` goes to ``x`` whole and none
-  to the gate's branch. :func:`is_squeeze_excitation` recognises such modules
-  by class name.
+  to the gate's branch
+  (:func:`~captum_similarity.lrp.composites.is_squeeze_excitation` recognises
+  such modules by class name).
 - **Transformer blocks**: LayerNorm with the standard deviation held constant
   (:class:`~captum_similarity.lrp.rules.NormRule`) and attention weights
   (the ``nn.Softmax`` output) held constant
@@ -39,21 +40,19 @@ is nothing to undo, also when an exception is raised):
 
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 from torch import Tensor, nn
 
-from .linear import LinearOp, affine_per_channel, channel_affine
+from .rules import LinearOp, affine_per_channel, channel_affine
 
-__all__ = ["fold_batchnorm", "is_squeeze_excitation"]
+__all__ = ["fold_batchnorm"]
 
-_SE_NAMES = re.compile(r"squeeze.?excit|^se(module|layer|block)?$|^effectivese", re.IGNORECASE)
 
 
 def fold_batchnorm(op: LinearOp, bn: nn.Module, output: Optional[Tensor] = None) -> LinearOp:
     r"""Merges ``bn``, a BatchNorm (eval mode) or another per-channel affine
-    layer (see :func:`~captum_similarity.lrp.linear.channel_affine`), into the linear layer ``op`` that feeds it.
+    layer (see :func:`~captum_similarity.lrp.rules.channel_affine`), into the linear layer ``op`` that feeds it.
 
     Args:
         op (LinearOp): The linear layer.
@@ -75,10 +74,3 @@ def fold_batchnorm(op: LinearOp, bn: nn.Module, output: Optional[Tensor] = None)
     if output is None:
         output = affine_per_channel(op.output, scale, shift)
     return LinearOp(op.forward, weight, bias, output, op.adjoint)
-
-
-def is_squeeze_excitation(module: nn.Module) -> bool:
-    """Whether ``module`` is a squeeze-excitation gate, recognised by class name
-    (``SqueezeExcitation``, ``SqueezeExcite``, ``SEModule``, ``SELayer``,
-    ``EffectiveSEModule``, ...)."""
-    return bool(_SE_NAMES.search(type(module).__name__))

@@ -40,17 +40,28 @@ functional rules.
 
 from __future__ import annotations
 
+import re
 from fnmatch import fnmatchcase
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from torch import nn
 
-from .canonizers import is_squeeze_excitation
-from .linear import BATCHNORM_TYPES, LINEAR_TYPES
-from .rules import Epsilon, Gamma, Hold, Pass, Rule, RuleLike, ZPlus, as_rule
+from .rules import (
+    BATCHNORM_TYPES,
+    LINEAR_TYPES,
+    Epsilon,
+    Gamma,
+    Hold,
+    Pass,
+    Rule,
+    RuleLike,
+    ZPlus,
+    as_rule,
+)
 
 __all__ = [
     "Composite",
+    "is_squeeze_excitation",
     "COMPOSITES",
     "resolve_composite",
     "lrp0",
@@ -62,6 +73,15 @@ __all__ = [
     "ACTIVATION_TYPES",
     "UNSUPPORTED_TYPES",
 ]
+
+_SE_NAMES = re.compile(r"squeeze.?excit|^se(module|layer|block)?$|^effectivese", re.IGNORECASE)
+
+
+def is_squeeze_excitation(module: nn.Module) -> bool:
+    """Whether ``module`` is a squeeze-excitation gate, recognised by class name
+    (``SqueezeExcitation``, ``SqueezeExcite``, ``SEModule``, ``SELayer``,
+    ``EffectiveSEModule``, ...)."""
+    return bool(_SE_NAMES.search(type(module).__name__))
 
 RuleSpec = Union[Rule, Callable[[float], Rule]]
 LayerKey = Union[str, nn.Module]

@@ -68,13 +68,20 @@ from .canonizers import fold_batchnorm
 from .composites import UNSUPPORTED_TYPES, Composite, resolve_composite
 from .conservation import CONSERVATION_BOUND, LayerLoss, ModuleRecorder, module_losses
 from .functional import FunctionalRules, unruled_node
-from .functions import Rewired, divide_or_zero
 from .graph import fuse_factors, reachable
-from .linear import BATCHNORM_TYPES, LINEAR_TYPES, linear_op
-from .receptive_field import ReceptiveField, receptive_field
-from .rules import InputAffine, LinearRule, Pass, Rule
+from .ops import ReceptiveField, receptive_field, windowable, windowed_backward
+from .rules import (
+    BATCHNORM_TYPES,
+    LINEAR_TYPES,
+    InputAffine,
+    LinearRule,
+    Pass,
+    Rewired,
+    Rule,
+    divide_or_zero,
+    linear_op,
+)
 from .seeds import WindowPlan, pack, plan_windows
-from .windowed_backward import windowable, windowed_backward
 from .windows import Windows, add, channels_last, crop, paste, times_saved
 
 __all__ = ["LRPEngine", "RelevancePass", "SEED_BATCHING"]
@@ -601,7 +608,7 @@ class RelevancePass:
         - *windowed*: one backward pass of our own through the graph that
           keeps, for each seed row, only the window of each intermediate
           tensor the seed can reach
-          (:func:`~captum_similarity.lrp.windowed_backward.windowed_backward`).
+          (:func:`~captum_similarity.lrp.ops.windowed_backward`).
           It applies when every node of the graph below ``source`` is one it
           reproduces (convolutions, pooling, slices, constant padding,
           concatenation, additions, ReLU and the LRP rules' functions) and

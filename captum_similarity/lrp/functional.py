@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from .functions import divide_or_zero, held_group_norm, held_layer_norm, with_values
+from .rules import divide_or_zero, held_group_norm, held_layer_norm, with_values
 
 __all__ = [
     "FunctionalRules",

@@ -112,7 +112,7 @@ def fuse_factors(roots: Sequence[Tensor], function: type) -> None:
 
     ``function`` is an autograd Function whose node scales the gradient it
     receives by ``node.factor`` (None: no factor) and hands it to its input
-    1 (the engine's :class:`~captum_similarity.lrp.functions.Rewired`). Where
+    1 (the engine's :class:`~captum_similarity.lrp.rules.Rewired`). Where
     such a node ``A`` (factor ``f_A``) hands its gradient to another one, ``B``
     (factor ``f_B`` of the same shape and dtype), and nothing else feeds
     ``B``, every backward pass computes ``grad * f_A * f_B``: ``B`` takes the

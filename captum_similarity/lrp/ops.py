@@ -1,22 +1,33 @@
-"""What the LRP wing knows about each autograd operation: one table.
+"""What the LRP wing knows about each autograd operation, and the two walks
+over a relevance pass's autograd graph that use it.
 
-Two walks over a relevance pass's autograd graph need per-operation
-knowledge: the receptive-field walk
-(:mod:`captum_similarity.lrp.receptive_field`: which input positions can each
-cell of a feature map reach through this operation?) and the windowed
-backward pass (:mod:`captum_similarity.lrp.windowed_backward`: the
-operation's backward on windows). Both read it here, from one
+Both walks need per-operation knowledge, and read it here, from one
 :class:`OpHandler` per operation:
 
-- ``reach`` maps the receptive field of the node's output to those of its
-  inputs, or is None for an operation whose spatial reach is not known to be
-  local (a global pooling, attention, an upsampling, a reshape);
-- ``backward`` is the operation's backward pass on windows, or None when the
-  windowed pass does not reproduce it; ``windowable`` is the condition on
-  what the node saved under which it does.
+- :func:`receptive_field` walks the graph from a feature map down to the
+  input and returns, per spatial axis, which input positions each feature
+  cell can depend on; an operation's ``reach`` maps the receptive field of
+  the node's output to those of its inputs, or is None for an operation
+  whose spatial reach is not known to be local (a global pooling, attention,
+  an upsampling, a reshape, a broadcast over space), and the walk then
+  returns None: the answer is a guaranteed superset or nothing;
+- :func:`windowed_backward` carries, for each seed, the gradient of every
+  intermediate tensor on the window that the seed can reach there, not on
+  the whole tensor; an operation's ``backward`` is its backward pass on
+  windows (a transposed convolution, a scatter, or a product with what the
+  node saved, computed on views of the saved tensor, in place where nothing
+  else reads the windows: :mod:`captum_similarity.lrp.windows`), or None
+  when the windowed pass does not reproduce it; ``windowable`` is the
+  condition on what the node saved under which it does. The work follows the
+  area the seeds reach, whatever their overlap, rather than one dense pass
+  per group of seeds with disjoint footprints; windows keep the memory
+  layout of the forward pass (channels-last or not). Only graphs whose every
+  node the table reproduces exactly are accepted (:func:`windowable`), and
+  the results equal the full backward pass's up to floating-point summation
+  order.
 
 Built-in operations are found by their autograd node's name; this library's
-own autograd Functions (:mod:`captum_similarity.lrp.functions`) by their
+own autograd Functions (:mod:`captum_similarity.lrp.rules`) by their
 class. :func:`register_op` and :func:`register_function` add or replace
 entries. A node that reads a private autograd attribute which this version
 of PyTorch lacks counts as unknown: the walks fall back (no receptive field,
@@ -26,16 +37,18 @@ dense backward passes), never raise ``AttributeError``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from .functions import Rewired, SignedLinear, SignSplit
-from .graph import function_class, node_shape, pad_widths, per_axis
-from .linear import ConvAdjoint
+from .graph import function_class, node_shape, pad_widths, per_axis, topological
+from .rules import ConvAdjoint, Rewired, SignedLinear, SignSplit
+from .seeds import cell_bounds
 from .windows import (
     Windows,
+    add,
     channels_last,
     cleaned,
     common,
@@ -53,12 +66,16 @@ from .windows import (
 __all__ = [
     "Axis",
     "OpHandler",
+    "ReceptiveField",
     "handler_for",
     "reach",
+    "receptive_field",
     "register_function",
     "register_op",
     "window_backward",
+    "windowable",
     "windowable_node",
+    "windowed_backward",
 ]
 
 #: ``(stride, start, stop)`` along one spatial axis: cell ``i`` reads input
@@ -597,3 +614,165 @@ register_function(
         windowable=lambda node: isinstance(node.adjoint, ConvAdjoint),
     ),
 )
+
+
+# -- the receptive-field walk ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    r"""Which input positions each cell of a feature map can depend on.
+
+    Along spatial axis ``d``, cell ``i`` reads input positions
+    ``stride[d] * i + start[d]`` to ``stride[d] * i + stop[d]`` (inclusive),
+    clipped to the input's extent ``size[d]``. The range is exact for cells
+    whose windows stay inside every feature map; at the border it may hold
+    positions that only padding would have reached (a superset, never less).
+    """
+
+    stride: Tuple[int, ...]
+    start: Tuple[int, ...]
+    stop: Tuple[int, ...]
+    size: Tuple[int, ...]
+
+    def boxes(self, cells: Tensor) -> Tensor:
+        """``(..., d, 2)`` first and last input position (inclusive) per axis of
+        the cells ``(..., d)``; an empty box has first > last."""
+        stride, start, stop, size = (
+            torch.tensor(v, device=cells.device)
+            for v in (self.stride, self.start, self.stop, self.size)
+        )
+        first = (cells * stride + start).clamp(min=0)
+        last = torch.minimum(cells * stride + stop, size - 1)
+        return torch.stack((first, last), dim=-1)
+
+    def footprints(self, support: Tensor) -> Tensor:
+        """``(..., d, 2)`` input box (first and last position per axis, inclusive)
+        of each boolean cell ``support`` ``(..., *grid)``: the receptive field of
+        the cells' bounding box; an empty support gives an empty box."""
+        ndim = len(self.stride)
+        lead = support.shape[: support.dim() - ndim]
+        first, last = cell_bounds(support, ndim)
+        low = self.boxes(first)[..., 0]
+        high = self.boxes(last)[..., 1]
+        empty = ~support.reshape(*lead, -1).any(-1)
+        high = torch.where(empty[..., None], low - 1, high)
+        return torch.stack((low, high), dim=-1)
+
+
+def receptive_field(output: Tensor, leaves: Sequence[Tensor]) -> Optional[ReceptiveField]:
+    """The receptive field of the cells of ``output`` ``(N, C, *spatial)`` in
+    ``leaves`` (tensors of the input's shape whose gradients are read), or
+    ``None`` when the graph between them holds an operation whose spatial reach
+    is not known to be local, or the output does not depend on the leaves."""
+    ndim = output.dim() - 2
+    if ndim < 1 or output.grad_fn is None or not leaves:
+        return None
+    sizes = {tuple(leaf.shape[2:]) for leaf in leaves}
+    if len(sizes) != 1 or any(leaf.dim() != output.dim() for leaf in leaves):
+        return None
+    leaf_ids = {id(leaf) for leaf in leaves}
+    batch = output.shape[0]
+    fields: Dict[object, List[Axis]] = {output.grad_fn: [(1, 0, 0)] * ndim}
+    found: Optional[List[Axis]] = None
+    for node in topological(output.grad_fn):
+        axes = fields.get(node)
+        if axes is None:
+            continue
+        if node.name() == "torch::autograd::AccumulateGrad":
+            if id(node.variable) not in leaf_ids:
+                return None
+            found = axes if found is None else _merge(found, axes)
+            if found is None:
+                return None
+            continue
+        step = _step(node, axes, batch)
+        if step is None:
+            return None
+        for nxt, nxt_axes in step:
+            merged = nxt_axes if nxt not in fields else _merge(fields[nxt], nxt_axes)
+            if merged is None:
+                return None
+            fields[nxt] = merged
+    if found is None:
+        return None
+    (size,) = sizes
+    return ReceptiveField(
+        stride=tuple(a[0] for a in found),
+        start=tuple(a[1] for a in found),
+        stop=tuple(a[2] for a in found),
+        size=size,
+    )
+
+
+def _step(node: object, axes: List[Axis], batch: int) -> Optional[List[Tuple[object, List[Axis]]]]:
+    """The receptive fields passed to each node feeding ``node``, or None."""
+    try:
+        outputs = [node_shape(node, i) for i in range(len(node._input_metadata))]  # type: ignore[attr-defined]
+    except AttributeError:  # a private autograd attribute this PyTorch does not have
+        return None
+    if any(len(s) != len(axes) + 2 or s[0] != batch for s in outputs):
+        return None
+    return reach(node, axes, batch)
+
+
+def _merge(a: List[Axis], b: List[Axis]) -> Optional[List[Axis]]:
+    if any(x[0] != y[0] for x, y in zip(a, b)):
+        return None  # one input reached at two scales: not a plain feature pyramid
+    return [(x[0], min(x[1], y[1]), max(x[2], y[2])) for x, y in zip(a, b)]
+
+
+# -- the windowed backward pass ----------------------------------------------------------
+
+
+_LEAF = "torch::autograd::AccumulateGrad"
+
+
+def windowable(output: Tensor, leaves: Sequence[Tensor]) -> bool:
+    """Whether every node between ``output`` and ``leaves`` is one that
+    :func:`windowed_backward` reproduces (the receptive field must also be
+    known: check :func:`~captum_similarity.lrp.ops.receptive_field`
+    first)."""
+    if output.grad_fn is None:
+        return False
+    leaf_ids = {id(leaf) for leaf in leaves}
+    for node in topological(output.grad_fn):
+        if node.name() == _LEAF:
+            if id(node.variable) not in leaf_ids:
+                return False
+        elif not windowable_node(node):
+            return False
+    return True
+
+
+def windowed_backward(
+    output: Tensor, leaves: Sequence[Tensor], grads: Windows
+) -> List[Optional[Windows]]:
+    r"""The gradient of ``output`` with respect to each leaf, window by window.
+
+    Args:
+        output (Tensor): ``(N, C, *spatial)`` a tensor of the graph.
+        leaves (sequence of Tensor): Leaves ``(N, C', *input_spatial)`` of the graph.
+        grads (Windows): Windows of the gradient seeded at ``output``; each
+            must hold all of its seed's non-zero values.
+
+    Returns:
+        list of Windows or None: per leaf, the windows of the gradient that
+        the seeds give it (windows cover everything each seed reaches), or
+        None for a leaf that no seed reaches. Requires :func:`windowable`.
+    """
+    pending: Dict[object, Dict[int, Windows]] = {output.grad_fn: {0: grads}}
+    found: Dict[int, Windows] = {}
+    for node in topological(output.grad_fn):
+        incoming = pending.pop(node, None)
+        if incoming is None:
+            continue
+        if node.name() == _LEAF:
+            found[id(node.variable)] = cleaned(incoming[0], node.variable.shape[2:])
+            continue
+        for (nxt, nr), window in zip(node.next_functions, window_backward(node, incoming)):
+            if nxt is None or window is None:
+                continue
+            slot = pending.setdefault(nxt, {})
+            slot[nr] = window if nr not in slot else add(slot[nr], window)
+    return [found.get(id(leaf)) for leaf in leaves]

@@ -6,9 +6,7 @@ Linear rules (:class:`Epsilon`, :class:`Gamma`, :class:`AlphaBeta`,
 :class:`ZPlus`, :class:`ZBox`) apply to Linear, Conv1d/2d/3d and BatchNorm
 layers; module rules (:class:`Pass`, :class:`Hold`, :class:`NormRule`) apply to
 element-wise activations, gates, softmax and LayerNorm. Which layer gets which
-rule is a composite's business (:mod:`captum_similarity.lrp.composites`); the
-autograd functions the rules are built from live in
-:mod:`captum_similarity.lrp.functions`.
+rule is a composite's business (:mod:`captum_similarity.lrp.composites`).
 
 How an engine rule works (the "gradient trick"). The engine propagates
 ``c = R / a``, the relevance per unit of activation, as the gradient; the
@@ -17,7 +15,7 @@ returns a tensor with the layer's exact output values whose gradient
 implements the rule: for a linear layer ``z = W x + b`` and a modified layer
 ``z' = W' x + b'`` (built from ``x`` with the graph kept), it returns
 the values ``z`` with the gradient of ``t = z' * (z / z').detach()`` (a small
-autograd function, :class:`~captum_similarity.lrp.functions.Rewired`: the
+autograd function, :class:`Rewired`: the
 module output's own storage in the forward pass, one product in each
 backward pass), so that ``c_in = W'^T (z c_out / z')`` and
 ``R_in = x * c_in = x * W'^T (R_out / z')``, the rule's formula. Everything
@@ -27,14 +25,49 @@ batched).
 
 :func:`as_rule` also accepts Captum's rule classes (``EpsilonRule``,
 ``GammaRule``, ``Alpha1_Beta0_Rule``, ``IdentityRule``) and translates them.
+
+What the rules are made of lives here too, before the rules:
+
+**The autograd functions and arithmetic behind the rules.** The engine
+propagates ``c = R / a``, the relevance per unit of activation, as the
+gradient. A rule returns a tensor with the layer's exact output values whose
+gradient implements the rule; :class:`Rewired` is that tensor's node: the
+values of the forward pass, the gradient of another tensor ``t`` (the modified
+layer), optionally scaled by a constant factor. :class:`SignedLinear` and
+:class:`SignSplit` split a layer's input into its positive and negative parts
+(for z+, alpha-beta and gamma on inputs of both signs) keeping only the 0/1
+sign mask for the backward pass.
+
+Element-wise choices use masks of the data's dtype and arithmetic that is
+exact for 0/1 weights: on a CPU, ``torch.where`` with a boolean mask costs
+several times a multiplication, and these run on every activation.
+
+The windowed backward pass reproduces these functions' backward passes
+(:mod:`captum_similarity.lrp.ops` registers them by class).
+
+**Linear layers as the rules see them.** A rule for a linear layer needs the
+layer as a function of its input and weights (:class:`LinearOp`: ``z =
+forward(x, weight, bias)``), so that it can run the layer with modified
+weights (``W+``, ``W + gamma W+``) on the same input. :func:`linear_op` builds
+that view of a Linear, Conv1d/2d/3d or (eval-mode) BatchNorm module;
+:class:`ConvAdjoint` is a convolution's adjoint (its transposed convolution)
+with the geometry that the graph walks of the windowed backward pass and of
+receptive fields read; :func:`channel_affine` gives the per-channel ``(scale,
+shift)`` of a layer that canonizers can fold into the layer feeding it.
+
+``__all__`` is the rule catalog (re-exported by :mod:`captum_similarity.lrp`);
+the building blocks are imported by name (:class:`Rewired`,
+:class:`LinearOp`, :func:`linear_op`, ...).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from captum.attr._utils.lrp_rules import (
     Alpha1_Beta0_Rule,
     EpsilonRule,
@@ -43,18 +76,6 @@ from captum.attr._utils.lrp_rules import (
     PropagationRule,
 )
 from torch import Tensor, nn
-
-from .functions import (
-    SignedLinear,
-    SignSplit,
-    divide_or_zero,
-    held_group_norm,
-    held_layer_norm,
-    nonnegative,
-    share,
-    with_values,
-)
-from .linear import BATCHNORM_TYPES, LINEAR_TYPES, LinearOp, channel_affine, linear_op
 
 __all__ = [
     "Rule",
@@ -71,6 +92,322 @@ __all__ = [
     "as_rule",
     "RuleLike",
 ]
+
+
+# -- the autograd functions and arithmetic behind the rules ------------------------------
+
+
+def divide_or_zero(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """``numerator / denominator``, zero where the denominator is zero."""
+    ratio = numerator / denominator
+    # a zero denominator gives an infinite or NaN ratio: a finite sum rules it out
+    if not bool(torch.isfinite(ratio.sum())):
+        ratio[(denominator == 0).expand_as(ratio)] = 0
+    return ratio
+
+
+def share(z: Tensor, denominator: Tensor, epsilon: float, sign: int = 0) -> Tensor:
+    """``z / (denominator + epsilon * sign)``, zero where the denominator is zero
+    (the sign of a zero denominator counts as positive). ``sign`` = 1 or -1
+    declares a denominator known to have that sign (or be zero)."""
+    d = denominator.detach()
+    if epsilon > 0:  # the stabilised denominator is never zero
+        if sign:
+            return z / (d + sign * epsilon)
+        stabiliser = nonnegative(d).mul_(2 * epsilon).sub_(epsilon)  # +-epsilon
+        return z / stabiliser.add_(d)
+    return divide_or_zero(z, d)
+
+
+class Rewired(torch.autograd.Function):
+    """``values`` in the forward pass; in the backward pass the gradient goes to
+    ``t`` only, scaled by ``factor`` when one is given."""
+
+    # forward(ctx, ...) rather than a separate setup_context: apply() then skips
+    # binding the arguments to the signature, a cost paid per rule per pass
+    @staticmethod
+    def forward(ctx: Any, values: Tensor, t: Tensor, factor: Optional[Tensor]) -> Tensor:
+        ctx.factor = factor
+        # A new tensor on the module output's own storage, not a copy: an in-place
+        # operation downstream (ReLU(inplace=True), ``out += shortcut``) writes to
+        # that output as it does without the rule; the rules read it before this.
+        return values.detach()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[None, Tensor, None]:
+        return None, grad if ctx.factor is None else grad * ctx.factor, None
+
+
+def with_values(values: Tensor, t: Tensor, factor: Optional[Tensor] = None) -> Tensor:
+    """A tensor with ``values``' values whose gradient is that of ``t * factor``
+    (``factor`` held constant)."""
+    return Rewired.apply(values.detach(), t, factor)
+
+
+def nonnegative(x: Tensor) -> Tensor:
+    """The 0/1 mask of ``x >= 0`` in ``x``'s dtype, written directly: on CPU a
+    boolean mask and its conversion cost several times more."""
+    return torch.ge(x, 0, out=torch.empty_like(x))
+
+
+def held_layer_norm(x: Tensor, dims: Tuple[int, ...], weight: Optional[Tensor], eps: float) -> Tensor:
+    """``(x - mean(x)) * w / std(x)`` over ``dims``, with ``std`` (and ``w``)
+    held constant: a linear map of ``x`` (LayerNorm without its bias, as the
+    normalisation rule of Ali et al., 2022 sees it)."""
+    with torch.no_grad():
+        scale = torch.rsqrt(x.var(dims, unbiased=False, keepdim=True) + eps)
+        if weight is not None:
+            scale = scale * weight.reshape(weight.shape + (1,) * (x.dim() - 1 - max(dims)))
+    return (x - x.mean(dims, keepdim=True)) * scale
+
+
+def held_group_norm(x: Tensor, groups: int, weight: Optional[Tensor], eps: float) -> Tensor:
+    """GroupNorm of ``x`` ``(N, C, *)`` without its bias, with each group's
+    standard deviation (and the weight) held constant."""
+    n, c = x.shape[:2]
+    grouped = x.reshape(n, groups, -1)
+    with torch.no_grad():
+        scale = torch.rsqrt(grouped.var(2, unbiased=False, keepdim=True) + eps)
+    centred = ((grouped - grouped.mean(2, keepdim=True)) * scale).reshape(x.shape)
+    if weight is not None:
+        centred = centred * weight.detach().reshape((1, c) + (1,) * (x.dim() - 2))
+    return centred
+
+
+class SignedLinear(torch.autograd.Function):
+    """``op(x^+, w_a) + op(x^-, w_b) + bias`` as one node, for a layer whose
+    adjoint is known (convolutions, Linear). It keeps only the 0/1 mask of
+    ``x >= 0`` (the two parts are temporaries; as inputs of two layers they
+    would be kept until the backward pass) and its backward picks each input
+    element's gradient through ``w_a`` or ``w_b`` by that mask."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, op: Any, w_a: Tensor, w_b: Tensor, bias: Optional[Tensor]
+    ) -> Tensor:
+        positive = nonnegative(x)
+        part = x.clamp(min=0)
+        out = op.forward(part, w_a, bias)
+        out = out.add_(op.forward(torch.clamp(x, max=0, out=part), w_b, None))
+        ctx.save_for_backward(positive)
+        ctx.adjoint, ctx.weights = op.adjoint, (w_a, w_b)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], None, None, None, None]:
+        (positive,) = ctx.saved_tensors
+        w_a, w_b = ctx.weights
+        through_b = ctx.adjoint(grad, w_b, positive)
+        return through_b.lerp_(ctx.adjoint(grad, w_a, positive), positive), None, None, None, None
+
+
+class SignSplit(torch.autograd.Function):
+    """``(x^+, x^-)`` with ``x = x^+ + x^-``; the backward pass picks each
+    element's gradient from the part it belongs to (one ``lerp`` with 0/1
+    weights, exact, instead of two clamp backwards and a sum)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tuple[Tensor, Tensor]:
+        ctx.save_for_backward(nonnegative(x))
+        return x.clamp(min=0), x.clamp(max=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_pos: Optional[Tensor], grad_neg: Optional[Tensor]) -> Tensor:
+        (positive,) = ctx.saved_tensors
+        if grad_pos is None or grad_neg is None:  # one part unused
+            grad = grad_neg if grad_pos is None else grad_pos
+            return grad * (positive if grad_neg is None else 1 - positive)
+        return torch.lerp(grad_neg, grad_pos, positive)
+
+
+# -- linear layers as the rules see them -------------------------------------------------
+
+
+#: Layers whose rule is a linear rule of their weights.
+LINEAR_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: BatchNorm layers, folded into a preceding linear layer or treated as affine.
+BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+LinearForward = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
+
+
+@dataclass
+class LinearOp:
+    r"""A linear layer as the rules see it: ``z = forward(x, weight, bias)``.
+
+    Args:
+        forward (Callable): ``(x, weight, bias) -> z``; rules call it with
+            modified weights (``bias`` may be None).
+        weight (Tensor): The layer's (possibly fused) weight.
+        bias (Tensor or None): The layer's (possibly fused) bias.
+        output (Tensor): ``forward(x, weight, bias)`` as computed in the
+            forward pass, differentiable with respect to ``x``.
+        adjoint (Callable, optional): ``(grad, weight, like) -> grad_x``, the
+            gradient of ``forward(x, weight, None)`` with respect to an ``x``
+            shaped (and laid out) like ``like``, given the output's gradient
+            ``grad``; None when not known (rules then use autograd's).
+            Default: None
+    """
+
+    forward: LinearForward
+    weight: Tensor
+    bias: Optional[Tensor]
+    output: Tensor
+    adjoint: Optional[Callable[[Tensor, Tensor, Tensor], Tensor]] = None
+
+
+@dataclass(frozen=True)
+class ConvAdjoint:
+    r"""The adjoint of a zero-padded convolution (its transposed convolution),
+    with the geometry that windowed backward passes and receptive fields read.
+
+    Args:
+        stride (tuple of int): Per spatial axis.
+        padding (tuple of int): Per spatial axis, on both sides.
+        dilation (tuple of int): Per spatial axis.
+        groups (int): Channel groups.
+    """
+
+    stride: Tuple[int, ...]
+    padding: Tuple[int, ...]
+    dilation: Tuple[int, ...]
+    groups: int
+
+    def __call__(self, grad: Tensor, weight: Tensor, like: Tensor) -> Tensor:
+        zeros = [0] * len(self.stride)
+        return torch.ops.aten.convolution_backward(
+            grad,
+            like,
+            weight,
+            None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            False,
+            zeros,
+            self.groups,
+            [True, False, False],
+        )[0]
+
+
+def _linear_adjoint(grad: Tensor, weight: Tensor, like: Tensor) -> Tensor:
+    return grad @ weight
+
+
+def affine_per_channel(x: Tensor, scale: Tensor, shift: Optional[Tensor]) -> Tensor:
+    """``x * scale + shift`` along the channel axis (axis 1) of ``x``."""
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    out = x * scale.reshape(shape)
+    return out if shift is None else out + shift.reshape(shape)
+
+
+def _batchnorm_affine(bn: nn.Module) -> Tuple[Tensor, Tensor]:
+    """``(scale, shift)`` with ``bn(x) = x * scale + shift`` per channel, in eval mode."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(
+            f"{type(bn).__name__} has no running statistics (track_running_stats=False), "
+            "so it is not a fixed affine layer; LRP cannot fold it. Give it a rule "
+            "(e.g. rules={'<name>': Pass()}) or train it with running statistics"
+        )
+    scale = torch.rsqrt(bn.running_var.detach() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach()
+    shift = -bn.running_mean.detach() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach()
+    return scale, shift
+
+
+def linear_op(module: nn.Module, output: Tensor) -> LinearOp:
+    r"""The :class:`LinearOp` of a Linear, Conv1d/2d/3d or BatchNorm (eval) module.
+
+    Args:
+        module (nn.Module): The layer.
+        output (Tensor): The layer's output in this forward pass.
+
+    Raises:
+        TypeError: ``module`` is not one of these layers.
+    """
+    if isinstance(module, nn.Linear):
+        return LinearOp(
+            F.linear, module.weight.detach(), _detached(module.bias), output, _linear_adjoint
+        )
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        forward = _conv_forward(module)
+        return LinearOp(
+            forward,
+            module.weight.detach(),
+            _detached(module.bias),
+            output,
+            _conv_adjoint(module) if forward == module._conv_forward else None,
+        )
+    if isinstance(module, BATCHNORM_TYPES):
+        scale, shift = _batchnorm_affine(module)
+        return LinearOp(affine_per_channel, scale, shift, output)
+    raise TypeError(
+        f"a linear LRP rule needs a Linear, Conv1d/2d/3d or BatchNorm layer, got "
+        f"{type(module).__name__}; give this module a module-level rule (Pass, Hold, NormRule)"
+    )
+
+
+def channel_affine(module: nn.Module) -> Optional[Tuple[Tensor, Tensor]]:
+    r"""``(scale, shift)`` of a per-channel affine layer that can be folded, else None.
+
+    BatchNorm (eval statistics) is one; any other module declares itself one
+    by defining ``lrp_channel_affine()`` returning ``(scale, shift)``, each of
+    shape ``(C,)``, such that ``module(x)[:, c] = scale[c] * x[:, c] + shift[c]``
+    (dlib's ``Affine`` does).
+    """
+    if isinstance(module, BATCHNORM_TYPES):
+        return _batchnorm_affine(module)
+    method = getattr(module, "lrp_channel_affine", None)
+    if callable(method):
+        scale, shift = method()
+        return scale.detach(), shift.detach()
+    return None
+
+
+def _conv_forward(module: nn.Module) -> LinearForward:
+    """The convolution of ``module`` for the rules. A 1x1 convolution with a
+    stride and no padding (a ResNet shortcut) runs as a 1x1 convolution of the
+    subsampled input: the same values, and a backward pass that scatters
+    instead of the strided convolution backward, several times slower on CPU."""
+    padding = module.padding
+    unpadded = padding == "valid" or (not isinstance(padding, str) and not any(padding))
+    pointwise = all(k == 1 for k in module.kernel_size) and all(d == 1 for d in module.dilation)
+    if not (unpadded and pointwise and any(st > 1 for st in module.stride)):
+        return module._conv_forward
+    index = (slice(None), slice(None)) + tuple(slice(None, None, st) for st in module.stride)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[len(module.kernel_size) - 1]
+    groups = module.groups
+
+    def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        return conv(x[index], weight, bias, groups=groups)
+
+    return forward
+
+
+def _conv_adjoint(module: nn.Module) -> Optional[ConvAdjoint]:
+    """The adjoint of ``module``'s convolution, if it pads with zeros symmetrically."""
+    if module.padding_mode != "zeros":
+        return None
+    padding = module.padding
+    if padding == "valid":
+        padding = (0,) * len(module.kernel_size)
+    elif padding == "same":
+        spans = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
+        if any(span % 2 for span in spans):
+            return None  # padded more on one side
+        padding = tuple(span // 2 for span in spans)
+    return ConvAdjoint(tuple(module.stride), tuple(padding), tuple(module.dilation), module.groups)
+
+
+def _detached(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.detach()
+
+
+# -- the rules ---------------------------------------------------------------------------
+
 
 Bound = Union[float, Tensor]
 
@@ -380,7 +717,7 @@ class InputAffine(Rule):
 
     The engine gives this rule to a BatchNorm or a module declaring
     ``lrp_channel_affine()`` (see
-    :func:`~captum_similarity.lrp.linear.channel_affine`) that reads the
+    :func:`~captum_similarity.lrp.rules.channel_affine`) that reads the
     model input directly, unless the composite names a rule for it.
     """
 

@@ -17,7 +17,7 @@ allows two exact shortcuts over one dense backward pass per seed:
 plans describe. Everything here is arithmetic on boxes and cell masks; the
 receptive field is anything with per-axis ``stride``, ``start`` and ``stop``
 and a ``footprints`` method (a
-:class:`~captum_similarity.lrp.receptive_field.ReceptiveField`).
+:class:`~captum_similarity.lrp.ops.ReceptiveField`).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A seed placed on a few cells of a feature map can only reach the receptive
 field of those cells. The windowed backward pass
-(:mod:`captum_similarity.lrp.windowed_backward`) carries, for each seed, the
+(:func:`~captum_similarity.lrp.ops.windowed_backward`) carries, for each seed, the
 gradient of every intermediate tensor on one window of it (the part the seed
 can reach) instead of the whole tensor. This module holds that data
 structure, :class:`Windows`, and the arithmetic on it that every operation's

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._utils.checks import check_float_tensor
+from .._utils.inputs import check_float_tensor
 from .._utils.state import explaining
 from ..siamese import SiameseSimilarity
 from .insertion_deletion import baseline_images, batch_rows, pixel_ranks, score_in_batches

@@ -19,8 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._utils.batching import batch_slices
-from .._utils.checks import broadcast_baselines, check_float_tensor
-from .._utils.inputs import check_finite, check_images
+from .._utils.inputs import broadcast_baselines, check_finite, check_float_tensor, check_images
 from .._utils.state import explaining
 from ..siamese import SiameseSimilarity
 

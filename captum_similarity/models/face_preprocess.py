@@ -19,7 +19,7 @@ import torch
 from skimage.transform import resize
 from torch import Tensor
 
-from .dlib_resnet import FACE_SIZE, dlib_model_path
+from .dlib_files import FACE_SIZE, dlib_model_path
 
 __all__ = ["face_chips", "pad_to_square", "dlib_available", "FACE_ALIGNMENTS"]
 
