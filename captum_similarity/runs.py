@@ -771,8 +771,10 @@ def explain_dataset(
             reading the files and preparing them (``size`` and ``normalize``
             are then unused; put what defines the images in ``options``).
             It is called from the run's background thread (one call at a
-            time, for the chunk after the one being explained) and must
-            return CPU or ``device`` tensors.
+            time, for the chunk after the one being explained), must return
+            CPU or ``device`` tensors and must not draw from torch's global
+            random generator (the methods, running meanwhile, seed it; use
+            a ``torch.Generator`` of its own).
             Default: None
 
     Returns:
