@@ -791,6 +791,12 @@ def _parser() -> argparse.ArgumentParser:
     dataset.add_argument(
         "--chunk", type=int, default=CHUNK, help=f"pairs per unit (default: {CHUNK})"
     )
+    dataset.add_argument(
+        "--image-threads", type=int, default=1, metavar="N",
+        help="threads per process that read and prepare images, each a chunk ahead, where "
+        "preparing (e.g. dlib's face alignment) is slower than the methods and cores are "
+        "free (default: 1)",
+    )
     dataset.add_argument("--out", type=Path, required=True, metavar="DIR", help="the run folder")
     samples = sub.add_parser(
         "samples",
@@ -937,6 +943,7 @@ def _run_dataset(args: argparse.Namespace) -> int:
             blur_sigma=args.blur_sigma,
             seed=args.seed,
             chunk=args.chunk,
+            image_threads=args.image_threads,
             options=drawn,
         )
     except (ValueError, FileNotFoundError) as err:  # the pairs' list: the user's to fix

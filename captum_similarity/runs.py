@@ -48,6 +48,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 import warnings
 from collections import OrderedDict, deque
@@ -393,18 +394,20 @@ class _UnitWriter:
 class _Job:
     """A loaded model, its preparation and layer, and how one unit is computed.
 
-    The images of a process's next chunk are read and prepared by one
-    background thread while the current unit's methods run (the thread
-    touches no model); prepared images are kept by file up to
-    :data:`IMAGE_CACHE_BYTES`. :meth:`close` ends the thread.
+    The images of a process's next ``image_threads`` chunks are read and
+    prepared by as many background threads while the current unit's methods
+    run (the threads touch no model); prepared images are kept by file up to
+    :data:`IMAGE_CACHE_BYTES`. :meth:`close` ends the threads.
     """
 
     def __init__(self, loaded, sim, pre, layer_module, pairs, specs, fills, steps, sigma, seed, dev,
-                 images=None):
+                 images=None, image_threads=1):
         self.loaded, self.sim, self.pre, self.layer_module = loaded, sim, pre, layer_module
         self.images = images
+        self.image_threads = image_threads
+        self._lock = threading.Lock()  # the kept images and the counts below
         self._reader = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="captum-similarity-images",
+            max_workers=image_threads, thread_name_prefix="captum-similarity-images",
             # a caller's images callable that makes CUDA tensors makes them on this
             # process's device (cuda:LOCAL_RANK), not on the thread's default cuda:0
             initializer=torch.cuda.set_device if dev.type == "cuda" else None,
@@ -413,7 +416,7 @@ class _Job:
         self._reading: Dict[int, Future] = {}  # chunk -> its images, being read
         self._prepared: "OrderedDict[str, Tensor]" = OrderedDict()  # file -> prepared image
         self._prepared_bytes = 0
-        self.image_work_seconds = 0.0  # reading and preparing, in the background thread
+        self.image_work_seconds = 0.0  # reading and preparing, in the background threads
         self.images_prepared = 0  # images prepared (not taken from the kept ones)
         self.images_reused = 0
         self.pairs, self.specs, self.fills, self.steps = pairs, specs, fills, steps
@@ -431,10 +434,11 @@ class _Job:
         self._embeddings_checked: Dict[str, bool] = {}
         self._scores: Tuple[Optional[int], Optional[List[float]]] = (None, None)
 
-    def inputs(self, unit: Unit, upcoming: Optional[Unit] = None):
+    def inputs(self, unit: Unit, upcoming: Sequence[Unit] = ()):
         """The chunk's prepared images (the last chunk's are kept), the
         indices of the pairs read and the errors of the others; then starts
-        reading ``upcoming``'s chunk in the background."""
+        reading the chunks of ``upcoming`` (the units after it, in order) in
+        the background, ``image_threads`` of them."""
         if self._cached[0] != unit.chunk:
             tick = time.perf_counter()  # the wait: what the background thread did not hide
             try:
@@ -446,8 +450,9 @@ class _Job:
                 self.image_seconds += time.perf_counter() - tick
             self._cached = (unit.chunk, (ok, errors, x1, x2))
             self._scores = (unit.chunk, None)
-        if upcoming is not None and upcoming.chunk != unit.chunk:
-            self._start_reading(upcoming)
+        for later in upcoming:
+            if later.chunk != unit.chunk:
+                self._start_reading(later)
         return self._cached[1]
 
     def _start_reading(self, unit: Unit) -> Future:
@@ -456,7 +461,7 @@ class _Job:
         return self._reading[unit.chunk]
 
     def close(self) -> None:
-        """Ends the background thread (after the chunk it is reading)."""
+        """Ends the background threads (after the chunks they are reading)."""
         self._reader.shutdown(wait=True, cancel_futures=True)
         self._reading.clear()
 
@@ -465,7 +470,8 @@ class _Job:
         try:
             return self._read(unit)
         finally:
-            self.image_work_seconds += time.perf_counter() - tick
+            with self._lock:
+                self.image_work_seconds += time.perf_counter() - tick
 
     def scores(
         self, unit: Unit, x1: Tensor, x2: Tensor, seen: Optional[Tensor],
@@ -527,11 +533,18 @@ class _Job:
                 ok, x1, x2 = [], None, None
             return ok, errors, x1, x2
         ok, errors, files = [], {}, {}  # files: path -> its array, read but not prepared yet
+        with self._lock:  # the kept images this chunk needs
+            kept = {
+                path: self._prepared[path]
+                for p in range(unit.start, unit.stop)
+                for path in (self.pairs[p].path1, self.pairs[p].path2)
+                if path in self._prepared
+            }
         for p in range(unit.start, unit.stop):
             pair = self.pairs[p]
             try:
                 for path in (pair.path1, pair.path2):
-                    if path not in self._prepared and path not in files:
+                    if path not in kept and path not in files:
                         files[path] = read_source(path)[1]
             except UsageError as err:
                 errors[p] = f"unreadable image: {err}"
@@ -540,29 +553,32 @@ class _Job:
         x1 = x2 = None
         if ok:
             try:
-                if files:
-                    prepared = self.pre(list(files.values()), display=False)[0]
-                    self.images_prepared += len(files)
-                    fresh = dict(zip(files, prepared))
-                else:
-                    fresh = {}
-                take = dict(fresh)
-                for p in ok:
-                    for path in (self.pairs[p].path1, self.pairs[p].path2):
-                        if path not in take:
-                            take[path] = self._prepared[path]
-                            self._prepared.move_to_end(path)
-                            self.images_reused += 1
+                fresh = (
+                    dict(zip(files, self.pre(list(files.values()), display=False)[0]))
+                    if files
+                    else {}
+                )
+                used = {path for p in ok for path in (self.pairs[p].path1, self.pairs[p].path2)}
+                take = {**kept, **fresh}
                 x1 = torch.stack([take[self.pairs[p].path1] for p in ok])
                 x2 = torch.stack([take[self.pairs[p].path2] for p in ok])
-                for path, image in fresh.items():
-                    self._keep(path, image.clone())
+                with self._lock:
+                    self.images_prepared += len(fresh)
+                    self.images_reused += len(used & kept.keys())
+                    for path in used & kept.keys():
+                        if path in self._prepared:
+                            self._prepared.move_to_end(path)
+                    for path, image in fresh.items():
+                        self._keep(path, image.clone())
             except Exception as err:
                 errors.update({p: f"preparation failed: {error_text(err)}" for p in ok})
                 ok, x1, x2 = [], None, None
         return ok, errors, x1, x2
 
     def _keep(self, path: str, image: Tensor) -> None:
+        """Keeps a prepared image (the caller holds the lock)."""
+        if path in self._prepared:  # prepared by another thread meanwhile
+            return
         size = image.numel() * image.element_size()
         if size > IMAGE_CACHE_BYTES:
             return
@@ -625,10 +641,10 @@ class _Job:
         return out
 
     def unit(
-        self, unit: Unit, launch: Launch, upcoming: Optional[Unit] = None
+        self, unit: Unit, launch: Launch, upcoming: Sequence[Unit] = ()
     ) -> Tuple[List[Dict[str, Any]], Dict[str, np.ndarray]]:
-        """The rows and maps of one unit (``upcoming``: the unit after it,
-        whose images are read meanwhile)."""
+        """The rows and maps of one unit (``upcoming``: units after it, whose
+        images are read meanwhile)."""
         ok, errors, x1, x2 = self.inputs(unit, upcoming)
         base = {"rank": launch.rank, "host": socket.gethostname(), "unit": unit.id}
         rows: Dict[int, Dict[str, Any]] = {}
@@ -680,6 +696,20 @@ class _Job:
         return [rows[p] for p in range(unit.start, unit.stop)], arrays
 
 
+def _next_chunks(mine: Sequence[Unit], k: int, n: int) -> List[Unit]:
+    """The first unit of each of the ``n`` chunks after ``mine[k]``'s (``mine``
+    is ordered by chunk)."""
+    out: List[Unit] = []
+    last = mine[k].chunk
+    for later in range(k + 1, len(mine)):
+        if len(out) == n:
+            break
+        if mine[later].chunk != last:
+            out.append(mine[later])
+            last = mine[later].chunk
+    return out
+
+
 def _stats(m: np.ndarray, prefix: str) -> Dict[str, float]:
     """The table's statistics of a stored map (float32), summed in float64."""
     v = m.astype(np.float64)
@@ -721,6 +751,7 @@ def explain_dataset(
     launch: Optional[Launch] = None,
     progress: Optional[bool] = None,
     images: Optional[Callable[[Sequence[ImagePair]], Tuple[Tensor, Tensor]]] = None,
+    image_threads: int = 1,
 ) -> Dict[str, Any]:
     r"""Explains every pair with every method, in resumable units (see the module).
 
@@ -776,6 +807,12 @@ def explain_dataset(
             random generator (the methods, running meanwhile, seed it; use
             a ``torch.Generator`` of its own).
             Default: None
+        image_threads (int, optional): Background threads that read and
+            prepare images, each a chunk ahead (for ``dlib-face``, dlib's
+            detector and landmark model are made once per thread): more
+            than one where preparing a chunk takes longer than explaining
+            it and cores are free (a GPU run). It does not change results.
+            Default: 1
 
     Returns:
         dict: ``"table"`` (the merged CSV's path, None on ranks other than
@@ -804,6 +841,8 @@ def explain_dataset(
     launch = launch or launch_from_env()
     if chunk < 1:
         raise UsageError(f"--chunk must be at least 1, got {chunk}")
+    if image_threads < 1:
+        raise UsageError(f"--image-threads must be at least 1, got {image_threads}")
     if not pairs:
         raise UsageError("no pairs to explain")
     if not methods:
@@ -870,7 +909,7 @@ def explain_dataset(
                 loaded.embedder.get_submodule(layer_info["layer"]) if layer_info["layer"] else None
             )
             job = _Job(loaded, sim, pre, layer_module, list(pairs), dict(methods),
-                       dict(fills or {}), steps, sigma, seed, dev, images)
+                       dict(fills or {}), steps, sigma, seed, dev, images, image_threads)
             setup = time.perf_counter() - start
             exit_after = _exit_after(launch)
             if bars and launch.rank == 0:
@@ -879,7 +918,7 @@ def explain_dataset(
             counted = 0.0  # when rank 0 last counted the run's unit files
             for k, unit in enumerate(mine):
                 tick = time.perf_counter()
-                upcoming = mine[k + 1] if k + 1 < len(mine) else None
+                upcoming = _next_chunks(mine, k, image_threads)
                 rows, arrays = job.unit(unit, launch, upcoming)
                 crash = exit_after is not None and k == exit_after
                 writer.put(unit, rows, arrays, crash=crash)
@@ -888,7 +927,7 @@ def explain_dataset(
                     # the whole run's units: the files written so far, counted every
                     # PROGRESS_SECONDS (listing the folder costs as it grows)
                     if launch.rank == 0 and (
-                        tick - counted > PROGRESS_SECONDS or upcoming is None
+                        tick - counted > PROGRESS_SECONDS or k + 1 == len(mine)
                     ):
                         counted = tick
                         written = sum(1 for _ in folder.units.glob("*.json"))

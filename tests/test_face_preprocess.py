@@ -97,3 +97,25 @@ def test_dlib_alignment(dlib_with_weights):
     box = max(detector(image, 0), key=lambda r: r.area())
     expected = dlib.get_face_chip(image, predictor(image, box), size=150, padding=0.25)
     assert torch.equal(x[0], torch.from_numpy(expected).permute(2, 0, 1).float() / 255)
+
+
+def test_threads_align_with_models_of_their_own(dlib_with_weights):
+    """dlib's detector keeps the image it scans in itself: each thread gets its
+    own, and chips made in four threads at once equal those made one by one."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert face_preprocess._dlib_models() is face_preprocess._dlib_models()
+    other = []
+    thread = threading.Thread(target=lambda: other.append(face_preprocess._dlib_models()))
+    thread.start()
+    thread.join()
+    assert other[0][0] is not face_preprocess._dlib_models()[0]
+
+    image = data.astronaut()
+    images = [image, image[::-1].copy(), image[:, ::-1].copy(), image[50:450, 30:430].copy()] * 2
+    alone = [face_chips([i], align="dlib") for i in images]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda i: face_chips([i], align="dlib"), images))
+    for a, b in zip(alone, together):
+        assert torch.equal(a, b)

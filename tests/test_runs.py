@@ -322,6 +322,16 @@ def test_images_read_in_the_background_and_prepared_once_per_file(dataset, tmp_p
     assert not [t for t in threading.enumerate() if t.name.startswith("captum-similarity-")]
     assert record["seconds"]["images_background"] > 0 and record["seconds"]["writing_background"] > 0
 
+    # three threads, each a chunk ahead: the same rows, the threads gone after the run
+    readers.clear()
+    threaded = explain_dataset(
+        pairs, SPEC, {n: explainers()[n] for n in resolve_methods(METHODS)}, tmp_path / "threads",
+        weights=dataset / "weights.pt", size=(16, 16), chunk=2, progress=False, image_threads=3,
+    )
+    assert len({n for n in readers}) > 1  # more than one thread read
+    assert not [t for t in threading.enumerate() if t.name.startswith("captum-similarity-")]
+    assert_same_rows(rows_of(threaded["table"]), kept, tol=0.0)
+
     monkeypatch.setattr(runs, "IMAGE_CACHE_BYTES", 0)
     readers.clear()
     plain, record = go(tmp_path / "plain")
@@ -350,6 +360,11 @@ def test_a_failed_unit_write_stops_the_run_and_a_rerun_finishes_it(dataset, tmp_
     again = run(dataset, tmp_path / "run")
     assert calls[0] in again["skipped"] and calls[1] in again["computed"]
     assert_same_rows(rows_of(run(dataset, tmp_path / "fresh")["table"]), rows_of(again["table"]))
+
+
+def test_image_threads_below_one_are_refused(dataset, tmp_path):
+    with pytest.raises(UsageError, match="--image-threads must be at least 1, got 0"):
+        run(dataset, tmp_path / "run", image_threads=0)
 
 
 def test_another_configuration_is_refused(dataset, tmp_path):
@@ -425,6 +440,17 @@ def test_faithfulness_columns_and_summary(dataset, tmp_path):
             np.testing.assert_allclose(frame[column].to_numpy(float), [r[column] for r in rows])
         else:
             assert [("" if v != v else v) for v in frame[column]] == [r[column] for r in rows]
+
+
+def test_the_chunks_read_ahead_are_the_next_ones():
+    import captum_similarity.runs as runs
+
+    mine = assign_units(make_units(10, {"A": "a", "B": "b"}, chunk=2), Launch())
+    assert [u.chunk for u in mine] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert [u.chunk for u in runs._next_chunks(mine, 0, 2)] == [1, 2]
+    assert [u.chunk for u in runs._next_chunks(mine, 1, 3)] == [1, 2, 3]  # mine[1] is chunk 0
+    assert [u.chunk for u in runs._next_chunks(mine, 7, 3)] == [4]
+    assert runs._next_chunks(mine, 9, 3) == []
 
 
 def test_units_are_spread_evenly_and_each_assigned_once():

@@ -30,6 +30,10 @@ Usage:
     # a core left free for the face alignment
     python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --configs gradcam \
         --gradcam-pairs 128 --repeats 1 --layouts 1x2 2x1 1x1 --out benchmarks/results/dataset_runs_free_core.md
+    # two threads preparing the images (dlib's alignment), with one or two threads for the methods
+    python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --configs gradcam \
+        --gradcam-pairs 128 --repeats 2 --layouts 1x1 1x2 --image-threads 1 2 --compare \
+        --out benchmarks/results/dataset_runs_image_threads.md
     # one GPU: a plain process against the same under torchrun (nccl), tables compared
     python benchmarks/engine/dataset_runs.py --orl ORL --model torchvision.models:resnet18 --weights resnet18.pt \
         --device cuda --layouts 1x8 L1x8 --compare --configs gradcam rise several --gradcam-pairs 256 \
@@ -89,6 +93,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cpu", help="explain-dataset's --device")
     parser.add_argument(
+        "--image-threads", type=int, nargs="+", default=[1], metavar="N",
+        help="explain-dataset's --image-threads; several values: a row for each, per layout",
+    )
+    parser.add_argument(
         "--compare", action="store_true",
         help="check that every layout's table has the rows of the first layout's (scores and "
         "map statistics to a relative 1e-4; exits with 1 otherwise)",
@@ -138,7 +146,7 @@ def compare_tables(first: Path, other: Path, rtol: float = 1e-4) -> float:
 
 def one_run(
     args, method: str, pairs: int, chunk: int, processes: int, threads: int, out: Path,
-    launched: bool = False,
+    launched: bool = False, image_threads: int = 1,
 ) -> Dict[str, float]:
     """Runs the command once; its wall time and the processes' records."""
     same = pairs // 2
@@ -146,7 +154,7 @@ def one_run(
         "-m", "captum_similarity", "explain-dataset", str(args.orl), "--pairs",
         f"same:{same},different:{pairs - same}", "--model", args.model, "--methods", method,
         "--threads", str(threads), "--chunk", str(chunk), "--device", args.device,
-        "--out", str(out),
+        "--image-threads", str(image_threads), "--out", str(out),
     ]
     if args.weights is not None:
         command += ["--weights", str(args.weights)]
@@ -212,34 +220,41 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             "several": (args.several, args.several_pairs, args.chunks[0]),
         }
         for method, pairs, chunk in (configs[c] for c in args.configs):
-            layouts = [parse_layout(text) for text in args.layouts]
+            layouts = [
+                (*parse_layout(text), n) for text in args.layouts for n in args.image_threads
+            ]
+
+            def label(layout) -> str:
+                processes, threads, launched, image_threads = layout
+                return (f"{method.replace(',', '+')}-{'L' * launched}{processes}x{threads}"
+                        f"-i{image_threads}")
+
             measured: Dict[tuple, List[Dict[str, float]]] = {layout: [] for layout in layouts}
             for k in range(args.repeats):  # alternating, so that a load change hits all
-                for processes, threads, launched in layouts:
-                    name = f"{method.replace(',', '+')}-{'L' * launched}{processes}x{threads}-{k}"
+                for layout in layouts:
+                    processes, threads, launched, image_threads = layout
                     result = one_run(
-                        args, method, pairs, chunk, processes, threads, Path(tmp) / name, launched
+                        args, method, pairs, chunk, processes, threads,
+                        Path(tmp) / f"{label(layout)}-{k}", launched, image_threads,
                     )
-                    measured[processes, threads, launched].append(result)
-                    print(method, processes, threads, launched, result, flush=True)
+                    measured[layout].append(result)
+                    print(method, layout, result, flush=True)
             if args.compare:
-                first = layouts[0]
                 for other in layouts[1:]:
-                    names = [
-                        f"{method.replace(',', '+')}-{'L' * layout[2]}{layout[0]}x{layout[1]}-0"
-                        for layout in (first, other)
-                    ]
+                    names = [f"{label(layout)}-0" for layout in (layouts[0], other)]
                     worst = compare_tables(*(Path(tmp) / n / "table.csv" for n in names))
                     compared.append(f"{method}: {names[1]} against {names[0]}: largest relative "
                                     f"difference {worst:.1e}")
                     if worst > 1e-4:
                         failed_compare = True
-            for processes, threads, launched in layouts:
-                runs = measured[processes, threads, launched]
+            for layout in layouts:
+                processes, threads, launched, image_threads = layout
+                runs = measured[layout]
                 med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
                 rows.append(
                     f"| {method.replace(',', ', ')} | {pairs} | {chunk} | {processes} x {threads}"
-                    f"{' (torchrun)' if launched and processes == 1 else ''} | "
+                    f"{' (torchrun)' if launched and processes == 1 else ''}"
+                    f"{f', {image_threads} image threads' if image_threads > 1 else ''} | "
                     f"{med['wall']:.1f} | "
                     f"{med['throughput']:.3f} | {100 * med['outside']:.1f} % | "
                     f"{100 * med['images']:.1f} % | {100 * med['scores']:.1f} % | "

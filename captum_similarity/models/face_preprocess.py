@@ -11,7 +11,7 @@ resizes it. On the ORL faces the aligned chips verify far better (see
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -97,18 +97,26 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-@lru_cache(maxsize=1)
+#: dlib's detector and landmark model, one pair per thread: a detector keeps
+#: the image it scans in itself, so two threads must not share one.
+_THREAD_MODELS = threading.local()
+
+
 def _dlib_models() -> Tuple[Any, Any]:
-    try:
-        import dlib
-    except ImportError as e:
-        raise ImportError(
-            "face alignment needs dlib: `pip install dlib-bin` (or dlib); "
-            "use align='pad_resize' without it"
-        ) from e
-    detector = dlib.get_frontal_face_detector()
-    predictor = dlib.shape_predictor(str(dlib_model_path(LANDMARKS_FILE)))
-    return detector, predictor
+    """``(detector, predictor)`` of the calling thread (made on its first call)."""
+    models = getattr(_THREAD_MODELS, "models", None)
+    if models is None:
+        try:
+            import dlib
+        except ImportError as e:
+            raise ImportError(
+                "face alignment needs dlib: `pip install dlib-bin` (or dlib); "
+                "use align='pad_resize' without it"
+            ) from e
+        detector = dlib.get_frontal_face_detector()
+        predictor = dlib.shape_predictor(str(dlib_model_path(LANDMARKS_FILE)))
+        models = _THREAD_MODELS.models = (detector, predictor)
+    return models
 
 
 def _default_upsample(image: np.ndarray) -> int:
