@@ -7,9 +7,9 @@ it is done, atomically (a temporary file, then ``os.replace``), with the
 SHA-256 of its maps and of its own content, so that a unit file is either
 complete and verified or ignored and recomputed.
 
-Each process reads and prepares the images of its next chunk in a
-background thread while the current unit's methods run, writes finished
-units from another, and keeps prepared
+Each process reads and prepares the images of its next chunks in
+background threads (one unless ``image_threads`` says more) while the
+current unit's methods run, writes finished units from another thread, and keeps prepared
 images by file (up to :data:`IMAGE_CACHE_BYTES`), so that an image in
 several pairs is prepared once.
 
