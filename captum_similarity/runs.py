@@ -9,9 +9,9 @@ complete and verified or ignored and recomputed.
 
 Each process reads and prepares the images of its next chunks in
 background threads (one unless ``image_threads`` says more) while the
-current unit's methods run, writes finished units from another thread, and keeps prepared
-images by file (up to :data:`IMAGE_CACHE_BYTES`), so that an image in
-several pairs is prepared once.
+current unit's methods run, writes finished units from another thread, and
+keeps prepared images by file (up to :data:`IMAGE_CACHE_BYTES`), so that an
+image in several pairs is prepared once.
 
 Run alone, a run is one plain process. Under ``torchrun`` (``WORLD_SIZE``,
 ``RANK`` and ``LOCAL_RANK`` set), every process takes every ``WORLD_SIZE``-th
