@@ -801,11 +801,11 @@ def explain_dataset(
             model's inputs ``(n, C, H, W)`` of a list of pairs, instead of
             reading the files and preparing them (``size`` and ``normalize``
             are then unused; put what defines the images in ``options``).
-            It is called from the run's background thread (one call at a
-            time, for the chunk after the one being explained), must return
-            CPU or ``device`` tensors and must not draw from torch's global
-            random generator (the methods, running meanwhile, seed it; use
-            a ``torch.Generator`` of its own).
+            It is called from the run's background threads (for chunks
+            after the one being explained; up to ``image_threads`` calls at
+            once), must return CPU or ``device`` tensors and must not draw
+            from torch's global random generator (the methods, running
+            meanwhile, seed it; use a ``torch.Generator`` of its own).
             Default: None
         image_threads (int, optional): Background threads that read and
             prepare images, each a chunk ahead (for ``dlib-face``, dlib's
