@@ -797,6 +797,12 @@ def _parser() -> argparse.ArgumentParser:
         "preparing (e.g. dlib's face alignment) is slower than the methods and cores are "
         "free (default: 1)",
     )
+    dataset.add_argument(
+        "--image-cache", type=Path, default=None, metavar="DIR",
+        help="keep prepared images in DIR, by file content and preparation, so that each is "
+        "prepared once for all processes and for later runs (worth it where preparing is "
+        "slow, e.g. dlib's face alignment; results are the same)",
+    )
     dataset.add_argument("--out", type=Path, required=True, metavar="DIR", help="the run folder")
     samples = sub.add_parser(
         "samples",
@@ -944,6 +950,7 @@ def _run_dataset(args: argparse.Namespace) -> int:
             seed=args.seed,
             chunk=args.chunk,
             image_threads=args.image_threads,
+            image_cache=args.image_cache,
             options=drawn,
         )
     except (ValueError, FileNotFoundError) as err:  # the pairs' list: the user's to fix

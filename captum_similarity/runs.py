@@ -61,10 +61,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._utils.files import write_atomic
 from ._utils.hooks import OutputOnInputs, RowOutputsOnInputs
 from ._utils.progress import Progress
 from ._utils.state import preserved_state
 from ._version import __version__
+from .data.image_store import ImageStore
 from .data.pair_lists import ImagePair
 from .job import (
     UsageError,
@@ -244,21 +246,6 @@ def _canonical(obj: Any) -> str:
 # -- the run folder -------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes, crash: bool = False) -> None:
-    """Writes ``data`` to a temporary file beside ``path``, then renames it
-    (``crash``: the test hook, exits with half the file written)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        if crash:
-            handle.write(data[: len(data) // 2])
-            handle.flush()
-            os._exit(17)
-        handle.write(data)
-    # no fsync: a file cut short by a crash of the machine fails its size or checksum on
-    # reading and is computed again
-    os.replace(tmp, path)
-
-
 class RunFolder:
     """The files of one run (see the module's description).
 
@@ -300,7 +287,7 @@ class RunFolder:
             d.mkdir(parents=True, exist_ok=True)
         if not self.config_path.is_file():
             body = {"format": "captum-similarity run 1", "hash": digest, "config": dict(config)}
-            _write_atomic(self.config_path, (json.dumps(body, indent=1, default=str) + "\n").encode())
+            write_atomic(self.config_path, (json.dumps(body, indent=1, default=str) + "\n").encode())
 
     def unit_path(self, unit_id: str) -> Path:
         """The file that says a unit is done."""
@@ -315,7 +302,7 @@ class RunFolder:
         np.savez(buffer, **maps)
         blob = buffer.getvalue()
         map_name = f"maps/{unit.id}.npz"
-        _write_atomic(self.out / map_name, blob)
+        write_atomic(self.out / map_name, blob)
         body = {
             "format": FORMAT,
             "config": digest,
@@ -325,7 +312,7 @@ class RunFolder:
         }
         text = _canonical(body)
         data = json.dumps({"body": body, "sha256": hashlib.sha256(text.encode()).hexdigest()})
-        _write_atomic(self.unit_path(unit.id), data.encode(), crash=crash)
+        write_atomic(self.unit_path(unit.id), data.encode(), crash=crash)
 
     def read_unit(self, unit_id: str, digest: str) -> Optional[List[Dict[str, Any]]]:
         """The unit's rows when its file and its maps are complete and
@@ -401,9 +388,10 @@ class _Job:
     """
 
     def __init__(self, loaded, sim, pre, layer_module, pairs, specs, fills, steps, sigma, seed, dev,
-                 images=None, image_threads=1):
+                 images=None, image_threads=1, store=None):
         self.loaded, self.sim, self.pre, self.layer_module = loaded, sim, pre, layer_module
         self.images = images
+        self.store: Optional[ImageStore] = store  # prepared images on disk, shared
         self.image_threads = image_threads
         self._lock = threading.Lock()  # the kept images and the counts below
         self._reader = ThreadPoolExecutor(
@@ -533,6 +521,8 @@ class _Job:
                 ok, x1, x2 = [], None, None
             return ok, errors, x1, x2
         ok, errors, files = [], {}, {}  # files: path -> its array, read but not prepared yet
+        loaded: Dict[str, Tensor] = {}  # path -> its prepared image, from the store
+        keys: Dict[str, Optional[str]] = {}  # path -> its key in the store
         with self._lock:  # the kept images this chunk needs
             kept = {
                 path: self._prepared[path]
@@ -544,8 +534,15 @@ class _Job:
             pair = self.pairs[p]
             try:
                 for path in (pair.path1, pair.path2):
-                    if path not in kept and path not in files:
-                        files[path] = read_source(path)[1]
+                    if path in kept or path in files or path in loaded:
+                        continue
+                    if self.store is not None:
+                        keys[path] = self.store.key(path)
+                        image = self.store.load(keys[path])
+                        if image is not None:
+                            loaded[path] = image
+                            continue
+                    files[path] = read_source(path)[1]
             except UsageError as err:
                 errors[p] = f"unreadable image: {err}"
                 continue
@@ -558,8 +555,11 @@ class _Job:
                     if files
                     else {}
                 )
+                if self.store is not None:
+                    for path, image in fresh.items():
+                        self.store.save(keys.get(path), image)
                 used = {path for p in ok for path in (self.pairs[p].path1, self.pairs[p].path2)}
-                take = {**kept, **fresh}
+                take = {**kept, **loaded, **fresh}
                 x1 = torch.stack([take[self.pairs[p].path1] for p in ok])
                 x2 = torch.stack([take[self.pairs[p].path2] for p in ok])
                 with self._lock:
@@ -570,6 +570,8 @@ class _Job:
                             self._prepared.move_to_end(path)
                     for path, image in fresh.items():
                         self._keep(path, image.clone())
+                    for path, image in loaded.items():
+                        self._keep(path, image)
             except Exception as err:
                 errors.update({p: f"preparation failed: {error_text(err)}" for p in ok})
                 ok, x1, x2 = [], None, None
@@ -752,6 +754,7 @@ def explain_dataset(
     progress: Optional[bool] = None,
     images: Optional[Callable[[Sequence[ImagePair]], Tuple[Tensor, Tensor]]] = None,
     image_threads: int = 1,
+    image_cache: Union[None, str, Path] = None,
 ) -> Dict[str, Any]:
     r"""Explains every pair with every method, in resumable units (see the module).
 
@@ -813,12 +816,24 @@ def explain_dataset(
             than one where preparing a chunk takes longer than explaining
             it and cores are free (a GPU run). It does not change results.
             Default: 1
+        image_cache (str or Path, optional): A folder where prepared images
+            are kept (:class:`~captum_similarity.data.image_store.ImageStore`,
+            by the content of their files and how they were prepared), so
+            that each is prepared once for all the processes of the run and
+            for later runs that prepare images the same way (another
+            method, another run folder). Loaded images equal the prepared
+            ones bit for bit, so it is not part of the configuration: a run
+            can be resumed with or without it. Not with ``images``.
+            Default: None (each process prepares the images it needs)
 
     Returns:
         dict: ``"table"`` (the merged CSV's path, None on ranks other than
         0), ``"units"`` (how many), ``"computed"`` (ids of the units this
         process computed, with those rank 0 found missing at the merge), ``"skipped"`` (ids of those finished before),
-        ``"hash"``, ``"layer"`` (``"layer"``: the explained layer's name,
+        ``"hash"``, ``"image_cache"`` (None without ``image_cache``, else
+        ``"folder"``, the images this process ``"loaded"`` and ``"stored"``,
+        the files it ``"rejected"`` as damaged and the stores that failed,
+        ``"errors"``), ``"layer"`` (``"layer"``: the explained layer's name,
         ``"layer_choice"``: how it was chosen),
         ``"seconds"`` (``"total"``, ``"methods"``: inside the methods and
         the faithfulness scoring, ``"images"``: waiting for the chunks'
@@ -847,6 +862,11 @@ def explain_dataset(
         raise UsageError("no pairs to explain")
     if not methods:
         raise UsageError("no method selected")
+    if images is not None and image_cache is not None:
+        raise UsageError(
+            "image_cache keeps the images the run prepares from files; with an images callable "
+            "the caller prepares them: drop one of the two"
+        )
     dev = _process_device(resolve_device(device), launch)
     tag = f"[rank {launch.rank}/{launch.world}] " if launch.distributed else ""
     bars = sys.stderr.isatty() if progress is None else progress
@@ -886,6 +906,9 @@ def explain_dataset(
         "code": code_digest(),
     }
     digest = config_hash(config)
+    store = None
+    if image_cache is not None:
+        store = ImageStore(image_cache, _preparation_identity(prepared), shape)
     folder = RunFolder(out)
     folder.check_config(config, digest)
     _init_distributed(launch, dev)
@@ -909,7 +932,7 @@ def explain_dataset(
                 loaded.embedder.get_submodule(layer_info["layer"]) if layer_info["layer"] else None
             )
             job = _Job(loaded, sim, pre, layer_module, list(pairs), dict(methods),
-                       dict(fills or {}), steps, sigma, seed, dev, images, image_threads)
+                       dict(fills or {}), steps, sigma, seed, dev, images, image_threads, store)
             setup = time.perf_counter() - start
             exit_after = _exit_after(launch)
             if bars and launch.rank == 0:
@@ -976,9 +999,15 @@ def explain_dataset(
         "score_passes": job.score_passes, "scores_from_methods": job.scores_from_methods,
         "scores_from_embeddings": job.scores_from_embeddings, "score_checks": job.score_checks,
         "images_prepared": job.images_prepared, "images_reused": job.images_reused,
+        "image_cache": _store_record(store),
     }
     folder.processes.mkdir(exist_ok=True)
-    _write_atomic(folder.processes / f"rank-{launch.rank}.json", json.dumps(record).encode())
+    write_atomic(folder.processes / f"rank-{launch.rank}.json", json.dumps(record).encode())
+    if store is not None and store.errors:
+        say.line(
+            f"{tag}could not keep {len(store.errors)} prepared images in {store.folder} (they "
+            f"will be prepared again next time); the first: {store.errors[0]}"
+        )
     if table is not None:
         say.line(f"{tag}table: {table} ({n_failed} failed rows)")
     return {
@@ -987,10 +1016,34 @@ def explain_dataset(
         "computed": [u.id for u in mine],
         "skipped": sorted(finished),
         "hash": digest,
+        "image_cache": record["image_cache"],
         "layer": layer_info,
         "failed": n_failed,
         "seconds": seconds,
     }
+
+
+def _preparation_identity(preprocessing: str) -> Dict[str, Any]:
+    """What defines a run's prepared images, for an :class:`ImageStore`: the
+    steps, the library's code and the versions of the libraries that compute
+    them."""
+    import skimage
+
+    versions = {"torch": torch.__version__, "numpy": np.__version__, "scikit-image": skimage.__version__}
+    try:
+        import dlib
+
+        versions["dlib"] = dlib.__version__
+    except ImportError:
+        pass
+    return {"preprocessing": preprocessing, "code": code_digest(), "versions": versions}
+
+
+def _store_record(store: Optional[ImageStore]) -> Optional[Dict[str, Any]]:
+    if store is None:
+        return None
+    return {"folder": str(store.folder), "loaded": store.loaded, "stored": store.stored,
+            "rejected": store.rejected, "errors": list(store.errors)}
 
 
 def code_digest() -> str:
@@ -1038,7 +1091,7 @@ def _merge(folder, units, digest, fills, job, launch, say) -> Tuple[Path, int, L
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    _write_atomic(folder.table, buffer.getvalue().encode())
+    write_atomic(folder.table, buffer.getvalue().encode())
     for stale in (*folder.units.glob(".*.tmp"), *folder.maps.glob(".*.tmp")):
         stale.unlink(missing_ok=True)  # left by processes killed while writing
     return folder.table, sum(r["status"] != "ok" for r in rows), again

@@ -341,6 +341,63 @@ def test_images_read_in_the_background_and_prepared_once_per_file(dataset, tmp_p
     assert_same_rows(plain, kept, tol=0.0)
 
 
+def test_an_image_cache_prepares_each_file_once_for_later_runs_with_the_same_rows(
+    dataset, tmp_path, monkeypatch
+):
+    """With ``image_cache``, a later run (another folder, another method)
+    loads every image instead of preparing it, and its rows are those of a
+    run without the cache; a damaged stored image is prepared again; a run
+    started without the cache is finished with it (not another configuration)."""
+    prepared = []
+    call = ImagePreparation.__call__
+
+    def counted(self, images, display=True):
+        prepared.extend(range(len(images)))
+        return call(self, images, display)
+
+    monkeypatch.setattr(ImagePreparation, "__call__", counted)
+    cache = tmp_path / "cache"
+    reference = rows_of(run(dataset, tmp_path / "plain", chunk=2)["table"])
+    files = len(prepared)  # the readable files of the pairs, each once
+    assert files == 9
+
+    prepared.clear()
+    first = run(dataset, tmp_path / "first", chunk=2, image_cache=cache)
+    assert len(prepared) == files
+    assert {k: first["image_cache"][k] for k in ("loaded", "stored", "rejected")} == {
+        "loaded": 0, "stored": files, "rejected": 0}
+    assert_same_rows(rows_of(first["table"]), reference, tol=0.0)
+
+    prepared.clear()
+    later = run(dataset, tmp_path / "later", chunk=2, image_cache=cache)
+    assert prepared == [] and later["image_cache"]["loaded"] == files
+    record = json.loads((tmp_path / "later" / "processes" / "rank-0.json").read_text())
+    assert record["images_prepared"] == 0 and record["image_cache"]["loaded"] == files
+    assert_same_rows(rows_of(later["table"]), reference, tol=0.0)
+    other_method = run(dataset, tmp_path / "saliency", methods="saliency", chunk=2, image_cache=cache)
+    assert prepared == [] and other_method["image_cache"]["loaded"] == files
+
+    # a damaged stored image: not used, prepared and stored again, the same rows
+    stored = sorted(Path(first["image_cache"]["folder"]).glob("*.npz"))
+    stored[0].write_bytes(stored[0].read_bytes()[:100])
+    damaged = run(dataset, tmp_path / "damaged", chunk=2, image_cache=cache)
+    assert len(prepared) == 1
+    assert {k: damaged["image_cache"][k] for k in ("loaded", "stored", "rejected")} == {
+        "loaded": files - 1, "stored": 1, "rejected": 1}
+    assert_same_rows(rows_of(damaged["table"]), reference, tol=0.0)
+
+    # a run without the cache, resumed with it: the same configuration
+    (tmp_path / "plain" / "units" / "gradcam-00000.json").unlink()
+    resumed = run(dataset, tmp_path / "plain", chunk=2, image_cache=cache)
+    assert resumed["computed"] == ["gradcam-00000"]
+    assert_same_rows(rows_of(resumed["table"]), reference, tol=0.0)
+
+
+def test_an_image_cache_with_an_images_callable_is_refused(dataset, tmp_path):
+    with pytest.raises(UsageError, match="image_cache keeps the images the run prepares"):
+        run(dataset, tmp_path / "run", images=lambda pairs: None, image_cache=tmp_path / "cache")
+
+
 def test_a_failed_unit_write_stops_the_run_and_a_rerun_finishes_it(dataset, tmp_path, monkeypatch):
     """Units are written by a background thread: its error is raised in the
     run, not lost; the units written before it count on the next run."""
@@ -557,20 +614,28 @@ def test_torchrun_gives_the_single_process_rows_also_after_a_worker_dies(dataset
     reference = rows_of(tmp_path / "single" / "table.csv")
     assert len(reference) == 10
 
-    two = launch(cli_args(dataset), tmp_path / "two", {}, nproc=2, port=free_port())
+    # two processes sharing an image cache: every readable file stored by one of them
+    cached = cli_args(dataset) + ["--image-cache", str(tmp_path / "cache")]
+    two = launch(cached, tmp_path / "two", {}, nproc=2, port=free_port())
     assert two.returncode == 0, two.stderr
     rows = rows_of(tmp_path / "two" / "table.csv")
     assert {r["rank"] for r in rows} == {"0", "1"}
     assert "[rank 1/2]" in two.stderr
     assert_same_rows(reference, rows)
+    assert len(list((tmp_path / "cache").glob("*/*.npz"))) == 9
 
-    # rank 1 dies after one unit, its next unit's file half written; torchrun restarts the group
-    died = launch(cli_args(dataset), tmp_path / "died", {EXIT_AFTER_ENV: "1:1"}, nproc=2,
+    # rank 1 dies after one unit, its next unit's file half written; torchrun restarts the
+    # group; with the cache full, neither process prepares an image
+    died = launch(cached, tmp_path / "died", {EXIT_AFTER_ENV: "1:1"}, nproc=2,
                   restarts=1, port=free_port())
     assert died.returncode == 0, died.stderr
     assert "exitcode: 17" in died.stderr
     assert_same_rows(reference, rows_of(tmp_path / "died" / "table.csv"))
     assert not list((tmp_path / "died").rglob("*.tmp"))
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+    for rank in (0, 1):
+        record = json.loads((tmp_path / "died" / "processes" / f"rank-{rank}.json").read_text())
+        assert record["images_prepared"] == 0 and record["image_cache"]["loaded"] > 0
 
 
 @pytest.mark.slow

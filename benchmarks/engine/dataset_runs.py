@@ -98,6 +98,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         help="explain-dataset's --image-threads; several values: a row for each, per layout",
     )
     parser.add_argument(
+        "--image-cache", nargs="+", choices=["none", "cold", "warm"], default=["none"],
+        help="explain-dataset's --image-cache: none; cold (an empty cache folder, shared by the "
+        "run's processes); warm (a cache filled by an unmeasured run of the same pairs first): "
+        "a row for each",
+    )
+    parser.add_argument(
         "--compare", action="store_true",
         help="check that every layout's table has the rows of the first layout's (scores and "
         "map statistics to a relative 1e-4; exits with 1 otherwise)",
@@ -147,7 +153,7 @@ def compare_tables(first: Path, other: Path) -> float:
 
 def one_run(
     args, method: str, pairs: int, chunk: int, processes: int, threads: int, out: Path,
-    launched: bool = False, image_threads: int = 1,
+    launched: bool = False, image_threads: int = 1, cache: Optional[Path] = None,
 ) -> Dict[str, float]:
     """Runs the command once; its wall time and the processes' records."""
     same = pairs // 2
@@ -159,6 +165,8 @@ def one_run(
     ]
     if args.weights is not None:
         command += ["--weights", str(args.weights)]
+    if cache is not None:
+        command += ["--image-cache", str(cache)]
     if launched:
         command = ["-m", "torch.distributed.run", "--nproc-per-node", str(processes),
                    "--master-addr", "127.0.0.1", "--master-port", str(free_port())] + command
@@ -195,6 +203,8 @@ def one_run(
         "waiting": part["waiting"],
         "background": part["images_background"],
         "writing": part["writing_background"],
+        "prepared": sum(r["images_prepared"] for r in records),
+        "loaded": sum((r.get("image_cache") or {}).get("loaded", 0) for r in records),
         "setup": max(r["seconds"]["setup"] for r in records),
         "merge": max(r["seconds"]["merge"] for r in records),
     }
@@ -208,9 +218,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         "| method | pairs | pairs per unit | processes x threads | wall (s) | pairs x methods / s "
         "| outside the methods | of which: waiting for images | scores | setup (loading the model) "
         "| run machinery | waiting for the other processes | outside, after the setup "
-        "| background threads: images, writing | merge (s) |",
+        "| background threads: images, writing | images prepared, loaded | merge (s) |",
         "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: |",
+        "| ---: | ---: |",
     ]
     compared: List[str] = []
     failed_compare = False
@@ -222,21 +232,29 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         }
         for method, pairs, chunk in (configs[c] for c in args.configs):
             layouts = [
-                (*parse_layout(text), n) for text in args.layouts for n in args.image_threads
+                (*parse_layout(text), n, c)
+                for text in args.layouts for n in args.image_threads for c in args.image_cache
             ]
 
             def label(layout) -> str:
-                processes, threads, launched, image_threads = layout
+                processes, threads, launched, image_threads, cache = layout
                 return (f"{method.replace(',', '+')}-{'L' * launched}{processes}x{threads}"
-                        f"-i{image_threads}")
+                        f"-i{image_threads}-{cache}")
+
+            warm = Path(tmp) / f"cache-{method.replace(',', '+')}-warm"
+            if "warm" in args.image_cache:  # filled by a run of the same pairs, not measured
+                one_run(args, method, pairs, chunk, 1, 2, Path(tmp) / "warm-up",
+                        image_threads=max(args.image_threads), cache=warm)
 
             measured: Dict[tuple, List[Dict[str, float]]] = {layout: [] for layout in layouts}
             for k in range(args.repeats):  # alternating, so that a load change hits all
                 for layout in layouts:
-                    processes, threads, launched, image_threads = layout
+                    processes, threads, launched, image_threads, cache = layout
+                    folder = {"none": None, "warm": warm,
+                              "cold": Path(tmp) / f"cache-{label(layout)}-{k}"}[cache]
                     result = one_run(
                         args, method, pairs, chunk, processes, threads,
-                        Path(tmp) / f"{label(layout)}-{k}", launched, image_threads,
+                        Path(tmp) / f"{label(layout)}-{k}", launched, image_threads, folder,
                     )
                     measured[layout].append(result)
                     print(method, layout, result, flush=True)
@@ -249,13 +267,14 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                     if worst > 1e-4:
                         failed_compare = True
             for layout in layouts:
-                processes, threads, launched, image_threads = layout
+                processes, threads, launched, image_threads, cache = layout
                 runs = measured[layout]
                 med = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
                 rows.append(
                     f"| {method.replace(',', ', ')} | {pairs} | {chunk} | {processes} x {threads}"
                     f"{' (torchrun)' if launched and processes == 1 else ''}"
-                    f"{f', {image_threads} image threads' if image_threads > 1 else ''} | "
+                    f"{f', {image_threads} image threads' if image_threads > 1 else ''}"
+                    f"{f', {cache} image cache' if cache != 'none' else ''} | "
                     f"{med['wall']:.1f} | "
                     f"{med['throughput']:.3f} | {100 * med['outside']:.1f} % | "
                     f"{100 * med['images']:.1f} % | {100 * med['scores']:.1f} % | "
@@ -263,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                     f"{100 * med['machinery']:.1f} % | {100 * med['waiting']:.1f} % | "
                     f"{100 * med['outside_after_setup']:.1f} % | "
                     f"{100 * med['background']:.1f} %, {100 * med['writing']:.1f} % | "
-                    f"{med['merge']:.2f} |"
+                    f"{med['prepared']:.0f}, {med['loaded']:.0f} | {med['merge']:.2f} |"
                 )
     load_after = os.getloadavg()
     text = "\n".join(
@@ -297,7 +316,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             "Outside, after the setup: the same share of the time after the setup, which a longer "
             "run approaches. Background threads: the time of the thread that prepares the images and "
             "of the one that writes and checksums the units, as shares of the same total (they "
-            "share the cores with the methods).",
+            "share the cores with the methods). Images prepared, loaded: summed over the processes, "
+            "the images each prepared, and those loaded from the image cache (`--image-cache`: "
+            "cold, an empty folder that the run's processes share; warm, one filled by an earlier "
+            "run of the same pairs).",
             "",
             *rows,
             "",
