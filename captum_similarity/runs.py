@@ -391,6 +391,7 @@ class _Job:
                  images=None, image_threads=1, store=None):
         self.loaded, self.sim, self.pre, self.layer_module = loaded, sim, pre, layer_module
         self.images = images
+        self.host = socket.gethostname()
         self.store: Optional[ImageStore] = store  # prepared images on disk, shared
         self.image_threads = image_threads
         self._lock = threading.Lock()  # the kept images and the counts below
@@ -648,7 +649,7 @@ class _Job:
         """The rows and maps of one unit (``upcoming``: units after it, whose
         images are read meanwhile)."""
         ok, errors, x1, x2 = self.inputs(unit, upcoming)
-        base = {"rank": launch.rank, "host": socket.gethostname(), "unit": unit.id}
+        base = {"rank": launch.rank, "host": self.host, "unit": unit.id}
         rows: Dict[int, Dict[str, Any]] = {}
         for p in range(unit.start, unit.stop):
             pair = self.pairs[p]
@@ -660,9 +661,8 @@ class _Job:
         maps: Dict[str, List[np.ndarray]] = {"pair": [], "map1": [], "map2": []}
         if ok:
             tick = time.perf_counter()
-            both = torch.cat([x1, x2])
             with OutputOnInputs(self.sim, (x1, x2)) as seen, RowOutputsOnInputs(
-                self.sim.embedder, both
+                self.sim.embedder, (x1, x2)
             ) as embedded:
                 result, method_errors = self.explain(unit.method, x1, x2)
             per_pair = (time.perf_counter() - tick) / len(ok)

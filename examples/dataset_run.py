@@ -9,11 +9,13 @@ In the folder --out:
 
        captum-similarity explain-dataset faces --pairs same:6,different:6 --seed 0 \\
            --model captum_similarity.models:SimpleCNN --weights weights.pt --size 32 32 \\
-           --methods gradcam,lrp --faithfulness --steps 21 --out run
+           --methods gradcam,lrp --faithfulness --steps 21 --image-cache prepared --out run
 
    (under torchrun the same line runs sharded: docs/running-at-scale.md);
+   the prepared images are kept in the folder ``prepared``;
 3. deletes one finished unit and runs the same command again: only that unit
-   is computed, and the table has the same rows (apart from the times);
+   is computed, from images loaded from ``prepared`` (none prepared again),
+   and the table has the same rows (apart from the times);
 4. prints each method's mean insertion AUC with its standard error, and the
    paired difference of the two methods on the same pairs.
 
@@ -23,6 +25,7 @@ Usage: python examples/dataset_run.py [--out DIR] [--pairs N]
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -66,7 +69,7 @@ def main() -> None:
         f"same:{args.pairs},different:{args.pairs}", "--seed", "0", "--model",
         "captum_similarity.models:SimpleCNN", "--weights", str(out / "weights.pt"),
         "--size", "32", "32", "--methods", "gradcam,lrp", "--faithfulness", "--steps", "21",
-        "--out", str(out / "run"),
+        "--image-cache", str(out / "prepared"), "--out", str(out / "run"),
     ]
     assert cli(command) == 0
     table = out / "run" / "table.csv"
@@ -81,6 +84,9 @@ def main() -> None:
 
     same = str(values(first)) == str(values(table))  # str: NaN equals NaN
     print(f"resumed: {units[0].stem} computed again, the same rows: {same}")
+    record = json.loads((out / "run" / "processes" / "rank-0.json").read_text())
+    print(f"images of the resumed run: {record['image_cache']['loaded']} loaded from the cache, "
+          f"{record['images_prepared']} prepared")
 
     rows = read_table(table)
     print(f"rows: {len(rows)} ({2 * args.pairs} pairs x 2 methods), "

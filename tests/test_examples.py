@@ -222,6 +222,8 @@ def test_sanity_checks(tmp_path):
 def test_dataset_run(tmp_path):
     out = run_example("dataset_run.py", "--out", str(tmp_path / "ex"), "--pairs", "3", cwd=tmp_path)
     assert "computed again, the same rows: True" in out
+    assert number_after("images of the resumed run:", out) > 0
+    assert "from the cache, 0 prepared" in out
     assert "rows: 12 (6 pairs x 2 methods), failed: 0" in out
     assert number_after("paired over", out) == 6
     assert (tmp_path / "ex" / "run" / "table.csv").is_file()

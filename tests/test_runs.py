@@ -22,6 +22,7 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from skimage import io
 
 from captum_similarity._utils.hooks import OutputOnInputs, RowOutputsOnInputs
@@ -229,6 +230,24 @@ def test_row_outputs_are_found_wherever_the_rows_occur():
     with RowOutputsOnInputs(lambda x: x, rows) as watch:  # not a module: nothing watched
         pass
     assert watch.outputs() is None
+    # the rows given as two tensors (not concatenated): the same outputs
+    with RowOutputsOnInputs(model, (x1, x2)) as watch, torch.no_grad():
+        model(torch.cat([x2, torch.rand(1, 3, 16, 16), x1]))
+    torch.testing.assert_close(watch.outputs(), expected, rtol=0, atol=1e-6)
+    # a row that differs from a watched one only in a value the keys do not sample is not taken
+    long1, long2 = torch.rand(1, 3, 40, 40), torch.rand(1, 3, 40, 40)
+    altered = long1.clone()
+    altered.view(-1)[1] += 0.25  # the keys sample every 4th of the 4800 values: not this one
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(4800, 2))
+    with RowOutputsOnInputs(flat, (long1, long2)) as watch, torch.no_grad():
+        flat(altered)
+        flat(long2)
+        assert watch.outputs() is None
+        flat(torch.cat([long2, long1]))
+    with torch.no_grad():
+        torch.testing.assert_close(watch.outputs(), flat(torch.cat([long1, long2])), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="one row shape"):
+        RowOutputsOnInputs(model, (x1, torch.rand(2, 3, 8, 8)))
 
 
 def test_output_on_inputs_keeps_the_first_call_on_exactly_those_inputs():

@@ -5,7 +5,7 @@ occur in a batch), and a check for hooks someone else registered."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -99,7 +99,7 @@ class OutputOnInputs:
         for got, want in zip(args, self.inputs):
             if not isinstance(got, Tensor) or got.shape != want.shape or got.dtype != want.dtype:
                 return False
-            if got.device != want.device or not bool((got.detach() == want).all()):
+            if got.device != want.device or not torch.equal(got.detach(), want):
                 return False
         return True
 
@@ -118,6 +118,22 @@ class OutputOnInputs:
             self._handle = None
 
 
+#: How many values of a row :class:`RowOutputsOnInputs` sums, evenly spaced,
+#: to find candidate rows before comparing them whole.
+KEY_ELEMENTS = 1024
+
+
+def _row_keys(batch: Tensor) -> Tensor:
+    """``(B,)`` float64 sums of at most :data:`KEY_ELEMENTS` evenly spaced
+    values of each row (a small copy: a sum over whole rows would copy the
+    batch in float64)."""
+    if batch.numel() == 0:
+        return torch.zeros(len(batch), dtype=torch.float64, device=batch.device)
+    flat = batch.reshape(len(batch), -1)
+    step = max(1, flat.shape[1] // KEY_ELEMENTS)
+    return flat[:, ::step].double().sum(1)
+
+
 class RowOutputsOnInputs:
     """Keeps a module's output rows for given input rows, wherever they occur
     in the batches it is called on (alone, concatenated, interleaved with
@@ -127,30 +143,45 @@ class RowOutputsOnInputs:
     The module must map a batch ``(B, ...)`` to outputs ``(B, ...)`` row by
     row. A row counts as found when an input row equals it exactly (same
     shape, dtype, device and values); the first call that contains it gives
-    its output. Use it as a context manager; the hook is removed on exit,
-    also when an exception is raised inside the block. A module whose hooks
-    cannot be registered (a TorchScript module) is not watched. While it
-    watches, the module counts as hooked (:func:`has_hooks`), so a
+    its output. Rows are first matched on a sum of at most
+    :data:`KEY_ELEMENTS` of their values, then compared whole, so that
+    watching costs little beside the module's own pass. Use it as a context
+    manager; the hook is removed on exit, also when an exception is raised
+    inside the block. A module whose hooks cannot be registered (a
+    TorchScript module) is not watched. While it watches, the module counts
+    as hooked (:func:`has_hooks`), so a
     :class:`~captum_similarity.SiameseSimilarity` embeds a broadcast
     one-row side once per row instead of once (same values).
 
     Args:
         module (nn.Module): The module to watch.
-        rows (Tensor): The input rows to wait for, ``(M, ...)``.
+        rows (Tensor or sequence of Tensor): The input rows to wait for,
+            ``(M, ...)``, or several such tensors of one row shape, dtype
+            and device, taken as their concatenation (not made).
     """
 
-    def __init__(self, module: object, rows: Tensor) -> None:
+    def __init__(self, module: object, rows: Union[Tensor, Sequence[Tensor]]) -> None:
         self.module = module
-        self.rows = rows.detach()
-        self._outputs: List[Optional[Tensor]] = [None] * len(rows)
-        self._keys = self.rows.flatten(1).double().sum(1) if len(rows) else rows.new_zeros(0)
+        groups = [rows] if isinstance(rows, Tensor) else list(rows)
+        if not groups or any(
+            g.shape[1:] != groups[0].shape[1:] or g.dtype != groups[0].dtype
+            or g.device != groups[0].device for g in groups
+        ):
+            raise ValueError("rows must be a tensor, or tensors of one row shape, dtype and device")
+        self._first = groups[0].detach()
+        self._rows = [r for g in groups for r in g.detach().unbind(0)]
+        self._outputs: List[Optional[Tensor]] = [None] * len(self._rows)
+        self._keys = (
+            torch.cat([_row_keys(g.detach()) for g in groups])
+            if self._rows else self._first.new_zeros(0, dtype=torch.float64)
+        )
         self._handle: Optional[RemovableHandle] = None
 
     def _hook(self, module: nn.Module, args: Tuple, output: object) -> None:
         if not args or not isinstance(args[0], Tensor) or not isinstance(output, Tensor):
             return
         batch = args[0].detach()
-        want = self.rows
+        want = self._first
         same_kind = batch.dtype == want.dtype and batch.device == want.device
         if batch.shape[1:] != want.shape[1:] or not same_kind:
             return
@@ -159,11 +190,11 @@ class RowOutputsOnInputs:
         missing = [i for i, o in enumerate(self._outputs) if o is None]
         if not missing:
             return
-        keys = batch.flatten(1).double().sum(1)  # a cheap first test before comparing rows
+        keys = _row_keys(batch)  # a cheap first test before comparing rows
         for i in missing:
-            close = torch.isclose(keys, self._keys[i], rtol=1e-6, atol=1e-6)
+            close = torch.isclose(keys, self._keys[i], rtol=1e-9, atol=1e-9)
             for b in close.nonzero().flatten().tolist():
-                if bool((batch[b] == want[i]).all()):
+                if torch.equal(batch[b], self._rows[i]):
                     self._outputs[i] = output[b].detach()
                     break
 
@@ -175,7 +206,7 @@ class RowOutputsOnInputs:
         return torch.stack(self._outputs)
 
     def __enter__(self) -> "RowOutputsOnInputs":
-        self._outputs = [None] * len(self.rows)
+        self._outputs = [None] * len(self._rows)
         try:
             register = self.module.register_forward_hook  # type: ignore[attr-defined]
             self._handle = register(self._hook)
