@@ -35,6 +35,10 @@ Usage:
     python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --configs gradcam \
         --gradcam-pairs 128 --repeats 2 --layouts 1x1 1x2 --image-threads 1 2 --compare \
         --out benchmarks/results/dataset_runs_image_threads.md
+    # prepared images kept in a cache folder: none, an empty one (cold), one filled by an earlier run (warm)
+    python benchmarks/engine/dataset_runs.py --orl ../shared/data/orl_faces --configs gradcam \
+        --gradcam-pairs 1024 --repeats 1 --layouts 1x2 2x1 --image-threads 2 \
+        --image-cache none cold warm --compare --out benchmarks/results/dataset_runs_image_cache.md
     # one GPU: a plain process against the same under torchrun (nccl), tables compared
     python benchmarks/engine/dataset_runs.py --orl ORL --model torchvision.models:resnet18 --weights resnet18.pt \
         --device cuda --layouts 1x8 L1x8 --compare --configs gradcam rise several --gradcam-pairs 256 \
