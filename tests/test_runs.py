@@ -557,6 +557,33 @@ def test_each_process_takes_its_own_gpu_and_too_many_processes_are_refused(monke
         runs._process_device(cuda, Launch(2, 4, 2, True))
 
 
+def test_the_process_group_is_nccl_on_the_process_gpu_and_gloo_on_cpu(monkeypatch):
+    """The CUDA wiring, without a GPU: the process's device is made current
+    before the process group starts (nccl's collectives run on it), the
+    backend follows the device, and the group lives under the attempt's
+    prefix of the launcher's store."""
+    import torch.distributed as dist
+
+    import captum_similarity.runs as runs
+
+    made, current = [], []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "rendezvous", lambda url: iter([("store", 1, 4)]))
+    monkeypatch.setattr(dist, "PrefixStore", lambda prefix, store: (prefix, store))
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: made.append((kw, list(current))))
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    runs._init_distributed(Launch(1, 4, 1, True), torch.device("cuda", 1))
+    runs._init_distributed(Launch(1, 4, 1, True), torch.device("cpu"))
+    runs._init_distributed(Launch(), torch.device("cuda", 0))  # alone: no group
+    (nccl, set_before), (gloo, _) = made
+    assert nccl["backend"] == "nccl" and set_before == [torch.device("cuda", 1)]
+    assert gloo["backend"] == "gloo" and current == [torch.device("cuda", 1)]
+    assert nccl["store"] == ("captum-similarity/attempt-2", "store")
+    assert (nccl["rank"], nccl["world_size"]) == (1, 4)
+    assert nccl["timeout"] == runs.BARRIER_TIMEOUT
+
+
 def test_pair_lists(dataset, tmp_path):
     pairs = read_pairs_csv(dataset / "pairs.csv")
     assert pairs[0] == ImagePair("faces/p1/1.png", "faces/p1/2.png",
