@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -134,3 +136,15 @@ def test_a_failed_store_is_reported_not_raised_and_bad_images_are_refused(tmp_pa
         store.save("k", chip()[:, :3])
     with pytest.raises(ValueError, match="shape must be"):
         ImageStore(tmp_path, {}, (6, 5))
+
+
+def test_temporary_files_of_killed_processes_are_deleted_when_old(tmp_path):
+    store = ImageStore(tmp_path, {"steps": "test"}, SHAPE)
+    old, fresh = store.folder / ".k.npz.1-2.tmp", store.folder / ".k.npz.3-4.tmp"
+    for path in (old, fresh):
+        path.write_bytes(b"half a file")
+    hours_ago = time.time() - image_store.STALE_SECONDS - 60
+    os.utime(old, (hours_ago, hours_ago))
+    again = ImageStore(tmp_path, {"steps": "test"}, SHAPE)
+    assert again.folder == store.folder
+    assert not old.exists() and fresh.exists()  # a younger one may be a store in progress

@@ -22,6 +22,8 @@ folder, so that the other processes and later runs load it instead.
   own temporary file). Each file holds the SHA-256 of its array; a file
   that fails it, or is not the expected shape, is not used (it is counted in
   :attr:`ImageStore.rejected` and replaced by the next store of that image).
+  A process killed while storing leaves a temporary file (``.KEY.npz.PID-THREAD.tmp``),
+  never read; opening a store deletes those older than :data:`STALE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import hashlib
 import io
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -44,6 +47,11 @@ __all__ = ["ImageStore", "STORE_FORMAT"]
 
 #: Written in every store folder's ``preparation.json``; part of its digest.
 STORE_FORMAT = "captum-similarity prepared images 1"
+
+#: Temporary files older than this (seconds) are left by killed processes:
+#: deleted when a store is opened (younger ones may be another process's
+#: store in progress).
+STALE_SECONDS = 3600.0
 
 _FLOAT, _BYTES = 0, 1  # how an image is stored: float32 as is, or uint8 of value * 255
 
@@ -94,6 +102,13 @@ class ImageStore:
         about = self.folder / "preparation.json"
         if not about.is_file():
             write_atomic(about, (json.dumps(identity, indent=1, default=str) + "\n").encode())
+        now = time.time()
+        for stale in self.folder.glob(".*.tmp"):
+            try:
+                if now - stale.stat().st_mtime > STALE_SECONDS:
+                    stale.unlink()
+            except OSError:  # gone meanwhile (renamed by its writer, or deleted by another store)
+                pass
         self._lock = threading.Lock()  # the counts
         self.loaded = self.stored = self.rejected = 0
         self.errors: list = []
