@@ -908,7 +908,13 @@ def explain_dataset(
     digest = config_hash(config)
     store = None
     if image_cache is not None:
-        store = ImageStore(image_cache, _preparation_identity(prepared), shape)
+        try:
+            store = ImageStore(image_cache, _preparation_identity(prepared), shape)
+        except OSError as err:
+            raise UsageError(
+                f"--image-cache {image_cache}: cannot keep images there ({err}); give a folder "
+                "this process can create and write, or leave the option out"
+            ) from err
     folder = RunFolder(out)
     folder.check_config(config, digest)
     _init_distributed(launch, dev)

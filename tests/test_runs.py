@@ -412,9 +412,12 @@ def test_an_image_cache_prepares_each_file_once_for_later_runs_with_the_same_row
     assert_same_rows(rows_of(resumed["table"]), reference, tol=0.0)
 
 
-def test_an_image_cache_with_an_images_callable_is_refused(dataset, tmp_path):
+def test_an_image_cache_with_an_images_callable_or_not_a_folder_is_refused(dataset, tmp_path):
     with pytest.raises(UsageError, match="image_cache keeps the images the run prepares"):
         run(dataset, tmp_path / "run", images=lambda pairs: None, image_cache=tmp_path / "cache")
+    (tmp_path / "a file").write_text("not a folder")
+    with pytest.raises(UsageError, match="--image-cache .*a file: cannot keep images there"):
+        run(dataset, tmp_path / "run", image_cache=tmp_path / "a file")
 
 
 def test_a_failed_unit_write_stops_the_run_and_a_rerun_finishes_it(dataset, tmp_path, monkeypatch):
