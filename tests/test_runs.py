@@ -420,6 +420,27 @@ def test_an_image_cache_with_an_images_callable_or_not_a_folder_is_refused(datas
         run(dataset, tmp_path / "run", image_cache=tmp_path / "a file")
 
 
+def test_an_image_cache_that_cannot_be_written_is_reported_and_the_run_goes_on(
+    dataset, tmp_path, monkeypatch, capsys
+):
+    import captum_similarity.data.image_store as image_store
+
+    reference = rows_of(run(dataset, tmp_path / "plain")["table"])
+    write_atomic = image_store.write_atomic
+
+    def full(path, data, crash=False):
+        if path.suffix == ".npz":
+            raise OSError(28, "No space left on device")
+        write_atomic(path, data, crash)
+
+    monkeypatch.setattr(image_store, "write_atomic", full)
+    result = run(dataset, tmp_path / "run", image_cache=tmp_path / "cache")
+    assert_same_rows(rows_of(result["table"]), reference, tol=0.0)
+    assert result["image_cache"]["stored"] == 0 and len(result["image_cache"]["errors"]) == 9
+    err = capsys.readouterr().err
+    assert "could not keep 9 prepared images in" in err and "No space left on device" in err
+
+
 def test_a_failed_unit_write_stops_the_run_and_a_rerun_finishes_it(dataset, tmp_path, monkeypatch):
     """Units are written by a background thread: its error is raised in the
     run, not lost; the units written before it count on the next run."""
