@@ -1,7 +1,7 @@
 """Prepared model inputs kept on disk, named by the bytes of their source files.
 
-Preparing an image can cost more than explaining it: dlib's face model takes
-faces found by a detector and aligned on five landmarks. Without a store, every
+Preparing an image can be slow: dlib's face model takes faces found by a
+detector and aligned on five landmarks. Without a store, every
 process of a run prepares the images of its own pairs, and every later run
 prepares them again. An :class:`ImageStore` keeps each prepared image in a
 folder, so that the other processes and later runs load it instead.
@@ -11,8 +11,8 @@ folder, so that the other processes and later runs load it instead.
   code and library versions that compute them) and of the input shape;
   ``KEY`` is the SHA-256 of the source file's bytes (of the text of a
   ``sample:NAME``). A changed or replaced file is another key; copies of one
-  file share theirs. ``ROOT/PREP/preparation.json`` says in words what the
-  folder holds.
+  file share theirs. ``ROOT/PREP/preparation.json`` records the preparation
+  and the shape.
 - **Exact.** An image whose values are all ``k / 255`` (dlib's face chips)
   is stored as uint8 and read back as ``uint8 / 255`` in float32 only after
   checking, when it is stored, that this gives back every value bit for bit;
