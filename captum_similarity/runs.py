@@ -909,7 +909,7 @@ def explain_dataset(
     store = None
     if image_cache is not None:
         try:
-            store = ImageStore(image_cache, _preparation_identity(prepared), shape)
+            store = ImageStore(image_cache, _preparation_identity(prepared, config["code"]), shape)
         except OSError as err:
             raise UsageError(
                 f"--image-cache {image_cache}: cannot keep images there ({err}); give a folder "
@@ -1029,10 +1029,10 @@ def explain_dataset(
     }
 
 
-def _preparation_identity(preprocessing: str) -> Dict[str, Any]:
+def _preparation_identity(preprocessing: str, code: str) -> Dict[str, Any]:
     """What defines a run's prepared images, for an :class:`ImageStore`: the
-    steps, the library's code and the versions of the libraries that compute
-    them."""
+    steps, the library's code (:func:`code_digest`) and the versions of the
+    libraries that compute them."""
     import skimage
 
     versions = {"torch": torch.__version__, "numpy": np.__version__, "scikit-image": skimage.__version__}
@@ -1042,7 +1042,7 @@ def _preparation_identity(preprocessing: str) -> Dict[str, Any]:
         versions["dlib"] = dlib.__version__
     except ImportError:
         pass
-    return {"preprocessing": preprocessing, "code": code_digest(), "versions": versions}
+    return {"preprocessing": preprocessing, "code": code, "versions": versions}
 
 
 def _store_record(store: Optional[ImageStore]) -> Optional[Dict[str, Any]]:
