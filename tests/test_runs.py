@@ -397,7 +397,7 @@ def test_an_image_cache_prepares_each_file_once_for_later_runs_with_the_same_row
     assert prepared == [] and other_method["image_cache"]["loaded"] == files
 
     # a damaged stored image: not used, prepared and stored again, the same rows
-    stored = sorted(Path(first["image_cache"]["folder"]).glob("*.npz"))
+    stored = sorted(Path(first["image_cache"]["folder"]).glob("*/*.npz"))
     stored[0].write_bytes(stored[0].read_bytes()[:100])
     damaged = run(dataset, tmp_path / "damaged", chunk=2, image_cache=cache)
     assert len(prepared) == 1
@@ -416,7 +416,7 @@ def test_an_image_cache_with_an_images_callable_or_not_a_folder_is_refused(datas
     with pytest.raises(UsageError, match="image_cache keeps the images the run prepares"):
         run(dataset, tmp_path / "run", images=lambda pairs: None, image_cache=tmp_path / "cache")
     (tmp_path / "a file").write_text("not a folder")
-    with pytest.raises(UsageError, match="--image-cache .*a file: cannot keep images there"):
+    with pytest.raises(UsageError, match=r"image cache .*a file \(--image-cache\): cannot keep images there"):
         run(dataset, tmp_path / "run", image_cache=tmp_path / "a file")
 
 
@@ -436,7 +436,8 @@ def test_an_image_cache_that_cannot_be_written_is_reported_and_the_run_goes_on(
     monkeypatch.setattr(image_store, "write_atomic", full)
     result = run(dataset, tmp_path / "run", image_cache=tmp_path / "cache")
     assert_same_rows(rows_of(result["table"]), reference, tol=0.0)
-    assert result["image_cache"]["stored"] == 0 and len(result["image_cache"]["errors"]) == 9
+    assert result["image_cache"]["stored"] == 0 and result["image_cache"]["failed"] == 9
+    assert len(result["image_cache"]["errors"]) == 9
     err = capsys.readouterr().err
     assert "could not keep 9 prepared images in" in err and "No space left on device" in err
 
@@ -692,7 +693,7 @@ def test_torchrun_gives_the_single_process_rows_also_after_a_worker_dies(dataset
     assert {r["rank"] for r in rows} == {"0", "1"}
     assert "[rank 1/2]" in two.stderr
     assert_same_rows(reference, rows)
-    assert len(list((tmp_path / "cache").glob("*/*.npz"))) == 9
+    assert len(list((tmp_path / "cache").glob("*/*/*.npz"))) == 9
 
     # rank 1 dies after one unit, its next unit's file half written; torchrun restarts the
     # group; with the cache full, neither process prepares an image

@@ -130,7 +130,7 @@ def _row_keys(batch: Tensor) -> Tensor:
     if batch.numel() == 0:
         return torch.zeros(len(batch), dtype=torch.float64, device=batch.device)
     flat = batch.reshape(len(batch), -1)
-    step = max(1, flat.shape[1] // KEY_ELEMENTS)
+    step = -(-flat.shape[1] // KEY_ELEMENTS)  # ceil: at most KEY_ELEMENTS values
     return flat[:, ::step].double().sum(1)
 
 
@@ -163,7 +163,9 @@ class RowOutputsOnInputs:
     def __init__(self, module: object, rows: Union[Tensor, Sequence[Tensor]]) -> None:
         self.module = module
         groups = [rows] if isinstance(rows, Tensor) else list(rows)
-        if not groups or any(
+        if not groups:
+            raise ValueError("rows is an empty sequence: give a tensor or at least one tensor")
+        if any(
             g.shape[1:] != groups[0].shape[1:] or g.dtype != groups[0].dtype
             or g.device != groups[0].device for g in groups
         ):
@@ -191,12 +193,13 @@ class RowOutputsOnInputs:
         if not missing:
             return
         keys = _row_keys(batch)  # a cheap first test before comparing rows
-        for i in missing:
-            close = torch.isclose(keys, self._keys[i], rtol=1e-9, atol=1e-9)
-            for b in close.nonzero().flatten().tolist():
-                if torch.equal(batch[b], self._rows[i]):
-                    self._outputs[i] = output[b].detach()
-                    break
+        close = torch.isclose(
+            self._keys[missing][:, None], keys[None, :], rtol=1e-9, atol=1e-9
+        )  # (missing rows, batch rows): one synchronisation for the candidates
+        for m, b in close.nonzero().tolist():
+            i = missing[m]
+            if self._outputs[i] is None and torch.equal(batch[b], self._rows[i]):
+                self._outputs[i] = output[b].detach()
 
     def outputs(self) -> Optional[Tensor]:
         """The output rows ``(M, ...)``, in the order of ``rows``; None unless

@@ -6,24 +6,28 @@ process of a run prepares the images of its own pairs, and every later run
 prepares them again. An :class:`ImageStore` keeps each prepared image in a
 folder, so that the other processes and later runs load it instead.
 
-- **Where.** ``ROOT/PREP/KEY.npz``: ``PREP`` is a digest of how the images
-  are prepared (whatever the caller puts in ``preparation``: the steps, the
-  code and library versions that compute them) and of the input shape;
-  ``KEY`` is the SHA-256 of the source file's bytes (of the text of a
-  ``sample:NAME``). A changed or replaced file is another key; copies of one
-  file share theirs. ``ROOT/PREP/preparation.json`` records the preparation
-  and the shape.
+- **Where.** ``ROOT/PREP/KE/KEY.npz``: ``PREP`` is a digest of how the
+  images are prepared (whatever the caller puts in ``preparation``: the
+  steps, the code and library versions that compute them) and of the input
+  shape; ``KEY`` is the SHA-256 of the source file's lower-cased suffix and
+  bytes (of the text of a ``sample:NAME``), ``KE`` its first two
+  characters (so that no folder holds more than a 256th of the images). A
+  changed or replaced file is another key; copies of one file (with one
+  suffix) share theirs. ``ROOT/PREP/preparation.json`` records the
+  preparation and the shape.
 - **Exact.** An image whose values are all ``k / 255`` (dlib's face chips)
   is stored as uint8 and read back as ``uint8 / 255`` in float32 only after
-  checking, when it is stored, that this gives back every value bit for bit;
-  any other image is stored as float32. A loaded image equals the one stored.
+  checking, when it is stored, that this gives back every value bit for bit
+  (``-0.0`` included); any other image is stored as float32. A loaded image
+  equals the one stored.
 - **Whole or not at all.** Files are written to a temporary name and renamed
   (processes and threads storing the same image at once each write their
   own temporary file). Each file holds the SHA-256 of its array; a file
   that fails it, or is not the expected shape, is not used (it is counted in
   :attr:`ImageStore.rejected` and replaced by the next store of that image).
-  A process killed while storing leaves a temporary file (``.KEY.npz.PID-THREAD.tmp``),
-  never read; opening a store deletes those older than :data:`STALE_SECONDS`.
+  A process killed while storing leaves a temporary file
+  (``.KEY.npz.*.tmp``), never read; opening a store deletes those older
+  than :data:`STALE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -43,7 +47,7 @@ from torch import Tensor
 from .._utils.files import write_atomic
 from .files import SAMPLE_PREFIX
 
-__all__ = ["ImageStore", "STORE_FORMAT"]
+__all__ = ["ImageStore", "STORE_FORMAT", "STALE_SECONDS", "KEPT_ERRORS"]
 
 #: Written in every store folder's ``preparation.json``; part of its digest.
 STORE_FORMAT = "captum-similarity prepared images 1"
@@ -52,6 +56,10 @@ STORE_FORMAT = "captum-similarity prepared images 1"
 #: deleted when a store is opened (younger ones may be another process's
 #: store in progress).
 STALE_SECONDS = 3600.0
+
+#: How many failed stores' reasons a store keeps (:attr:`ImageStore.errors`);
+#: :attr:`ImageStore.failed` counts them all.
+KEPT_ERRORS = 10
 
 _FLOAT, _BYTES = 0, 1  # how an image is stored: float32 as is, or uint8 of value * 255
 
@@ -76,8 +84,10 @@ class ImageStore:
         loaded (int): Images loaded so far.
         stored (int): Images stored so far.
         rejected (int): Files found damaged or of another shape (not used).
-        errors (list of str): Stores that failed (e.g. a full disk), with
-            the reason; the images are then prepared again next time.
+        failed (int): Stores that failed (e.g. a full disk); the images are
+            then prepared again next time.
+        errors (list of str): The reasons of the first :data:`KEPT_ERRORS`
+            of them.
 
     Example::
 
@@ -103,25 +113,26 @@ class ImageStore:
         if not about.is_file():
             write_atomic(about, (json.dumps(identity, indent=1, default=str) + "\n").encode())
         now = time.time()
-        for stale in self.folder.glob(".*.tmp"):
+        for stale in self.folder.glob("*/.*.tmp"):
             try:
                 if now - stale.stat().st_mtime > STALE_SECONDS:
                     stale.unlink()
             except OSError:  # gone meanwhile (renamed by its writer, or deleted by another store)
                 pass
         self._lock = threading.Lock()  # the counts
-        self.loaded = self.stored = self.rejected = 0
-        self.errors: list = []
+        self.loaded = self.stored = self.rejected = self.failed = 0
+        self.errors: List[str] = []
 
     @staticmethod
     def key(source: Union[str, Path]) -> Optional[str]:
-        """The SHA-256 (hex) of a file's bytes, or of a ``sample:NAME``'s
-        text; None when the file cannot be read (its reader then reports
-        why)."""
+        """The SHA-256 (hex) of a file's lower-cased suffix and bytes (a
+        reader may treat the same bytes differently by suffix), or of a
+        ``sample:NAME``'s text; None when the file cannot be read (its
+        reader then reports why)."""
         text = str(source)
         if text.startswith(SAMPLE_PREFIX):
             return hashlib.sha256(text.encode()).hexdigest()
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(Path(text).suffix.lower().encode() + b"\0")
         try:
             with open(text, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):
@@ -132,7 +143,7 @@ class ImageStore:
 
     def path(self, key: str) -> Path:
         """The file of an image's key."""
-        return self.folder / f"{key}.npz"
+        return self.folder / key[:2] / f"{key}.npz"
 
     def load(self, key: Optional[str]) -> Optional[Tensor]:
         """The stored image of ``key`` (float32 ``shape``), or None when it
@@ -179,7 +190,8 @@ class ImageStore:
             )
         values = image.detach().cpu().contiguous()
         as_bytes = values.mul(255.0).round().clamp(0, 255).to(torch.uint8)
-        if torch.equal(as_bytes.float().div(255.0), values):
+        back = as_bytes.float().div(255.0)
+        if torch.equal(back.view(torch.int32), values.view(torch.int32)):  # bits, -0.0 too
             array, how = as_bytes.numpy(), _BYTES
         else:
             array, how = values.numpy(), _FLOAT
@@ -188,11 +200,15 @@ class ImageStore:
             buffer, image=array, encoding=np.array(how),
             sha256=np.frombuffer(hashlib.sha256(array.tobytes()).digest(), dtype=np.uint8),
         )
+        path = self.path(key)
         try:
-            write_atomic(self.path(key), buffer.getvalue())
+            path.parent.mkdir(exist_ok=True)
+            write_atomic(path, buffer.getvalue())
         except OSError as err:
             with self._lock:
-                self.errors.append(f"{self.path(key)}: {err}")
+                self.failed += 1
+                if len(self.errors) < KEPT_ERRORS:
+                    self.errors.append(f"{path}: {err}")
             return False
         with self._lock:
             self.stored += 1
