@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from captum.attr import Saliency
 from skimage import io
 
 from captum_similarity._utils.hooks import OutputOnInputs, RowOutputsOnInputs
@@ -153,6 +154,46 @@ def test_rows_equal_the_methods_run_one_pair_at_a_time(dataset, tmp_path):
     parts = record["seconds"]
     assert record["units"] == 4 and parts["methods"] > 0 and parts["scores"] > 0
     assert parts["methods"] + parts["images"] + parts["scores"] + parts["setup"] <= parts["total"]
+
+
+def test_methods_that_draw_from_torchs_generator_draw_what_they_would_after_manual_seed(
+    dataset, tmp_path
+):
+    """The runner seeds the generators itself before every method call: a
+    method that draws from torch's global generator (the registry's seed
+    their own; a caller's may not) gives the maps of a direct call after
+    ``torch.manual_seed(seed)``."""
+
+    def noisy_saliency(model, x1, x2, layer):
+        noise = [torch.randn_like(x) * 0.1 for x in (x1, x2)]
+        return Saliency(model).attribute((x1 + noise[0], x2 + noise[1]))
+
+    method = PairExplainer(name="noisy saliency", fn=noisy_saliency, short="noisy")
+    pairs = read_pairs_csv(dataset / "pairs.csv")
+    torch.manual_seed(123)  # the state before the run does not matter: every call is seeded
+    result = explain_dataset(pairs, SPEC, {"noisy saliency": method}, tmp_path / "run",
+                             weights=dataset / "weights.pt", size=(16, 16), chunk=1, seed=7,
+                             progress=False)
+    model = SimpleCNN()
+    model.load_state_dict(torch.load(dataset / "weights.pt"))
+    sim = SiameseSimilarity(model.eval(), "cosine")
+    pre = ImagePreparation((16, 16))
+    checked = 0
+    for r in read_table(result["table"]):
+        if r["status"] != "ok":
+            continue
+        pair = pairs[r["pair"]]
+        x = pre([read_image(pair.path1), read_image(pair.path2)])[0]
+        torch.manual_seed(7)
+        a1, a2 = noisy_saliency(sim, x[:1], x[1:], None)
+        torch.manual_seed(8)
+        other, _ = noisy_saliency(sim, x[:1], x[1:], None)
+        assert not torch.allclose(a1, other, rtol=0, atol=1e-6)  # the draws matter
+        with np.load(tmp_path / "run" / r["map_file"]) as maps:
+            np.testing.assert_allclose(maps["map1"][r["map_row"]], a1[0].detach().numpy(), atol=1e-6)
+            np.testing.assert_allclose(maps["map2"][r["map_row"]], a2[0].detach().numpy(), atol=1e-6)
+        checked += 1
+    assert checked == 4
 
 
 def test_scores_taken_from_the_methods_forward_pass_equal_a_pass_of_their_own(dataset, tmp_path):
