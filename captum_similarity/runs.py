@@ -629,8 +629,7 @@ class _Job:
         """Seeds the generators a method can draw from: the CPU's and, on
         CUDA, this process's GPU's. The same draws as ``torch.manual_seed``,
         which also queues a seed for every other GPU, recording the call's
-        stack each time while CUDA is not initialised (a millisecond per
-        unit)."""
+        stack each time while CUDA is not initialised."""
         torch.random.default_generator.manual_seed(self.seed)
         if self.dev.type == "cuda":
             index = self.dev.index if self.dev.index is not None else torch.cuda.current_device()

@@ -175,8 +175,9 @@ class ImageStore:
         return image
 
     def save(self, key: Optional[str], image: Tensor) -> bool:
-        """Stores a prepared image under ``key``; False (and the reason in
-        :attr:`errors`) when it could not be written, or ``key`` is None.
+        """Stores a prepared image under ``key``; False when ``key`` is None
+        or the file could not be written (counted in :attr:`failed`, the
+        first reasons in :attr:`errors`).
 
         Raises:
             ValueError: ``image`` is not a float32 tensor of ``shape``.
